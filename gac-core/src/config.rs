@@ -1,0 +1,233 @@
+//! Ensemble configuration as written in a TOML file, and its validation.
+//!
+//! ```toml
+//! [[member]]
+//! path = "models/a.gguf"
+//! weight = 1.0      # optional, default 1
+//! gpu = 0           # optional: pin to this GPU (all layers offloaded unless gpu_layers says)
+//! gpu_layers = 99   # optional
+//! threads = 1       # optional CPU threads
+//!
+//! [[member]]
+//! path = "models/b.gguf"
+//!
+//! [gate]            # optional: gated mode
+//! member = 0
+//! threshold = 0.5
+//! when_unsure = "average"   # or "member:1"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::combine::{Mode, WhenUnsure};
+use crate::{Error, Result};
+
+/// A whole ensemble: its members and, optionally, a gate.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleConfig {
+    /// The members, in order (`[[member]]` tables).
+    #[serde(rename = "member", default)]
+    pub members: Vec<MemberConfig>,
+    /// Gated mode, if present.
+    pub gate: Option<GateConfig>,
+}
+
+/// One member: where its model is and where it runs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// Path to the model file.
+    pub path: PathBuf,
+    /// Weight in the average (>= 0).
+    #[serde(default = "one")]
+    pub weight: f32,
+    /// GPU index to pin the member to; none = CPU.
+    pub gpu: Option<i32>,
+    /// Layers to offload to the GPU (default: all when `gpu` is set, none otherwise).
+    pub gpu_layers: Option<u32>,
+    /// CPU threads for this member.
+    pub threads: Option<i32>,
+    /// Context window in tokens.
+    pub context: Option<u32>,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+/// The gate of paper Eq. 5.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// Index of the gate member.
+    pub member: usize,
+    /// Confidence threshold in [0, 1].
+    pub threshold: f32,
+    /// `average` (default) or `member:K`.
+    #[serde(default = "average")]
+    pub when_unsure: String,
+}
+
+fn average() -> String {
+    "average".to_string()
+}
+
+impl MemberConfig {
+    /// A member at this path with default settings.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            weight: 1.0,
+            gpu: None,
+            gpu_layers: None,
+            threads: None,
+            context: None,
+        }
+    }
+}
+
+impl EnsembleConfig {
+    /// Reads and validates a TOML file; errors name the file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let field = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(&field, format!("cannot read it: {e}")))?;
+        let config: Self = toml::from_str(&text).map_err(|e| Error::config(&field, e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let mut config = config;
+        for m in &mut config.members {
+            if m.path.is_relative() {
+                m.path = base.join(&m.path);
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value before any model is loaded.
+    pub fn validate(&self) -> Result<()> {
+        if self.members.is_empty() {
+            return Err(Error::NoMembers);
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            if !m.weight.is_finite() || m.weight < 0.0 {
+                return Err(Error::config(
+                    format!("member[{i}].weight"),
+                    format!("{} is not a number >= 0", m.weight),
+                ));
+            }
+            if let Some(t) = m.threads {
+                if t < 1 {
+                    return Err(Error::config(format!("member[{i}].threads"), format!("{t} is not >= 1")));
+                }
+            }
+            if let Some(g) = m.gpu {
+                if g < 0 {
+                    return Err(Error::config(format!("member[{i}].gpu"), format!("{g} is not >= 0")));
+                }
+            }
+        }
+        if self.members.iter().all(|m| m.weight == 0.0) {
+            return Err(Error::config("weights", "all weights are 0"));
+        }
+        self.mode().map(|_| ())
+    }
+
+    /// The member weights, in order.
+    pub fn weights(&self) -> Vec<f32> {
+        self.members.iter().map(|m| m.weight).collect()
+    }
+
+    /// The combination mode this configuration describes.
+    pub fn mode(&self) -> Result<Mode> {
+        let Some(gate) = &self.gate else {
+            return Ok(Mode::Average);
+        };
+        let n = self.members.len();
+        if gate.member >= n {
+            return Err(Error::config(
+                "gate",
+                format!("member {} does not exist (members are 0..{})", gate.member, n - 1),
+            ));
+        }
+        if !(0.0..=1.0).contains(&gate.threshold) {
+            return Err(Error::config(
+                "threshold",
+                format!("{} is outside [0, 1]", gate.threshold),
+            ));
+        }
+        let when_unsure = parse_when_unsure(&gate.when_unsure, n)?;
+        Ok(Mode::Gated {
+            gate: gate.member,
+            threshold: gate.threshold,
+            when_unsure,
+        })
+    }
+}
+
+/// Parses `average` or `member:K` (K < `members`).
+pub fn parse_when_unsure(s: &str, members: usize) -> Result<WhenUnsure> {
+    if s == "average" {
+        return Ok(WhenUnsure::Average);
+    }
+    let bad = || Error::config("when_unsure", format!("'{s}' is neither 'average' nor 'member:K' with K < {members}"));
+    let k: usize = s.strip_prefix("member:").ok_or_else(bad)?.parse().map_err(|_| bad())?;
+    if k >= members {
+        return Err(bad());
+    }
+    Ok(WhenUnsure::Defer(k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<EnsembleConfig> {
+        let c: EnsembleConfig = toml::from_str(s).map_err(|e| Error::config("toml", e.to_string()))?;
+        c.validate().map(|_| c)
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = parse(
+            r#"
+            [[member]]
+            path = "a.gguf"
+            gpu = 0
+            threads = 2
+            [[member]]
+            path = "b.gguf"
+            weight = 0.5
+            [gate]
+            member = 1
+            threshold = 0.4
+            when_unsure = "member:0"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.weights(), [1.0, 0.5]);
+        assert_eq!(
+            c.mode().unwrap(),
+            Mode::Gated { gate: 1, threshold: 0.4, when_unsure: WhenUnsure::Defer(0) }
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            ("", "at least one member"),
+            ("[[member]]\npath='a'\nweight=-1", "member[0].weight"),
+            ("[[member]]\npath='a'\n[gate]\nmember=3\nthreshold=0.5", "gate"),
+            ("[[member]]\npath='a'\n[gate]\nmember=0\nthreshold=1.5", "threshold"),
+            ("[[member]]\npath='a'\n[gate]\nmember=0\nthreshold=0.5\nwhen_unsure='x'", "when_unsure"),
+            ("[[member]]\npath='a'\nweigth=1", "weigth"),
+        ];
+        for (toml, needle) in cases {
+            let err = parse(toml).unwrap_err().to_string();
+            assert!(err.contains(needle), "{toml:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The one error type of gac-core: every variant names the value, field or member at fault.
+
+use std::fmt;
+
+/// Everything that can go wrong while building or running an ensemble.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// An ensemble needs at least one member.
+    NoMembers,
+    /// A configuration value is out of range or inconsistent; `field` names it.
+    Config {
+        /// The field at fault, e.g. `threshold` or `member[1].weight`.
+        field: String,
+        /// What is wrong with it, including the bad value.
+        message: String,
+    },
+    /// The prompt is empty.
+    EmptyPrompt,
+    /// The prompt does not fit into a member's context window.
+    PromptTooLong {
+        /// The member's name.
+        member: String,
+        /// Prompt length in that member's tokens.
+        tokens: usize,
+        /// The member's context size.
+        context: usize,
+    },
+    /// A member's context window is full.
+    ContextFull {
+        /// The member's name.
+        member: String,
+        /// The member's context size.
+        context: usize,
+    },
+    /// A vocabulary could not be built or used.
+    Vocab {
+        /// Which vocabulary (a member name or a file).
+        source: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A member failed (runtime error, panic or a dropped worker).
+    Member {
+        /// The member's name.
+        member: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// No union token received any probability mass at a step.
+    ZeroMass {
+        /// The step (0-based generated token index).
+        step: usize,
+    },
+}
+
+impl Error {
+    /// Shorthand for [`Error::Config`].
+    pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Member`].
+    pub fn member(member: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Member {
+            member: member.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Vocab`].
+    pub fn vocab(source: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Vocab {
+            source: source.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoMembers => write!(f, "an ensemble needs at least one member (none given)"),
+            Error::Config { field, message } => write!(f, "invalid {field}: {message}"),
+            Error::EmptyPrompt => write!(f, "the prompt is empty"),
+            Error::PromptTooLong {
+                member,
+                tokens,
+                context,
+            } => write!(
+                f,
+                "the prompt is {tokens} tokens for member '{member}', longer than its context of {context} tokens"
+            ),
+            Error::ContextFull { member, context } => {
+                write!(f, "member '{member}' filled its context of {context} tokens")
+            }
+            Error::Vocab { source, message } => write!(f, "vocabulary of {source}: {message}"),
+            Error::Member { member, message } => write!(f, "member '{member}' failed: {message}"),
+            Error::ZeroMass { step } => {
+                write!(f, "no token received any probability at step {step}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

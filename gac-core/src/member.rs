@@ -1,0 +1,84 @@
+//! The `Member` trait: one model session, driven step by step by the ensemble loop.
+//!
+//! Members never pull: the loop owns time. It pushes token ids (cheap, nothing is evaluated) and
+//! asks for logits when it needs them; a member evaluates everything pushed since its last
+//! evaluation in one batch, so a member the gate skipped catches up in one pass and keeps its
+//! KV cache.
+
+use crate::vocab::Vocab;
+use crate::Result;
+
+/// One model session in an ensemble. Required: [`vocab`](Member::vocab),
+/// [`encode`](Member::encode), [`push`](Member::push), [`logits`](Member::logits) and
+/// [`reset`](Member::reset); the rest have defaults.
+pub trait Member: Send {
+    /// A short name for messages and statistics.
+    fn name(&self) -> &str {
+        "member"
+    }
+
+    /// What each of this member's token ids stands for.
+    fn vocab(&self) -> &Vocab;
+
+    /// The member's own ids for a piece of text, no special tokens added. Decoding the ids must
+    /// give back exactly `text` (fall back to [`Vocab::encode_bytes`] where the tokenizer cannot
+    /// promise that); `text` may be an incomplete UTF-8 sequence.
+    fn encode(&self, text: &[u8]) -> Result<Vec<u32>>;
+
+    /// The ids of a prompt, with whatever the model expects around it (e.g. BOS) and with
+    /// special-token markup (chat templates) parsed. Defaults to [`encode`](Member::encode).
+    fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.encode(prompt.as_bytes())
+    }
+
+    /// The prompt wrapped in this member's own chat template for one user message, if it has one.
+    fn chat_prompt(&self, _user: &str) -> Option<String> {
+        None
+    }
+
+    /// The context window in tokens, if bounded.
+    fn context_size(&self) -> Option<usize> {
+        None
+    }
+
+    /// Forgets the whole context (a new generation starts).
+    fn reset(&mut self) -> Result<()>;
+
+    /// Appends ids to the context without evaluating them. Fails with
+    /// [`Error::ContextFull`](crate::Error::ContextFull) when they do not fit.
+    fn push(&mut self, ids: &[u32]) -> Result<()>;
+
+    /// Evaluates everything pushed since the last call, in one batch, and returns the next-token
+    /// logits (one per vocabulary entry).
+    fn logits(&mut self) -> Result<&[f32]>;
+}
+
+impl<M: Member + ?Sized> Member for Box<M> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn vocab(&self) -> &Vocab {
+        (**self).vocab()
+    }
+    fn encode(&self, text: &[u8]) -> Result<Vec<u32>> {
+        (**self).encode(text)
+    }
+    fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        (**self).encode_prompt(prompt)
+    }
+    fn chat_prompt(&self, user: &str) -> Option<String> {
+        (**self).chat_prompt(user)
+    }
+    fn context_size(&self) -> Option<usize> {
+        (**self).context_size()
+    }
+    fn reset(&mut self) -> Result<()> {
+        (**self).reset()
+    }
+    fn push(&mut self, ids: &[u32]) -> Result<()> {
+        (**self).push(ids)
+    }
+    fn logits(&mut self) -> Result<&[f32]> {
+        (**self).logits()
+    }
+}

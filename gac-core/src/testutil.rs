@@ -1,0 +1,138 @@
+//! A synthetic member for tests: it "wants" to write a fixed text and gives the highest logit
+//! to the longest token of its vocabulary that continues it. Knobs force the awkward paths: an
+//! error or a panic at a given evaluation, a small context window.
+
+use crate::member::Member;
+use crate::vocab::{Token, Vocab};
+use crate::{Error, Result};
+
+/// A member that writes `target` and then ends; see the module doc.
+#[derive(Debug)]
+pub struct ScriptedMember {
+    name: String,
+    vocab: Vocab,
+    target: Vec<u8>,
+    prompt_len: usize,
+    context: Vec<u32>,
+    logits: Vec<f32>,
+    evals: usize,
+    /// Fail with an error at this evaluation (0-based).
+    pub fail_at: Option<usize>,
+    /// Panic at this evaluation (0-based).
+    pub panic_at: Option<usize>,
+    /// Context window in tokens.
+    pub context_size: Option<usize>,
+}
+
+impl ScriptedMember {
+    /// A member over `pieces` (`"<end>"` is End, `"<special>"` is Special) that writes `target`.
+    pub fn new(name: &str, pieces: &[&str], target: &str) -> Self {
+        let tokens = pieces
+            .iter()
+            .map(|p| match *p {
+                "<end>" => Token::End,
+                "<special>" => Token::Special,
+                p => Token::Text(p.as_bytes().into()),
+            })
+            .collect();
+        let vocab = Vocab::new(name, tokens).expect("scripted vocab has an End token");
+        let logits = vec![0.0; vocab.len()];
+        Self {
+            name: name.to_string(),
+            vocab,
+            target: target.as_bytes().to_vec(),
+            prompt_len: 0,
+            context: Vec::new(),
+            logits,
+            evals: 0,
+            fail_at: None,
+            panic_at: None,
+            context_size: None,
+        }
+    }
+
+    /// Everything pushed so far, prompt included.
+    pub fn context(&self) -> &[u32] {
+        &self.context
+    }
+}
+
+impl Member for ScriptedMember {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    fn encode(&self, text: &[u8]) -> Result<Vec<u32>> {
+        // Greedy longest match, falling back to single bytes.
+        let mut out = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let best = (0..self.vocab.len() as u32)
+                .filter_map(|id| self.vocab.get(id)?.bytes().map(|b| (id, b.len())))
+                .filter(|&(id, len)| rest.starts_with(self.vocab.get(id).unwrap().bytes().unwrap()) && len > 0)
+                .max_by_key(|&(_, len)| len);
+            match best {
+                Some((id, len)) => {
+                    out.push(id);
+                    rest = &rest[len..];
+                }
+                None => return Err(Error::vocab(&self.name, format!("cannot spell {rest:?}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    fn context_size(&self) -> Option<usize> {
+        self.context_size
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        self.context.clear();
+        self.prompt_len = usize::MAX;
+        self.evals = 0;
+        Ok(())
+    }
+
+    fn push(&mut self, ids: &[u32]) -> Result<()> {
+        if let Some(context) = self.context_size {
+            if self.context.len() + ids.len() > context {
+                return Err(Error::ContextFull { member: self.name.clone(), context });
+            }
+        }
+        if self.prompt_len == usize::MAX {
+            self.prompt_len = ids.len();
+        }
+        self.context.extend_from_slice(ids);
+        Ok(())
+    }
+
+    fn logits(&mut self) -> Result<&[f32]> {
+        let eval = self.evals;
+        self.evals += 1;
+        if self.fail_at == Some(eval) {
+            return Err(Error::member(&self.name, "scripted failure"));
+        }
+        if self.panic_at == Some(eval) {
+            panic!("scripted panic in {}", self.name);
+        }
+        let written = self.vocab.decode(&self.context[self.prompt_len..]);
+        let rest = self.target.strip_prefix(written.as_slice()).unwrap_or(&[]);
+        self.logits.fill(0.0);
+        let mut best = (None, 0);
+        for (id, token) in self.vocab.tokens().iter().enumerate() {
+            match token.bytes() {
+                Some(b) if !rest.is_empty() && rest.starts_with(b) && b.len() > best.1 => best = (Some(id), b.len()),
+                None if rest.is_empty() && *token == Token::End => best = (Some(id), usize::MAX),
+                _ => {}
+            }
+        }
+        if let (Some(id), _) = best {
+            self.logits[id] = 10.0;
+        }
+        Ok(&self.logits)
+    }
+}
