@@ -1,1 +1,371 @@
-//! x
+//! Implements `gac_core::Member` for llama.cpp (GGUF) models via `llama-cpp-2`; no sampling, no
+//! ensembling, no CLI.
+//!
+//! A [`LlamaMember`] owns one llama.cpp context. It keeps its KV cache for the whole generation
+//! and evaluates everything pushed since its last evaluation in one batch, so a member that the
+//! gate skipped catches up in one pass instead of recomputing its prefix.
+//!
+//! llama.cpp's own log is silenced unless `GAC_LLAMA_LOG` is set.
+
+use std::fmt;
+use std::io::Read;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use gac_core::vocab::{Token, Vocab};
+use gac_core::Member;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token_type::LlamaTokenAttr;
+
+/// Where and how a member runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LlamaOptions {
+    /// CPU threads (default: all available cores).
+    pub threads: Option<i32>,
+    /// GPU index to pin the model to (llama.cpp's main GPU, split mode none); none = CPU.
+    pub gpu: Option<i32>,
+    /// Layers offloaded to the GPU (default: all when `gpu` is set, none otherwise).
+    pub gpu_layers: Option<u32>,
+    /// Context window in tokens (default: the model's training context, at most 4096).
+    pub context: Option<u32>,
+}
+
+/// Why a model could not be loaded; each variant names the file.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file does not exist or cannot be read.
+    Unreadable(PathBuf, std::io::Error),
+    /// The file does not start with the GGUF magic.
+    NotGguf(PathBuf),
+    /// llama.cpp refused the file (truncated or unsupported).
+    Rejected(PathBuf),
+    /// The context could not be created (e.g. out of memory).
+    Context(PathBuf, String),
+    /// A GPU was asked for, but llama.cpp was built without GPU support.
+    NoGpu(PathBuf, i32),
+    /// The model's vocabulary cannot be used.
+    Vocab(PathBuf, gac_core::Error),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Unreadable(p, e) => write!(f, "cannot read model file {}: {e}", p.display()),
+            LoadError::NotGguf(p) => write!(f, "{} is not a GGUF file (no GGUF magic at its start)", p.display()),
+            LoadError::Rejected(p) => write!(
+                f,
+                "llama.cpp could not load {} (truncated, corrupt or unsupported GGUF; set GAC_LLAMA_LOG=1 to see llama.cpp's log)",
+                p.display()
+            ),
+            LoadError::Context(p, e) => write!(f, "cannot create a llama.cpp context for {}: {e}", p.display()),
+            LoadError::NoGpu(p, gpu) => write!(
+                f,
+                "{} is pinned to GPU {gpu}, but this build of llama.cpp has no GPU support (build with --features cuda)",
+                p.display()
+            ),
+            LoadError::Vocab(p, e) => write!(f, "{}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LoadError::Unreadable(_, e) => Some(e),
+            LoadError::Vocab(_, e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The process-wide llama.cpp backend (initialized once, on first use).
+pub fn backend() -> &'static LlamaBackend {
+    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+    BACKEND.get_or_init(|| {
+        let mut backend = LlamaBackend::init().expect("gac initializes the llama.cpp backend once");
+        if std::env::var_os("GAC_LLAMA_LOG").is_none() {
+            backend.void_logs();
+        }
+        backend
+    })
+}
+
+/// Loads a GGUF model with these placement options, after checking the file.
+pub fn load_model(path: &Path, options: &LlamaOptions) -> Result<Arc<LlamaModel>, LoadError> {
+    check_gguf(path)?;
+    let backend = backend();
+    let mut params = LlamaModelParams::default().with_n_gpu_layers(0);
+    if let Some(gpu) = options.gpu {
+        if !backend.supports_gpu_offload() {
+            return Err(LoadError::NoGpu(path.to_path_buf(), gpu));
+        }
+        params = params
+            .with_split_mode(LlamaSplitMode::None)
+            .with_main_gpu(gpu)
+            .with_n_gpu_layers(options.gpu_layers.unwrap_or(u32::MAX));
+    }
+    load_checked(path, &params).map(Arc::new)
+}
+
+/// Reads only a GGUF file's vocabulary (no weights), as gac sees it.
+pub fn load_vocab(path: &Path) -> Result<Vocab, LoadError> {
+    check_gguf(path)?;
+    let params = LlamaModelParams::default().with_n_gpu_layers(0).with_vocab_only(true);
+    let model = load_checked(path, &params)?;
+    vocab_of(&model, &name_of(path)).map_err(|e| LoadError::Vocab(path.to_path_buf(), e))
+}
+
+fn load_checked(path: &Path, params: &LlamaModelParams) -> Result<LlamaModel, LoadError> {
+    LlamaModel::load_from_file(backend(), path, params).map_err(|_| LoadError::Rejected(path.to_path_buf()))
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_stem()
+        .map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+fn check_gguf(path: &Path) -> Result<(), LoadError> {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => LoadError::NotGguf(path.to_path_buf()),
+            _ => LoadError::Unreadable(path.to_path_buf(), e),
+        })?;
+    if &magic != b"GGUF" {
+        return Err(LoadError::NotGguf(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// An ensemble member backed by one llama.cpp context.
+pub struct LlamaMember {
+    name: String,
+    // Declared before `model`, so it is dropped first: it borrows the model.
+    ctx: LlamaContext<'static>,
+    model: Arc<LlamaModel>,
+    vocab: Vocab,
+    batch: LlamaBatch<'static>,
+    batch_size: usize,
+    context_size: usize,
+    /// Every id pushed since the last reset, prompt included.
+    tokens: Vec<u32>,
+    /// How many of `tokens` are in the KV cache.
+    evaluated: usize,
+    /// Index in the last batch of the row whose logits are current, if any.
+    logits_row: Option<i32>,
+}
+
+impl fmt::Debug for LlamaMember {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlamaMember")
+            .field("name", &self.name)
+            .field("vocab", &self.vocab.len())
+            .field("context_size", &self.context_size)
+            .field("tokens", &self.tokens.len())
+            .finish()
+    }
+}
+
+impl LlamaMember {
+    /// Loads a GGUF model and opens a context for it.
+    pub fn load(path: &Path, options: &LlamaOptions) -> Result<Self, LoadError> {
+        let model = load_model(path, options)?;
+        Self::with_model(name_of(path), model, path, options)
+    }
+
+    /// Opens a new context on an already loaded model (several members may share one model).
+    pub fn with_model(
+        name: String,
+        model: Arc<LlamaModel>,
+        path: &Path,
+        options: &LlamaOptions,
+    ) -> Result<Self, LoadError> {
+        let vocab = vocab_of(&model, &name).map_err(|e| LoadError::Vocab(path.to_path_buf(), e))?;
+        let context_size = options.context.unwrap_or_else(|| model.n_ctx_train().min(4096)).max(8);
+        let batch_size = context_size.min(512);
+        let threads = options.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get() as i32)
+        });
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(context_size))
+            .with_n_batch(batch_size)
+            .with_n_ubatch(batch_size)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let ctx = model
+            .new_context(backend(), params)
+            .map_err(|e| LoadError::Context(path.to_path_buf(), e.to_string()))?;
+        // SAFETY: the context borrows the model, which lives in an `Arc` that this struct keeps
+        // alive for as long as the context; `ctx` is declared before `model`, so it is dropped
+        // first. The `'static` lifetime never escapes this struct.
+        let ctx = unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) };
+        Ok(Self {
+            name,
+            ctx,
+            model,
+            vocab,
+            batch: LlamaBatch::new(batch_size as usize, 1),
+            batch_size: batch_size as usize,
+            context_size: context_size as usize,
+            tokens: Vec::new(),
+            evaluated: 0,
+            logits_row: None,
+        })
+    }
+
+    /// Renames the member (names appear in messages and statistics).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The underlying llama.cpp model.
+    pub fn model(&self) -> &Arc<LlamaModel> {
+        &self.model
+    }
+
+    /// Every id in the context, prompt included.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The bytes llama.cpp itself renders for these ids (its own detokenizer, not gac's vocab).
+    pub fn detokenize(&self, ids: &[u32]) -> Vec<u8> {
+        let vocab = self.model.vocab();
+        let mut out = Vec::new();
+        for &id in ids {
+            vocab.token_to_piece_into(LlamaToken(id as i32), &mut out, false, None);
+        }
+        out
+    }
+
+    fn fail(&self, message: impl Into<String>) -> gac_core::Error {
+        gac_core::Error::member(&self.name, message)
+    }
+}
+
+/// Builds gac's byte-level view of a llama.cpp vocabulary from token attributes and pieces.
+pub fn vocab_of(model: &LlamaModel, name: &str) -> gac_core::Result<Vocab> {
+    let vocab = model.vocab();
+    let mut tokens = Vec::with_capacity(vocab.n_tokens().max(0) as usize);
+    let mut piece = Vec::new();
+    for token in vocab.tokens() {
+        let attr = vocab.attr(token);
+        let entry = if vocab.is_eog(token) {
+            Token::End
+        } else if attr.intersects(LlamaTokenAttr::Control | LlamaTokenAttr::Unused | LlamaTokenAttr::Unknown)
+            || attr.is_empty()
+        {
+            Token::Special
+        } else {
+            piece.clear();
+            vocab.token_to_piece_into(token, &mut piece, true, None);
+            match piece.as_slice() {
+                [] => Token::Special,
+                [b] if attr.contains(LlamaTokenAttr::Byte) => Token::Byte(*b),
+                bytes => Token::Text(bytes.into()),
+            }
+        };
+        tokens.push(entry);
+    }
+    Vocab::new(name, tokens)
+}
+
+impl Member for LlamaMember {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    fn encode(&self, text: &[u8]) -> gac_core::Result<Vec<u32>> {
+        if std::str::from_utf8(text).is_ok() {
+            let ids: Vec<u32> = self
+                .model
+                .vocab()
+                .tokenize(text, false, false)
+                .into_iter()
+                .map(|t| t.0 as u32)
+                .collect();
+            if self.vocab.spells(&ids, text) {
+                return Ok(ids);
+            }
+        }
+        let mut ids = Vec::with_capacity(text.len());
+        self.vocab.encode_bytes(text, &mut ids)?;
+        Ok(ids)
+    }
+
+    fn encode_prompt(&self, prompt: &str) -> gac_core::Result<Vec<u32>> {
+        let ids = self.model.vocab().tokenize(prompt.as_bytes(), true, true);
+        Ok(ids.into_iter().map(|t| t.0 as u32).collect())
+    }
+
+    fn chat_prompt(&self, user: &str) -> Option<String> {
+        let template = self.model.chat_template(None).ok()?;
+        let message = LlamaChatMessage::new("user".into(), user.into()).ok()?;
+        self.model.apply_chat_template(&template, &[message], true).ok()
+    }
+
+    fn context_size(&self) -> Option<usize> {
+        Some(self.context_size)
+    }
+
+    fn reset(&mut self) -> gac_core::Result<()> {
+        self.ctx.clear_kv_cache();
+        self.tokens.clear();
+        self.evaluated = 0;
+        self.logits_row = None;
+        Ok(())
+    }
+
+    fn push(&mut self, ids: &[u32]) -> gac_core::Result<()> {
+        if self.tokens.len() + ids.len() > self.context_size {
+            return Err(gac_core::Error::ContextFull {
+                member: self.name.clone(),
+                context: self.context_size,
+            });
+        }
+        let n_vocab = self.vocab.len() as u32;
+        if let Some(&bad) = ids.iter().find(|&&id| id >= n_vocab) {
+            return Err(self.fail(format!("token id {bad} is outside its vocabulary of {n_vocab}")));
+        }
+        self.tokens.extend_from_slice(ids);
+        Ok(())
+    }
+
+    fn logits(&mut self) -> gac_core::Result<&[f32]> {
+        let total = self.tokens.len();
+        if self.evaluated == total && self.logits_row.is_none() {
+            return Err(self.fail("asked for logits with nothing to evaluate"));
+        }
+        while self.evaluated < total {
+            let end = (self.evaluated + self.batch_size).min(total);
+            self.batch.clear();
+            for pos in self.evaluated..end {
+                let token = LlamaToken(self.tokens[pos] as i32);
+                self.batch
+                    .add(token, pos as i32, &[0], pos + 1 == total)
+                    .map_err(|e| gac_core::Error::member(&self.name, format!("batch: {e}")))?;
+            }
+            self.ctx
+                .decode(&mut self.batch)
+                .map_err(|e| gac_core::Error::member(&self.name, format!("llama.cpp decode failed: {e}")))?;
+            self.logits_row = Some(self.batch.n_tokens() - 1);
+            self.evaluated = end;
+        }
+        let row = self.logits_row.expect("set by the decode above or an earlier one");
+        Ok(self.ctx.get_logits_ith(row))
+    }
+}

@@ -254,7 +254,10 @@ impl Ensemble {
                     name,
                     tx: cmd_tx,
                     rx: reply_rx,
-                    probs: Some(vec![0.0; vocab_len]),
+                    dist: Some(Dist {
+                        probs: vec![0.0; vocab_len],
+                        head: Vec::new(),
+                    }),
                     top: 0.0,
                     pending: Vec::new(),
                 });
@@ -265,6 +268,8 @@ impl Ensemble {
                 mode,
                 union,
                 acc: vec![0.0; union.len() + 1],
+                touched: Vec::new(),
+                step_weights: Vec::new(),
                 picker: Picker::new(options.pick),
                 stats: Stats::default(),
             };
@@ -353,15 +358,27 @@ enum Piece {
     Text(Box<[u8]>),
 }
 
+/// Probabilities below this are left out of a member's head (see [`softmax`]); a greedy pick is
+/// decided on the heads alone whenever its margin over the runner-up exceeds the mass that the
+/// left-out tails could add, and falls back to the full distributions otherwise.
+const HEAD_FLOOR: f32 = 1e-4;
+
+/// A member's distribution after an evaluation; the buffers travel between threads and are
+/// reused, so the loop allocates nothing proportional to a vocabulary.
+struct Dist {
+    probs: Vec<f32>,
+    head: Vec<u32>,
+}
+
 enum Cmd {
-    /// Push the pieces, evaluate, and send back the probabilities in this buffer.
-    Eval(Vec<Piece>, Vec<f32>),
+    /// Push the pieces, evaluate, and send back the distribution in these buffers.
+    Eval(Vec<Piece>, Dist),
     /// Push the pieces and send back every id pushed since the prompt.
     Flush(Vec<Piece>),
 }
 
 enum Reply {
-    Evaluated { probs: Vec<f32>, top: f32, timing: Timing },
+    Evaluated { dist: Dist, top: f32, timing: Timing },
     Flushed(Vec<u32>),
 }
 
@@ -409,22 +426,22 @@ fn handle(member: &mut dyn Member, cmd: Cmd, generated: &mut Vec<u32>) -> Result
     timing.push = t.elapsed();
     match cmd {
         Cmd::Flush(_) => Ok(Reply::Flushed(std::mem::take(generated))),
-        Cmd::Eval(_, mut probs) => {
+        Cmd::Eval(_, mut dist) => {
             let name = member.name().to_string();
             let t = Instant::now();
             let logits = member.logits()?;
             timing.eval = t.elapsed();
             let t = Instant::now();
-            if logits.len() != probs.len() {
+            if logits.len() != dist.probs.len() {
                 return Err(Error::member(
                     name,
-                    format!("{} logits for a vocabulary of {}", logits.len(), probs.len()),
+                    format!("{} logits for a vocabulary of {}", logits.len(), dist.probs.len()),
                 ));
             }
-            let top = softmax(logits, &mut probs)
+            let top = softmax(logits, &mut dist.probs, HEAD_FLOOR, &mut dist.head)
                 .ok_or_else(|| Error::member(name, "logits are not finite (NaN or inf)"))?;
             timing.softmax = t.elapsed();
-            Ok(Reply::Evaluated { probs, top, timing })
+            Ok(Reply::Evaluated { dist, top, timing })
         }
     }
 }
@@ -433,7 +450,7 @@ struct Worker {
     name: String,
     tx: Sender<Cmd>,
     rx: Receiver<Result<Reply>>,
-    probs: Option<Vec<f32>>,
+    dist: Option<Dist>,
     top: f32,
     pending: Vec<Piece>,
 }
@@ -444,15 +461,15 @@ impl Worker {
     }
 
     fn send_eval(&mut self) -> Result<()> {
-        let probs = self.probs.take().expect("one evaluation at a time");
+        let dist = self.dist.take().expect("one evaluation at a time");
         let pieces = std::mem::take(&mut self.pending);
-        self.tx.send(Cmd::Eval(pieces, probs)).map_err(|_| self.disconnected())
+        self.tx.send(Cmd::Eval(pieces, dist)).map_err(|_| self.disconnected())
     }
 
     fn receive(&mut self, stats: &mut MemberStats) -> Result<()> {
         match self.rx.recv().map_err(|_| self.disconnected())?? {
-            Reply::Evaluated { probs, top, timing } => {
-                self.probs = Some(probs);
+            Reply::Evaluated { dist, top, timing } => {
+                self.dist = Some(dist);
                 self.top = top;
                 if stats.prompt_time.is_zero() && stats.decode_evals == 0 {
                     stats.prompt_time = timing.eval;
@@ -476,7 +493,12 @@ struct Run<'a> {
     weights: &'a [f32],
     mode: Mode,
     union: &'a Union,
+    /// Union-space accumulator (plus the sink slot); all zero between steps.
     acc: Vec<f32>,
+    /// Union ids written in `acc` by the sparse path.
+    touched: Vec<u32>,
+    /// This step's normalized weights, parallel to the members combined.
+    step_weights: Vec<f32>,
     picker: Picker,
     stats: Stats,
 }
@@ -493,26 +515,72 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Combines these members' last distributions into `acc`, weights renormalized over them.
-    fn combine(&mut self, which: &[usize]) {
-        self.acc.fill(0.0);
+    /// Combines these members' last distributions (weights renormalized over them) and picks.
+    fn choose(&mut self, which: &[usize], step: usize) -> Result<UnionId> {
         let total: f32 = which.iter().map(|&i| self.weights[i]).sum();
-        for &i in which {
-            let w = if total > 0.0 { self.weights[i] / total } else { 1.0 / which.len() as f32 };
-            let probs = self.workers[i].probs.as_deref().expect("evaluated");
+        self.step_weights.clear();
+        self.step_weights.extend(which.iter().map(|&i| match total > 0.0 {
+            true => self.weights[i] / total,
+            false => 1.0 / which.len() as f32,
+        }));
+        if self.picker.is_greedy() {
+            if let Some(x) = self.greedy_on_heads(which) {
+                return Ok(x);
+            }
+        }
+        for (&i, &w) in which.iter().zip(&self.step_weights) {
+            let probs = &self.workers[i].dist.as_ref().expect("evaluated").probs;
             scatter_add(&mut self.acc, self.union.projection(i), probs, w);
         }
+        let x = self.picker.pick(&self.acc[..self.union.len()]);
+        self.acc.fill(0.0);
+        x.ok_or(Error::ZeroMass { step })
     }
 
-    /// One step's distribution; returns whether it was ensembled.
-    fn step(&mut self, all: &[usize]) -> Result<bool> {
-        match self.mode {
+    /// The exact greedy pick computed from the members' heads only, or `None` when the margin
+    /// is too thin to be sure (then the caller combines the full distributions).
+    fn greedy_on_heads(&mut self, which: &[usize]) -> Option<UnionId> {
+        let sink = self.union.sink() as u32;
+        self.touched.clear();
+        for (&i, &w) in which.iter().zip(&self.step_weights) {
+            let dist = self.workers[i].dist.as_ref().expect("evaluated");
+            let projection = self.union.projection(i);
+            for &j in &dist.head {
+                let u = projection[j as usize];
+                if u == sink {
+                    continue;
+                }
+                let slot = &mut self.acc[u as usize];
+                if *slot == 0.0 {
+                    self.touched.push(u);
+                }
+                *slot += w * dist.probs[j as usize];
+            }
+        }
+        let (mut best, mut best_p, mut second_p) = (0u32, 0.0f32, 0.0f32);
+        for &u in &self.touched {
+            let p = self.acc[u as usize];
+            if p > best_p || (p == best_p && u < best) {
+                second_p = best_p;
+                best_p = p;
+                best = u;
+            } else if p > second_p {
+                second_p = p;
+            }
+            self.acc[u as usize] = 0.0;
+        }
+        // A union token's true mass exceeds its head mass by at most this much.
+        let tails: f32 = self.step_weights.iter().map(|w| w * HEAD_FLOOR).sum();
+        (best_p - second_p > tails && best_p > tails).then_some(UnionId(best))
+    }
+
+    /// One step: evaluates the members it needs and picks a token; returns it and whether the
+    /// step was ensembled.
+    fn step(&mut self, all: &[usize], step: usize) -> Result<(UnionId, bool)> {
+        let (which, ensembled) = match self.mode {
             Mode::Average => {
                 self.evaluate(all)?;
-                let t = Instant::now();
-                self.combine(all);
-                self.stats.combine_time += t.elapsed();
-                Ok(all.len() > 1)
+                (all.to_vec(), all.len() > 1)
             }
             Mode::Gated {
                 gate,
@@ -528,12 +596,13 @@ impl Run<'_> {
                 };
                 let rest: Vec<usize> = which.iter().copied().filter(|&i| i != gate).collect();
                 self.evaluate(&rest)?;
-                let t = Instant::now();
-                self.combine(&which);
-                self.stats.combine_time += t.elapsed();
-                Ok(!confident)
+                (which, !confident)
             }
-        }
+        };
+        let t = Instant::now();
+        let x = self.choose(&which, step)?;
+        self.stats.combine_time += t.elapsed();
+        Ok((x, ensembled))
     }
 
     fn generate(&mut self, options: &GenerateOptions, on_text: &mut dyn FnMut(&str)) -> Result<Outcome> {
@@ -554,7 +623,7 @@ impl Run<'_> {
         let mut finish = Finish::MaxTokens;
         let started = Instant::now();
         for step in 0..options.max_tokens {
-            let ensembled = match self.step(&all) {
+            let (x, ensembled) = match self.step(&all, step) {
                 Err(Error::ContextFull { .. }) => {
                     finish = Finish::ContextFull;
                     break;
@@ -564,7 +633,6 @@ impl Run<'_> {
             let t = Instant::now();
             self.stats.steps += 1;
             self.stats.ensembled_steps += usize::from(ensembled);
-            let x = self.picker.pick(&self.acc[..self.union.len()]).ok_or(Error::ZeroMass { step })?;
             if step == 0 {
                 self.stats.first_step_time = started.elapsed();
             }
@@ -664,6 +732,28 @@ mod tests {
         }
         assert_eq!(g.stats.steps, g.stats.tokens + 1);
         assert_eq!(g.stats.ensembled_steps, g.stats.steps);
+    }
+
+    #[test]
+    fn greedy_on_heads_equals_dense_argmax() {
+        // Sampling with top-k 1 always takes the dense path and picks the same argmax.
+        for seed in 0..20 {
+            let mk = || {
+                let mut a = ScriptedMember::new("a", A, "");
+                a.noise = Some(seed);
+                let mut b = ScriptedMember::new("b", B, "");
+                b.noise = Some(seed + 100);
+                vec![boxed(a), boxed(b)]
+            };
+            let greedy = GenerateOptions { max_tokens: 30, ..Default::default() };
+            let dense = GenerateOptions {
+                pick: PickConfig { temperature: 1.0, top_k: 1, ..PickConfig::default() },
+                ..greedy.clone()
+            };
+            let (g1, _) = run(mk(), Mode::Average, &greedy).unwrap();
+            let (g2, _) = run(mk(), Mode::Average, &dense).unwrap();
+            assert_eq!(g1.tokens, g2.tokens, "seed {seed}");
+        }
     }
 
     #[test]

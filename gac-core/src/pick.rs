@@ -67,6 +67,11 @@ impl Picker {
         }
     }
 
+    /// Whether this picker takes the argmax.
+    pub fn is_greedy(&self) -> bool {
+        self.config.is_greedy()
+    }
+
     /// Restarts the random sequence from the seed, so a rerun is identical.
     pub fn reset(&mut self) {
         self.rng = SplitMix64(self.config.seed);

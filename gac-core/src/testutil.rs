@@ -22,6 +22,9 @@ pub struct ScriptedMember {
     pub panic_at: Option<usize>,
     /// Context window in tokens.
     pub context_size: Option<usize>,
+    /// Replace the scripted logits by pseudo-random ones derived from this seed and the
+    /// context length (close calls between tokens become common).
+    pub noise: Option<u64>,
 }
 
 impl ScriptedMember {
@@ -48,6 +51,7 @@ impl ScriptedMember {
             fail_at: None,
             panic_at: None,
             context_size: None,
+            noise: None,
         }
     }
 
@@ -132,6 +136,14 @@ impl Member for ScriptedMember {
         }
         if let (Some(id), _) = best {
             self.logits[id] = 10.0;
+        }
+        if let Some(seed) = self.noise {
+            let mut state = seed ^ (self.context.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for l in &mut self.logits {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                // Coarse steps make near-ties between members' sums frequent.
+                *l = ((state >> 60) as f32) * 0.25;
+            }
         }
         Ok(&self.logits)
     }

@@ -1,1 +1,369 @@
-fn main(){}
+//! `gac`: token-level ensembles of GGUF models from the command line.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use gac_core::config::{parse_when_unsure, EnsembleConfig, GateConfig, MemberConfig};
+use gac_core::{Ensemble, GenerateOptions, Generation, Member, PickConfig, Union};
+use gac_llamacpp::{LlamaMember, LlamaOptions};
+use serde_json::json;
+
+/// Ensemble several LLMs token by token (Generation as Classification).
+///
+/// Each step, every member's next-token distribution is mapped into the union of the members'
+/// vocabularies (tokens compared by the bytes they stand for), averaged, and one token is picked
+/// and fed back to every member in its own token ids.
+#[derive(Parser, Debug)]
+#[command(name = "gac", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text with an ensemble (streamed to stdout, statistics to stderr).
+    Generate(GenerateArgs),
+    /// Show each vocabulary's size, the union size and pairwise overlaps.
+    Vocab(VocabArgs),
+}
+
+#[derive(Args, Debug)]
+struct MemberArgs {
+    /// A GGUF model file; repeat for each member (order matters: member 0, 1, ...).
+    #[arg(long = "model", value_name = "PATH", conflicts_with = "config")]
+    models: Vec<PathBuf>,
+    /// A TOML file listing members (path, weight, gpu, gpu_layers, threads, context) and an
+    /// optional [gate]; see the README.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    #[command(flatten)]
+    members: MemberArgs,
+    /// Weight of each member in the average, in member order (default: equal).
+    #[arg(long = "weight", value_name = "W", conflicts_with = "config")]
+    weights: Vec<f32>,
+    /// Gated mode: member N decides alone while its top probability is above --threshold.
+    #[arg(long, value_name = "N")]
+    gate: Option<usize>,
+    /// Gate threshold t in [0, 1]: steps where the gate's top probability is <= t are ensembled.
+    #[arg(long, value_name = "T", default_value_t = 0.5, requires = "gate")]
+    threshold: f32,
+    /// What to do when the gate is unsure: `average` all members, or `member:K` alone.
+    #[arg(long, value_name = "HOW", default_value = "average", requires = "gate")]
+    when_unsure: String,
+    /// Sampling temperature; 0 picks the most probable token (greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// With sampling: keep only the K most probable union tokens (0 = all).
+    #[arg(long, value_name = "K", default_value_t = 40)]
+    top_k: usize,
+    /// With sampling: keep the most probable tokens up to this total probability.
+    #[arg(long, value_name = "P", default_value_t = 0.95)]
+    top_p: f32,
+    /// Seed of the sampler (the same seed gives the same output).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop after this many tokens.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    max_tokens: usize,
+    /// Stop when this text appears (repeatable); the output is cut before it.
+    #[arg(long = "stop", value_name = "TEXT")]
+    stops: Vec<String>,
+    /// Wrap the prompt in each member's own chat template (from its GGUF, where it has one).
+    #[arg(long)]
+    chat: bool,
+    /// Print one JSON object with the text and the statistics instead of streaming.
+    #[arg(long)]
+    json: bool,
+    /// CPU threads per member (default: the cores divided among the members).
+    #[arg(long, value_name = "N")]
+    threads: Option<i32>,
+    /// Pin members to GPUs, in member order (repeatable; needs a build with --features cuda).
+    #[arg(long = "gpu", value_name = "INDEX", conflicts_with = "config")]
+    gpus: Vec<i32>,
+    /// Context window per member, in tokens (default: the model's, at most 4096).
+    #[arg(long = "ctx", value_name = "TOKENS")]
+    context: Option<u32>,
+    /// The prompt; `-` reads it from stdin.
+    prompt: String,
+}
+
+#[derive(Args, Debug)]
+struct VocabArgs {
+    #[command(flatten)]
+    members: MemberArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl MemberArgs {
+    fn paths(&self) -> Result<Vec<PathBuf>> {
+        Ok(self.config()?.members.into_iter().map(|m| m.path).collect())
+    }
+
+    /// The members as a configuration: from the TOML file, or from the --model flags.
+    fn config(&self) -> Result<EnsembleConfig> {
+        match &self.config {
+            Some(path) => Ok(EnsembleConfig::from_file(path)?),
+            None => Ok(EnsembleConfig {
+                members: self.models.iter().map(MemberConfig::new).collect(),
+                gate: None,
+            }),
+        }
+    }
+}
+
+impl TryFrom<&GenerateArgs> for EnsembleConfig {
+    type Error = anyhow::Error;
+
+    /// All validation of the generate flags happens here, before any model is loaded.
+    fn try_from(args: &GenerateArgs) -> Result<Self> {
+        let mut config = args.members.config()?;
+        let n = config.members.len();
+        if !args.weights.is_empty() {
+            if args.weights.len() != n {
+                bail!("invalid --weight: {} weights given for {n} members", args.weights.len());
+            }
+            for (m, w) in config.members.iter_mut().zip(&args.weights) {
+                m.weight = *w;
+            }
+        }
+        if !args.gpus.is_empty() {
+            if args.gpus.len() > n {
+                bail!("invalid --gpu: {} GPUs given for {n} members", args.gpus.len());
+            }
+            for (m, g) in config.members.iter_mut().zip(&args.gpus) {
+                m.gpu = Some(*g);
+            }
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as i32;
+        for m in &mut config.members {
+            m.threads = args.threads.or(m.threads).or(Some((cores / n.max(1) as i32).max(1)));
+            m.context = args.context.or(m.context);
+        }
+        if let Some(member) = args.gate {
+            parse_when_unsure(&args.when_unsure, n)?;
+            config.gate = Some(GateConfig {
+                member,
+                threshold: args.threshold,
+                when_unsure: args.when_unsure.clone(),
+            });
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate(args),
+        Command::Vocab(args) => vocab(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn load_members(config: &EnsembleConfig, quiet: bool) -> Result<Vec<Box<dyn Member>>> {
+    let mut members: Vec<Box<dyn Member>> = Vec::new();
+    for (i, m) in config.members.iter().enumerate() {
+        let t = Instant::now();
+        let options = LlamaOptions {
+            threads: m.threads,
+            gpu: m.gpu,
+            gpu_layers: m.gpu_layers,
+            context: m.context,
+        };
+        let member = LlamaMember::load(&m.path, &options)
+            .with_context(|| format!("member {i} ({})", m.path.display()))?;
+        if !quiet {
+            let place = m.gpu.map_or("CPU".to_string(), |g| format!("GPU {g}"));
+            eprintln!(
+                "gac: loaded member {i} {} ({} tokens, {place}) in {:.1} s",
+                member.name(),
+                member.vocab().len(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        members.push(Box::new(member));
+    }
+    Ok(members)
+}
+
+fn read_prompt(prompt: &str) -> Result<String> {
+    if prompt != "-" {
+        return Ok(prompt.to_string());
+    }
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).context("reading the prompt from stdin")?;
+    Ok(text)
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let config = EnsembleConfig::try_from(&args)?;
+    let prompt = read_prompt(&args.prompt)?;
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        stop: args.stops.clone(),
+        pick: PickConfig {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        chat: args.chat,
+    };
+    options.pick.validate()?;
+    let members = load_members(&config, args.json)?;
+    let mut ensemble = Ensemble::new(members, Some(config.weights()), config.mode()?)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut write_error = None;
+    let mut on_text = |s: &str| {
+        if !args.json && write_error.is_none() {
+            if let Err(e) = out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+                write_error = Some(e);
+            }
+        }
+    };
+    let generation = ensemble.generate(&prompt, &options, &mut on_text)?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    if args.json {
+        let value = generation_json(&generation, ensemble.union(), &config);
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+    } else {
+        if std::io::stdout().is_terminal() || !generation.text.ends_with('\n') {
+            writeln!(out)?;
+        }
+        print_stats(&generation);
+    }
+    Ok(())
+}
+
+fn print_stats(g: &Generation) {
+    let s = &g.stats;
+    eprintln!(
+        "gac: {} tokens ({}), {:.1} ms/token, {:.1} tokens/s, {}/{} steps ensembled ({:.1}%), ensemble step {:.3} ms/step",
+        s.tokens,
+        g.finish.as_str(),
+        s.ms_per_token(),
+        s.tokens_per_sec(),
+        s.ensembled_steps,
+        s.steps,
+        100.0 * s.ensembled_fraction(),
+        combine_ms_per_step(g),
+    );
+    for m in &s.members {
+        eprintln!(
+            "gac:   {}: prompt {} tokens in {:.1} ms; {} decode evals, {:.2} ms each; softmax {:.3} ms/eval; re-encode {:.3} ms total",
+            m.name,
+            m.prompt_tokens,
+            m.prompt_time.as_secs_f64() * 1e3,
+            m.decode_evals,
+            m.ms_per_eval(),
+            m.softmax_time.as_secs_f64() * 1e3 / (m.decode_evals + 1) as f64,
+            m.push_time.as_secs_f64() * 1e3,
+        );
+    }
+}
+
+fn combine_ms_per_step(g: &Generation) -> f64 {
+    g.stats.combine_time.as_secs_f64() * 1e3 / g.stats.steps.max(1) as f64
+}
+
+fn generation_json(g: &Generation, union: &Union, config: &EnsembleConfig) -> serde_json::Value {
+    let s = &g.stats;
+    json!({
+        "text": g.text,
+        "finish": g.finish.as_str(),
+        "tokens": s.tokens,
+        "union_size": union.len(),
+        "stats": {
+            "steps": s.steps,
+            "ensembled_steps": s.ensembled_steps,
+            "ensembled_fraction": s.ensembled_fraction(),
+            "ms_per_token": s.ms_per_token(),
+            "tokens_per_sec": s.tokens_per_sec(),
+            "first_step_ms": s.first_step_time.as_secs_f64() * 1e3,
+            "total_ms": s.total_time.as_secs_f64() * 1e3,
+            "combine_ms_per_step": combine_ms_per_step(g),
+        },
+        "members": s.members.iter().zip(&config.members).map(|(m, c)| json!({
+            "name": m.name,
+            "path": c.path,
+            "weight": c.weight,
+            "prompt_tokens": m.prompt_tokens,
+            "prompt_ms": m.prompt_time.as_secs_f64() * 1e3,
+            "decode_evals": m.decode_evals,
+            "ms_per_eval": m.ms_per_eval(),
+            "softmax_ms": m.softmax_time.as_secs_f64() * 1e3,
+            "reencode_ms": m.push_time.as_secs_f64() * 1e3,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn vocab(args: VocabArgs) -> Result<()> {
+    let paths = args.members.paths()?;
+    if paths.is_empty() {
+        bail!("give at least one --model (or --config)");
+    }
+    let vocabs = paths
+        .iter()
+        .map(|p| gac_llamacpp::load_vocab(p).map_err(anyhow::Error::from))
+        .collect::<Result<Vec<_>>>()?;
+    let union = Union::build(&vocabs.iter().collect::<Vec<_>>())?;
+    let n = vocabs.len();
+    let name = |p: &Path| p.file_name().map_or_else(|| p.display().to_string(), |f| f.to_string_lossy().into_owned());
+    if args.json {
+        let value = json!({
+            "union_size": union.len(),
+            "members": paths.iter().zip(&vocabs).enumerate().map(|(i, (p, v))| json!({
+                "path": p,
+                "vocab_size": v.len(),
+                "text_tokens": union.member_text_tokens(i),
+                "overlap": (0..n).map(|j| union.overlap(i, j)).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("{:<4} {:>10} {:>12}  model", "#", "vocab", "text tokens");
+    for (i, (p, v)) in paths.iter().zip(&vocabs).enumerate() {
+        println!("{i:<4} {:>10} {:>12}  {}", v.len(), union.member_text_tokens(i), name(p));
+    }
+    println!("union: {} tokens (End class included; text tokens compared as bytes)", union.len());
+    if n > 1 {
+        println!("shared text tokens:");
+        for i in 0..n {
+            for j in i + 1..n {
+                println!("  {i} & {j}: {}", union.overlap(i, j));
+            }
+        }
+    }
+    Ok(())
+}
