@@ -1,1 +1,165 @@
-//! x
+//! Shared helpers for gac's end-to-end tests on real GGUF models.
+//!
+//! Models and tokenizer files come from `scripts/fetch-assets` (into `$GAC_CACHE`, default
+//! `.cache/` in the repository). A missing file fails the test with the command that fetches it.
+
+use std::path::{Path, PathBuf};
+
+use gac_core::{Member, Vocab};
+use gac_llamacpp::{LlamaMember, LlamaOptions};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+/// SmolLM2-135M-Instruct (Q4_1), byte-level BPE, 49,152 tokens.
+pub const SMOLLM: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Gemma-3-270M (Q4_K_M), SentencePiece with byte fallback, 262,144 tokens.
+pub const GEMMA: &str = "models/gemma-3-270m-q4_k_m.gguf";
+
+/// Prompts in several languages and scripts.
+pub const PROMPTS: &[&str] = &[
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Москва — столица",
+    "中国的首都是",
+    "Le café est très",
+];
+
+/// The asset cache folder.
+pub fn cache() -> PathBuf {
+    std::env::var_os("GAC_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"))
+}
+
+/// The path of a cached asset; panics (fails the test) when it is missing.
+pub fn asset(relative: &str) -> PathBuf {
+    let path = cache().join(relative);
+    assert!(
+        path.is_file(),
+        "missing test asset {}: run `scripts/fetch-assets` (or set GAC_CACHE to where it is)",
+        path.display()
+    );
+    path
+}
+
+/// Loads a member on the CPU with one thread.
+pub fn member(relative: &str) -> LlamaMember {
+    let options = LlamaOptions {
+        threads: Some(1),
+        context: Some(2048),
+        ..LlamaOptions::default()
+    };
+    LlamaMember::load(&asset(relative), &options).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Boxes members for an ensemble.
+pub fn boxed(members: Vec<LlamaMember>) -> Vec<Box<dyn Member>> {
+    members.into_iter().map(|m| Box::new(m) as Box<dyn Member>).collect()
+}
+
+/// The model's own greedy continuation through llama.cpp directly (not through gac): the
+/// prompt in one batch, then one token at a time, argmax of the logits, until an
+/// end-of-generation token or `max_tokens`. Returns the generated ids.
+pub fn reference_greedy(relative: &str, prompt: &str, max_tokens: usize) -> Vec<u32> {
+    let backend = gac_llamacpp::backend();
+    let params = LlamaModelParams::default().with_n_gpu_layers(0);
+    let model = LlamaModel::load_from_file(backend, asset(relative), &params).expect("model loads");
+    let ctx_params = LlamaContextParams::default()
+        .with_n_ctx(std::num::NonZeroU32::new(2048))
+        .with_n_batch(512)
+        .with_n_ubatch(512)
+        .with_n_threads(1)
+        .with_n_threads_batch(1);
+    let mut ctx = model.new_context(backend, ctx_params).expect("context");
+    let vocab = model.vocab();
+    let prompt_ids = vocab.tokenize(prompt.as_bytes(), true, true);
+    let mut batch = LlamaBatch::new(512, 1);
+    for (i, &t) in prompt_ids.iter().enumerate() {
+        batch.add(t, i as i32, &[0], i + 1 == prompt_ids.len()).unwrap();
+    }
+    ctx.decode(&mut batch).expect("prompt decodes");
+    let mut pos = prompt_ids.len() as i32;
+    let mut out = Vec::new();
+    for _ in 0..max_tokens {
+        let logits = ctx.get_logits_ith(batch.n_tokens() - 1);
+        let next = logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best })
+            .0 as i32;
+        if vocab.is_eog(LlamaToken(next)) {
+            break;
+        }
+        out.push(next as u32);
+        batch.clear();
+        batch.add(LlamaToken(next), pos, &[0], true).unwrap();
+        pos += 1;
+        ctx.decode(&mut batch).expect("token decodes");
+    }
+    out
+}
+
+/// Wraps a member and records, after every push, what its context after the prompt decodes to
+/// through the runtime's own detokenizer; used to check the byte invariant at every step.
+pub struct Recording {
+    /// The wrapped member.
+    pub inner: LlamaMember,
+    /// Length of the prompt in the member's tokens (set by the first push).
+    pub prompt_len: Option<usize>,
+    /// The decoded context (after the prompt) after each push.
+    pub snapshots: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Recording {
+    /// Wraps `inner`.
+    pub fn new(inner: LlamaMember) -> Self {
+        Self {
+            inner,
+            prompt_len: None,
+            snapshots: Default::default(),
+        }
+    }
+}
+
+impl Member for Recording {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn vocab(&self) -> &Vocab {
+        self.inner.vocab()
+    }
+    fn encode(&self, text: &[u8]) -> gac_core::Result<Vec<u32>> {
+        self.inner.encode(text)
+    }
+    fn encode_prompt(&self, prompt: &str) -> gac_core::Result<Vec<u32>> {
+        self.inner.encode_prompt(prompt)
+    }
+    fn chat_prompt(&self, user: &str) -> Option<String> {
+        self.inner.chat_prompt(user)
+    }
+    fn context_size(&self) -> Option<usize> {
+        self.inner.context_size()
+    }
+    fn reset(&mut self) -> gac_core::Result<()> {
+        self.prompt_len = None;
+        self.snapshots.lock().unwrap().clear();
+        self.inner.reset()
+    }
+    fn push(&mut self, ids: &[u32]) -> gac_core::Result<()> {
+        self.inner.push(ids)?;
+        match self.prompt_len {
+            None => self.prompt_len = Some(ids.len()),
+            Some(p) => {
+                let decoded = self.inner.detokenize(&self.inner.tokens()[p..]);
+                self.snapshots.lock().unwrap().push(decoded);
+            }
+        }
+        Ok(())
+    }
+    fn logits(&mut self) -> gac_core::Result<&[f32]> {
+        self.inner.logits()
+    }
+}
