@@ -58,7 +58,7 @@ pub enum LoadError {
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LoadError::Unreadable(p, e) => write!(f, "cannot read model file {}: {e}", p.display()),
+            LoadError::Unreadable(p, _) => write!(f, "cannot read model file {}", p.display()),
             LoadError::NotGguf(p) => write!(f, "{} is not a GGUF file (no GGUF magic at its start)", p.display()),
             LoadError::Rejected(p) => write!(
                 f,
@@ -80,7 +80,6 @@ impl std::error::Error for LoadError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             LoadError::Unreadable(_, e) => Some(e),
-            LoadError::Vocab(_, e) => Some(e),
             _ => None,
         }
     }
@@ -118,18 +117,23 @@ pub fn load_model(path: &Path, options: &LlamaOptions) -> Result<Arc<LlamaModel>
 /// Reads only a GGUF file's vocabulary (no weights), as gac sees it.
 pub fn load_vocab(path: &Path) -> Result<Vocab, LoadError> {
     check_gguf(path)?;
-    let params = LlamaModelParams::default().with_n_gpu_layers(0).with_vocab_only(true);
+    let params = LlamaModelParams::default()
+        .with_n_gpu_layers(0)
+        .with_vocab_only(true);
     let model = load_checked(path, &params)?;
     vocab_of(&model, &name_of(path)).map_err(|e| LoadError::Vocab(path.to_path_buf(), e))
 }
 
 fn load_checked(path: &Path, params: &LlamaModelParams) -> Result<LlamaModel, LoadError> {
-    LlamaModel::load_from_file(backend(), path, params).map_err(|_| LoadError::Rejected(path.to_path_buf()))
+    LlamaModel::load_from_file(backend(), path, params)
+        .map_err(|_| LoadError::Rejected(path.to_path_buf()))
 }
 
 fn name_of(path: &Path) -> String {
-    path.file_stem()
-        .map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
+    path.file_stem().map_or_else(
+        || path.display().to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    )
 }
 
 fn check_gguf(path: &Path) -> Result<(), LoadError> {
@@ -190,11 +194,14 @@ impl LlamaMember {
         options: &LlamaOptions,
     ) -> Result<Self, LoadError> {
         let vocab = vocab_of(&model, &name).map_err(|e| LoadError::Vocab(path.to_path_buf(), e))?;
-        let context_size = options.context.unwrap_or_else(|| model.n_ctx_train().min(4096)).max(8);
+        let context_size = options
+            .context
+            .unwrap_or_else(|| model.n_ctx_train().min(4096))
+            .max(8);
         let batch_size = context_size.min(512);
-        let threads = options.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get() as i32)
-        });
+        let threads = options
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(context_size))
             .with_n_batch(batch_size)
@@ -262,7 +269,8 @@ pub fn vocab_of(model: &LlamaModel, name: &str) -> gac_core::Result<Vocab> {
         let attr = vocab.attr(token);
         let entry = if vocab.is_eog(token) {
             Token::End
-        } else if attr.intersects(LlamaTokenAttr::Control | LlamaTokenAttr::Unused | LlamaTokenAttr::Unknown)
+        } else if attr
+            .intersects(LlamaTokenAttr::Control | LlamaTokenAttr::Unused | LlamaTokenAttr::Unknown)
             || attr.is_empty()
         {
             Token::Special
@@ -315,7 +323,9 @@ impl Member for LlamaMember {
     fn chat_prompt(&self, user: &str) -> Option<String> {
         let template = self.model.chat_template(None).ok()?;
         let message = LlamaChatMessage::new("user".into(), user.into()).ok()?;
-        self.model.apply_chat_template(&template, &[message], true).ok()
+        self.model
+            .apply_chat_template(&template, &[message], true)
+            .ok()
     }
 
     fn context_size(&self) -> Option<usize> {
@@ -339,7 +349,9 @@ impl Member for LlamaMember {
         }
         let n_vocab = self.vocab.len() as u32;
         if let Some(&bad) = ids.iter().find(|&&id| id >= n_vocab) {
-            return Err(self.fail(format!("token id {bad} is outside its vocabulary of {n_vocab}")));
+            return Err(self.fail(format!(
+                "token id {bad} is outside its vocabulary of {n_vocab}"
+            )));
         }
         self.tokens.extend_from_slice(ids);
         Ok(())
@@ -359,13 +371,15 @@ impl Member for LlamaMember {
                     .add(token, pos as i32, &[0], pos + 1 == total)
                     .map_err(|e| gac_core::Error::member(&self.name, format!("batch: {e}")))?;
             }
-            self.ctx
-                .decode(&mut self.batch)
-                .map_err(|e| gac_core::Error::member(&self.name, format!("llama.cpp decode failed: {e}")))?;
+            self.ctx.decode(&mut self.batch).map_err(|e| {
+                gac_core::Error::member(&self.name, format!("llama.cpp decode failed: {e}"))
+            })?;
             self.logits_row = Some(self.batch.n_tokens() - 1);
             self.evaluated = end;
         }
-        let row = self.logits_row.expect("set by the decode above or an earlier one");
+        let row = self
+            .logits_row
+            .expect("set by the decode above or an earlier one");
         Ok(self.ctx.get_logits_ith(row))
     }
 }

@@ -9,7 +9,11 @@
 /// `>= floor` into `head` (the only tokens that can decide a greedy pick), and returns the
 /// largest probability; `None` when the logits are not finite (NaN or infinite values).
 pub fn softmax(logits: &[f32], probs: &mut [f32], floor: f32, head: &mut Vec<u32>) -> Option<f32> {
-    assert_eq!(logits.len(), probs.len(), "softmax buffers differ in length");
+    assert_eq!(
+        logits.len(),
+        probs.len(),
+        "softmax buffers differ in length"
+    );
     head.clear();
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
@@ -21,7 +25,12 @@ pub fn softmax(logits: &[f32], probs: &mut [f32], floor: f32, head: &mut Vec<u32
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn softmax_avx2(logits: &[f32], probs: &mut [f32], floor: f32, head: &mut Vec<u32>) -> Option<f32> {
+unsafe fn softmax_avx2(
+    logits: &[f32],
+    probs: &mut [f32],
+    floor: f32,
+    head: &mut Vec<u32>,
+) -> Option<f32> {
     softmax_lanes(logits, probs, floor, head)
 }
 
@@ -30,7 +39,12 @@ const LANES: usize = 16;
 /// The softmax written as independent lanes, so that reductions vectorize; the same code is
 /// compiled once for the baseline CPU and once with AVX2 (identical results: no FMA contraction).
 #[inline(always)]
-fn softmax_lanes(logits: &[f32], probs: &mut [f32], floor: f32, head: &mut Vec<u32>) -> Option<f32> {
+fn softmax_lanes(
+    logits: &[f32],
+    probs: &mut [f32],
+    floor: f32,
+    head: &mut Vec<u32>,
+) -> Option<f32> {
     let mut max = [f32::NEG_INFINITY; LANES];
     let mut check = [0.0f32; LANES];
     let chunks = logits.chunks_exact(LANES);
@@ -41,13 +55,19 @@ fn softmax_lanes(logits: &[f32], probs: &mut [f32], floor: f32, head: &mut Vec<u
             check[k] += c[k] * 0.0; // NaN or ±inf turn this into NaN
         }
     }
-    let max = max.iter().chain(tail).fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let max = max
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
     let check: f32 = check.iter().sum::<f32>() + tail.iter().map(|x| x * 0.0).sum::<f32>();
     if !max.is_finite() || check.is_nan() {
         return None;
     }
     let mut sum = [0.0f32; LANES];
-    for (p, l) in probs.chunks_exact_mut(LANES).zip(logits.chunks_exact(LANES)) {
+    for (p, l) in probs
+        .chunks_exact_mut(LANES)
+        .zip(logits.chunks_exact(LANES))
+    {
         for k in 0..LANES {
             let e = exp_nonpositive(l[k] - max);
             p[k] = e;
@@ -72,7 +92,11 @@ fn softmax_lanes(logits: &[f32], probs: &mut [f32], floor: f32, head: &mut Vec<u
         }
         if chunk_max >= floor {
             let base = c * LANES;
-            head.extend((0..chunk.len()).filter(|&k| chunk[k] >= floor).map(|k| (base + k) as u32));
+            head.extend(
+                (0..chunk.len())
+                    .filter(|&k| chunk[k] >= floor)
+                    .map(|k| (base + k) as u32),
+            );
         }
     }
     Some(inv)
@@ -92,7 +116,8 @@ fn exp_nonpositive(x: f32) -> f32 {
     let r = x - n * LN2_HI - n * LN2_LO;
     let poly = 1.0
         + r * (1.0
-            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     // `n` sits in the low mantissa bits of `shifted`; adding it to the exponent of `poly`
     // multiplies by 2^n without a float-to-int conversion (n >= -126 keeps the result normal).
     let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
@@ -102,7 +127,11 @@ fn exp_nonpositive(x: f32) -> f32 {
 /// Adds `weight · probs` into `acc` through a projection (member id → union id).
 /// `acc` must have a slot for every projected index, the sink included.
 pub fn scatter_add(acc: &mut [f32], projection: &[u32], probs: &[f32], weight: f32) {
-    assert_eq!(projection.len(), probs.len(), "projection and probabilities differ in length");
+    assert_eq!(
+        projection.len(),
+        probs.len(),
+        "projection and probabilities differ in length"
+    );
     for (&u, &p) in projection.iter().zip(probs) {
         acc[u as usize] += weight * p;
     }
@@ -185,11 +214,15 @@ mod tests {
 
     #[test]
     fn softmax_on_a_long_vector_matches_std() {
-        let logits: Vec<f32> = (0..1001).map(|i| ((i * 7919) % 1000) as f32 / 50.0 - 10.0).collect();
+        let logits: Vec<f32> = (0..1001)
+            .map(|i| ((i * 7919) % 1000) as f32 / 50.0 - 10.0)
+            .collect();
         let mut p = vec![0.0; logits.len()];
         let mut head = vec![];
         let top = softmax(&logits, &mut p, 1e-3, &mut head).unwrap();
-        let want_head: Vec<u32> = (0..p.len() as u32).filter(|&i| p[i as usize] >= 1e-3).collect();
+        let want_head: Vec<u32> = (0..p.len() as u32)
+            .filter(|&i| p[i as usize] >= 1e-3)
+            .collect();
         assert_eq!(head, want_head);
         let max = logits.iter().copied().fold(f32::MIN, f32::max);
         let z: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
@@ -199,7 +232,6 @@ mod tests {
         }
         assert!((top - (1.0 / z) as f32).abs() < 1e-7);
     }
-
 
     #[test]
     fn scatter_adds_through_projection() {

@@ -95,7 +95,8 @@ impl EnsembleConfig {
         let field = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::config(&field, format!("cannot read it: {e}")))?;
-        let config: Self = toml::from_str(&text).map_err(|e| Error::config(&field, e.to_string()))?;
+        let config: Self =
+            toml::from_str(&text).map_err(|e| Error::config(&field, e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new(""));
         let mut config = config;
         for m in &mut config.members {
@@ -121,12 +122,18 @@ impl EnsembleConfig {
             }
             if let Some(t) = m.threads {
                 if t < 1 {
-                    return Err(Error::config(format!("member[{i}].threads"), format!("{t} is not >= 1")));
+                    return Err(Error::config(
+                        format!("member[{i}].threads"),
+                        format!("{t} is not >= 1"),
+                    ));
                 }
             }
             if let Some(g) = m.gpu {
                 if g < 0 {
-                    return Err(Error::config(format!("member[{i}].gpu"), format!("{g} is not >= 0")));
+                    return Err(Error::config(
+                        format!("member[{i}].gpu"),
+                        format!("{g} is not >= 0"),
+                    ));
                 }
             }
         }
@@ -150,7 +157,11 @@ impl EnsembleConfig {
         if gate.member >= n {
             return Err(Error::config(
                 "gate",
-                format!("member {} does not exist (members are 0..{})", gate.member, n - 1),
+                format!(
+                    "member {} does not exist (members are 0..{})",
+                    gate.member,
+                    n - 1
+                ),
             ));
         }
         if !(0.0..=1.0).contains(&gate.threshold) {
@@ -173,8 +184,17 @@ pub fn parse_when_unsure(s: &str, members: usize) -> Result<WhenUnsure> {
     if s == "average" {
         return Ok(WhenUnsure::Average);
     }
-    let bad = || Error::config("when_unsure", format!("'{s}' is neither 'average' nor 'member:K' with K < {members}"));
-    let k: usize = s.strip_prefix("member:").ok_or_else(bad)?.parse().map_err(|_| bad())?;
+    let bad = || {
+        Error::config(
+            "when_unsure",
+            format!("'{s}' is neither 'average' nor 'member:K' with K < {members}"),
+        )
+    };
+    let k: usize = s
+        .strip_prefix("member:")
+        .ok_or_else(bad)?
+        .parse()
+        .map_err(|_| bad())?;
     if k >= members {
         return Err(bad());
     }
@@ -186,7 +206,8 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<EnsembleConfig> {
-        let c: EnsembleConfig = toml::from_str(s).map_err(|e| Error::config("toml", e.to_string()))?;
+        let c: EnsembleConfig =
+            toml::from_str(s).map_err(|e| Error::config("toml", e.to_string()))?;
         c.validate().map(|_| c)
     }
 
@@ -211,7 +232,11 @@ mod tests {
         assert_eq!(c.weights(), [1.0, 0.5]);
         assert_eq!(
             c.mode().unwrap(),
-            Mode::Gated { gate: 1, threshold: 0.4, when_unsure: WhenUnsure::Defer(0) }
+            Mode::Gated {
+                gate: 1,
+                threshold: 0.4,
+                when_unsure: WhenUnsure::Defer(0)
+            }
         );
     }
 
@@ -220,9 +245,18 @@ mod tests {
         let cases = [
             ("", "at least one member"),
             ("[[member]]\npath='a'\nweight=-1", "member[0].weight"),
-            ("[[member]]\npath='a'\n[gate]\nmember=3\nthreshold=0.5", "gate"),
-            ("[[member]]\npath='a'\n[gate]\nmember=0\nthreshold=1.5", "threshold"),
-            ("[[member]]\npath='a'\n[gate]\nmember=0\nthreshold=0.5\nwhen_unsure='x'", "when_unsure"),
+            (
+                "[[member]]\npath='a'\n[gate]\nmember=3\nthreshold=0.5",
+                "gate",
+            ),
+            (
+                "[[member]]\npath='a'\n[gate]\nmember=0\nthreshold=1.5",
+                "threshold",
+            ),
+            (
+                "[[member]]\npath='a'\n[gate]\nmember=0\nthreshold=0.5\nwhen_unsure='x'",
+                "when_unsure",
+            ),
             ("[[member]]\npath='a'\nweigth=1", "weigth"),
         ];
         for (toml, needle) in cases {

@@ -166,7 +166,11 @@ pub struct Ensemble {
 
 impl Ensemble {
     /// Builds an ensemble. `weights` (one per member, >= 0, not all 0) default to equal.
-    pub fn new(members: Vec<Box<dyn Member>>, weights: Option<Vec<f32>>, mode: Mode) -> Result<Self> {
+    pub fn new(
+        members: Vec<Box<dyn Member>>,
+        weights: Option<Vec<f32>>,
+        mode: Mode,
+    ) -> Result<Self> {
         if members.is_empty() {
             return Err(Error::NoMembers);
         }
@@ -192,6 +196,11 @@ impl Ensemble {
     /// The members, in order.
     pub fn members(&self) -> &[Box<dyn Member>] {
         &self.members
+    }
+
+    /// Takes the members back (to reuse them in another ensemble).
+    pub fn into_members(self) -> Vec<Box<dyn Member>> {
+        self.members
     }
 
     /// How members are combined.
@@ -221,7 +230,9 @@ impl Ensemble {
         let mut prompt_lens = Vec::with_capacity(self.members.len());
         for member in &mut self.members {
             let text = match options.chat {
-                true => member.chat_prompt(prompt).unwrap_or_else(|| prompt.to_string()),
+                true => member
+                    .chat_prompt(prompt)
+                    .unwrap_or_else(|| prompt.to_string()),
                 false => prompt.to_string(),
             };
             let ids = member.encode_prompt(&text)?;
@@ -280,7 +291,9 @@ impl Ensemble {
                 Ok(_) => run.flush(),
             };
             // Dropping the workers' channels ends their threads.
-            let Run { workers, mut stats, .. } = run;
+            let Run {
+                workers, mut stats, ..
+            } = run;
             drop(workers);
             let (text, bytes, tokens, finish) = result?;
             let member_ids = member_ids?;
@@ -378,7 +391,11 @@ enum Cmd {
 }
 
 enum Reply {
-    Evaluated { dist: Dist, top: f32, timing: Timing },
+    Evaluated {
+        dist: Dist,
+        top: f32,
+        timing: Timing,
+    },
     Flushed(Vec<u32>),
 }
 
@@ -435,7 +452,11 @@ fn handle(member: &mut dyn Member, cmd: Cmd, generated: &mut Vec<u32>) -> Result
             if logits.len() != dist.probs.len() {
                 return Err(Error::member(
                     name,
-                    format!("{} logits for a vocabulary of {}", logits.len(), dist.probs.len()),
+                    format!(
+                        "{} logits for a vocabulary of {}",
+                        logits.len(),
+                        dist.probs.len()
+                    ),
                 ));
             }
             let top = softmax(logits, &mut dist.probs, HEAD_FLOOR, &mut dist.head)
@@ -463,7 +484,9 @@ impl Worker {
     fn send_eval(&mut self) -> Result<()> {
         let dist = self.dist.take().expect("one evaluation at a time");
         let pieces = std::mem::take(&mut self.pending);
-        self.tx.send(Cmd::Eval(pieces, dist)).map_err(|_| self.disconnected())
+        self.tx
+            .send(Cmd::Eval(pieces, dist))
+            .map_err(|_| self.disconnected())
     }
 
     fn receive(&mut self, stats: &mut MemberStats) -> Result<()> {
@@ -519,10 +542,11 @@ impl Run<'_> {
     fn choose(&mut self, which: &[usize], step: usize) -> Result<UnionId> {
         let total: f32 = which.iter().map(|&i| self.weights[i]).sum();
         self.step_weights.clear();
-        self.step_weights.extend(which.iter().map(|&i| match total > 0.0 {
-            true => self.weights[i] / total,
-            false => 1.0 / which.len() as f32,
-        }));
+        self.step_weights
+            .extend(which.iter().map(|&i| match total > 0.0 {
+                true => self.weights[i] / total,
+                false => 1.0 / which.len() as f32,
+            }));
         if self.picker.is_greedy() {
             if let Some(x) = self.greedy_on_heads(which) {
                 return Ok(x);
@@ -605,7 +629,11 @@ impl Run<'_> {
         Ok((x, ensembled))
     }
 
-    fn generate(&mut self, options: &GenerateOptions, on_text: &mut dyn FnMut(&str)) -> Result<Outcome> {
+    fn generate(
+        &mut self,
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Outcome> {
         let all: Vec<usize> = (0..self.workers.len()).collect();
         self.stats.members = self
             .workers
@@ -684,7 +712,8 @@ impl Run<'_> {
     fn flush(&mut self) -> Result<Vec<Vec<u32>>> {
         for w in &mut self.workers {
             let pieces = std::mem::take(&mut w.pending);
-            w.tx.send(Cmd::Flush(pieces)).map_err(|_| w.disconnected())?;
+            w.tx.send(Cmd::Flush(pieces))
+                .map_err(|_| w.disconnected())?;
         }
         let mut out = Vec::with_capacity(self.workers.len());
         for w in &mut self.workers {
@@ -702,14 +731,47 @@ mod tests {
     use super::*;
     use crate::testutil::ScriptedMember;
 
-    const A: &[&str] = &["<end>", "h", "e", "l", "o", " ", "w", "r", "d", "he", "llo", " world", "<special>"];
-    const B: &[&str] = &["<special>", "h", "e", "l", "o", " ", "w", "r", "d", "hel", "lo", " wor", "ld", "<end>"];
+    const A: &[&str] = &[
+        "<end>",
+        "h",
+        "e",
+        "l",
+        "o",
+        " ",
+        "w",
+        "r",
+        "d",
+        "he",
+        "llo",
+        " world",
+        "<special>",
+    ];
+    const B: &[&str] = &[
+        "<special>",
+        "h",
+        "e",
+        "l",
+        "o",
+        " ",
+        "w",
+        "r",
+        "d",
+        "hel",
+        "lo",
+        " wor",
+        "ld",
+        "<end>",
+    ];
 
     fn boxed(m: ScriptedMember) -> Box<dyn Member> {
         Box::new(m)
     }
 
-    fn run(members: Vec<Box<dyn Member>>, mode: Mode, opts: &GenerateOptions) -> Result<(Generation, String)> {
+    fn run(
+        members: Vec<Box<dyn Member>>,
+        mode: Mode,
+        opts: &GenerateOptions,
+    ) -> Result<(Generation, String)> {
         let mut e = Ensemble::new(members, None, mode)?;
         let mut streamed = String::new();
         let g = e.generate("hello", opts, &mut |s| streamed.push_str(s))?;
@@ -720,7 +782,12 @@ mod tests {
     fn two_vocabularies_spell_the_target_and_contexts_agree() {
         let a = ScriptedMember::new("a", A, "hello world");
         let b = ScriptedMember::new("b", B, "hello world");
-        let (g, streamed) = run(vec![boxed(a), boxed(b)], Mode::Average, &GenerateOptions::default()).unwrap();
+        let (g, streamed) = run(
+            vec![boxed(a), boxed(b)],
+            Mode::Average,
+            &GenerateOptions::default(),
+        )
+        .unwrap();
         assert_eq!(g.text, "hello world");
         assert_eq!(streamed, "hello world");
         assert_eq!(g.finish, Finish::End);
@@ -745,9 +812,16 @@ mod tests {
                 b.noise = Some(seed + 100);
                 vec![boxed(a), boxed(b)]
             };
-            let greedy = GenerateOptions { max_tokens: 30, ..Default::default() };
+            let greedy = GenerateOptions {
+                max_tokens: 30,
+                ..Default::default()
+            };
             let dense = GenerateOptions {
-                pick: PickConfig { temperature: 1.0, top_k: 1, ..PickConfig::default() },
+                pick: PickConfig {
+                    temperature: 1.0,
+                    top_k: 1,
+                    ..PickConfig::default()
+                },
                 ..greedy.clone()
             };
             let (g1, _) = run(mk(), Mode::Average, &greedy).unwrap();
@@ -759,11 +833,20 @@ mod tests {
     #[test]
     fn stop_string_and_max_tokens() {
         let a = ScriptedMember::new("a", A, "hello world");
-        let opts = GenerateOptions { stop: vec![" wo".into()], ..Default::default() };
+        let opts = GenerateOptions {
+            stop: vec![" wo".into()],
+            ..Default::default()
+        };
         let (g, streamed) = run(vec![boxed(a)], Mode::Average, &opts).unwrap();
-        assert_eq!((g.text.as_str(), streamed.as_str(), g.finish), ("hello", "hello", Finish::Stop));
+        assert_eq!(
+            (g.text.as_str(), streamed.as_str(), g.finish),
+            ("hello", "hello", Finish::Stop)
+        );
         let a = ScriptedMember::new("a", A, "hello world");
-        let opts = GenerateOptions { max_tokens: 2, ..Default::default() };
+        let opts = GenerateOptions {
+            max_tokens: 2,
+            ..Default::default()
+        };
         let (g, _) = run(vec![boxed(a)], Mode::Average, &opts).unwrap();
         assert_eq!((g.text.as_str(), g.finish), ("hello", Finish::MaxTokens));
     }
@@ -773,7 +856,11 @@ mod tests {
         for threshold in [0.0, 1.0] {
             let a = ScriptedMember::new("a", A, "hello world");
             let b = ScriptedMember::new("b", B, "hello world");
-            let mode = Mode::Gated { gate: 0, threshold, when_unsure: WhenUnsure::Average };
+            let mode = Mode::Gated {
+                gate: 0,
+                threshold,
+                when_unsure: WhenUnsure::Average,
+            };
             let (g, _) = run(vec![boxed(a), boxed(b)], mode, &GenerateOptions::default()).unwrap();
             assert_eq!(g.text, "hello world");
             let want = if threshold == 0.0 { 0 } else { g.stats.steps };
@@ -794,26 +881,49 @@ mod tests {
             } else {
                 b.fail_at = Some(1);
             }
-            let err = run(vec![boxed(a), boxed(b)], Mode::Average, &GenerateOptions::default()).unwrap_err();
-            assert!(matches!(&err, Error::Member { member, .. } if member == "b"), "{err}");
+            let err = run(
+                vec![boxed(a), boxed(b)],
+                Mode::Average,
+                &GenerateOptions::default(),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&err, Error::Member { member, .. } if member == "b"),
+                "{err}"
+            );
         }
     }
 
     #[test]
     fn bad_input_is_rejected() {
         let mk = || boxed(ScriptedMember::new("a", A, "hi"));
-        assert_eq!(Ensemble::new(vec![], None, Mode::Average).err(), Some(Error::NoMembers));
-        let e = Ensemble::new(vec![mk()], Some(vec![-1.0]), Mode::Average).err().unwrap();
+        assert_eq!(
+            Ensemble::new(vec![], None, Mode::Average).err(),
+            Some(Error::NoMembers)
+        );
+        let e = Ensemble::new(vec![mk()], Some(vec![-1.0]), Mode::Average)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("member[0].weight"), "{e}");
-        let gated = |gate, threshold| Mode::Gated { gate, threshold, when_unsure: WhenUnsure::Average };
+        let gated = |gate, threshold| Mode::Gated {
+            gate,
+            threshold,
+            when_unsure: WhenUnsure::Average,
+        };
         assert!(Ensemble::new(vec![mk()], None, gated(1, 0.5)).is_err());
         assert!(Ensemble::new(vec![mk()], None, gated(0, 1.5)).is_err());
         let mut e = Ensemble::new(vec![mk()], None, Mode::Average).unwrap();
-        assert_eq!(e.generate("", &GenerateOptions::default(), &mut |_| {}).err(), Some(Error::EmptyPrompt));
+        assert_eq!(
+            e.generate("", &GenerateOptions::default(), &mut |_| {})
+                .err(),
+            Some(Error::EmptyPrompt)
+        );
         let mut small = ScriptedMember::new("s", A, "hi");
         small.context_size = Some(3);
         let mut e = Ensemble::new(vec![boxed(small)], None, Mode::Average).unwrap();
-        let err = e.generate("hello world", &GenerateOptions::default(), &mut |_| {}).unwrap_err();
+        let err = e
+            .generate("hello world", &GenerateOptions::default(), &mut |_| {})
+            .unwrap_err();
         assert!(matches!(err, Error::PromptTooLong { .. }), "{err}");
     }
 
@@ -822,7 +932,9 @@ mod tests {
         let mut a = ScriptedMember::new("a", A, "hello world");
         a.context_size = Some(2);
         let mut e = Ensemble::new(vec![boxed(a)], None, Mode::Average).unwrap();
-        let g = e.generate("he", &GenerateOptions::default(), &mut |_| {}).unwrap();
+        let g = e
+            .generate("he", &GenerateOptions::default(), &mut |_| {})
+            .unwrap();
         assert_eq!(g.finish, Finish::ContextFull);
     }
 }

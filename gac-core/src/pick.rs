@@ -38,7 +38,10 @@ impl PickConfig {
             ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::config("top_p", format!("{} is outside (0, 1]", self.top_p)));
+            return Err(Error::config(
+                "top_p",
+                format!("{} is outside (0, 1]", self.top_p),
+            ));
         }
         Ok(())
     }
@@ -187,7 +190,11 @@ mod tests {
     #[test]
     fn same_seed_same_draws_and_reset_replays() {
         let probs = [0.1, 0.2, 0.3, 0.4];
-        let draw = |p: &mut Picker| (0..20).map(|_| p.pick(&probs).unwrap().0).collect::<Vec<_>>();
+        let draw = |p: &mut Picker| {
+            (0..20)
+                .map(|_| p.pick(&probs).unwrap().0)
+                .collect::<Vec<_>>()
+        };
         let mut a = Picker::new(sampling(7));
         let mut b = Picker::new(sampling(7));
         let first = draw(&mut a);
@@ -200,7 +207,10 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let mut p = Picker::new(PickConfig { top_k: 1, ..sampling(3) });
+        let mut p = Picker::new(PickConfig {
+            top_k: 1,
+            ..sampling(3)
+        });
         for _ in 0..50 {
             assert_eq!(p.pick(&[0.3, 0.1, 0.6]), Some(UnionId(2)));
         }
@@ -208,7 +218,10 @@ mod tests {
 
     #[test]
     fn top_p_cuts_the_tail() {
-        let mut p = Picker::new(PickConfig { top_p: 0.5, ..sampling(3) });
+        let mut p = Picker::new(PickConfig {
+            top_p: 0.5,
+            ..sampling(3)
+        });
         for _ in 0..50 {
             assert_eq!(p.pick(&[0.05, 0.55, 0.4]), Some(UnionId(1)));
         }
@@ -230,16 +243,31 @@ mod tests {
 
     #[test]
     fn low_temperature_concentrates_mass() {
-        let mut p = Picker::new(PickConfig { temperature: 0.05, ..sampling(1) });
-        let hits = (0..200).filter(|_| p.pick(&[0.4, 0.6]) == Some(UnionId(1))).count();
+        let mut p = Picker::new(PickConfig {
+            temperature: 0.05,
+            ..sampling(1)
+        });
+        let hits = (0..200)
+            .filter(|_| p.pick(&[0.4, 0.6]) == Some(UnionId(1)))
+            .count();
         assert!(hits > 190, "{hits}");
     }
 
     #[test]
     fn validation_names_the_field() {
-        let bad = PickConfig { top_p: 1.5, ..PickConfig::default() };
+        let bad = PickConfig {
+            top_p: 1.5,
+            ..PickConfig::default()
+        };
         assert!(bad.validate().unwrap_err().to_string().contains("top_p"));
-        let bad = PickConfig { temperature: -1.0, ..PickConfig::default() };
-        assert!(bad.validate().unwrap_err().to_string().contains("temperature"));
+        let bad = PickConfig {
+            temperature: -1.0,
+            ..PickConfig::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("temperature"));
     }
 }

@@ -77,7 +77,9 @@ impl Member for ScriptedMember {
         while !rest.is_empty() {
             let best = (0..self.vocab.len() as u32)
                 .filter_map(|id| self.vocab.get(id)?.bytes().map(|b| (id, b.len())))
-                .filter(|&(id, len)| rest.starts_with(self.vocab.get(id).unwrap().bytes().unwrap()) && len > 0)
+                .filter(|&(id, len)| {
+                    rest.starts_with(self.vocab.get(id).unwrap().bytes().unwrap()) && len > 0
+                })
                 .max_by_key(|&(_, len)| len);
             match best {
                 Some((id, len)) => {
@@ -104,7 +106,10 @@ impl Member for ScriptedMember {
     fn push(&mut self, ids: &[u32]) -> Result<()> {
         if let Some(context) = self.context_size {
             if self.context.len() + ids.len() > context {
-                return Err(Error::ContextFull { member: self.name.clone(), context });
+                return Err(Error::ContextFull {
+                    member: self.name.clone(),
+                    context,
+                });
             }
         }
         if self.prompt_len == usize::MAX {
@@ -129,7 +134,9 @@ impl Member for ScriptedMember {
         let mut best = (None, 0);
         for (id, token) in self.vocab.tokens().iter().enumerate() {
             match token.bytes() {
-                Some(b) if !rest.is_empty() && rest.starts_with(b) && b.len() > best.1 => best = (Some(id), b.len()),
+                Some(b) if !rest.is_empty() && rest.starts_with(b) && b.len() > best.1 => {
+                    best = (Some(id), b.len())
+                }
                 None if rest.is_empty() && *token == Token::End => best = (Some(id), usize::MAX),
                 _ => {}
             }
@@ -140,7 +147,9 @@ impl Member for ScriptedMember {
         if let Some(seed) = self.noise {
             let mut state = seed ^ (self.context.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             for l in &mut self.logits {
-                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 // Coarse steps make near-ties between members' sums frequent.
                 *l = ((state >> 60) as f32) * 0.25;
             }

@@ -11,7 +11,9 @@ use std::path::Path;
 
 use tokenizers::Tokenizer;
 
-use crate::vocab::{bytes_from_gpt2, bytes_from_sentencepiece, gpt2_byte_to_char, sentencepiece_byte, Token, Vocab};
+use crate::vocab::{
+    bytes_from_gpt2, bytes_from_sentencepiece, gpt2_byte_to_char, sentencepiece_byte, Token, Vocab,
+};
 use crate::{Error, Result};
 
 /// Special tokens that end a generation in the common model families.
@@ -46,7 +48,10 @@ fn spelling(tokenizer: &Tokenizer) -> Spelling {
     let decoder = serde_json::to_string(&tokenizer.get_decoder()).unwrap_or_default();
     if decoder.contains("\"ByteLevel\"") {
         Spelling::ByteLevel
-    } else if decoder.contains("\"ByteFallback\"") || decoder.contains("\"Metaspace\"") || decoder.contains('\u{2581}') {
+    } else if decoder.contains("\"ByteFallback\"")
+        || decoder.contains("\"Metaspace\"")
+        || decoder.contains('\u{2581}')
+    {
         Spelling::SentencePiece
     } else {
         Spelling::Plain
@@ -65,18 +70,32 @@ fn spell(piece: &str, style: Spelling, char_to_byte: &HashMap<char, u8>) -> Opti
 }
 
 fn not_in_alphabet(name: &str, id: u32, piece: &str) -> Error {
-    Error::vocab(name, format!("token {id} {piece:?} is not in the byte-level alphabet"))
+    Error::vocab(
+        name,
+        format!("token {id} {piece:?} is not in the byte-level alphabet"),
+    )
 }
 
 /// Builds the vocabulary of a loaded tokenizer; special added tokens named in `end_tokens`
 /// become End. Ids missing from the file (holes) become Special.
-pub fn vocab_from_tokenizer(tokenizer: &Tokenizer, name: &str, end_tokens: &[&str]) -> Result<Vocab> {
+pub fn vocab_from_tokenizer(
+    tokenizer: &Tokenizer,
+    name: &str,
+    end_tokens: &[&str],
+) -> Result<Vocab> {
     let pieces = tokenizer.get_vocab(true);
     let added = tokenizer.get_added_tokens_decoder();
-    let size = pieces.values().chain(added.keys()).max().map_or(0, |&m| m as usize + 1);
+    let size = pieces
+        .values()
+        .chain(added.keys())
+        .max()
+        .map_or(0, |&m| m as usize + 1);
     let style = spelling(tokenizer);
-    let char_to_byte: HashMap<char, u8> =
-        gpt2_byte_to_char().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+    let char_to_byte: HashMap<char, u8> = gpt2_byte_to_char()
+        .iter()
+        .enumerate()
+        .map(|(b, &c)| (c, b as u8))
+        .collect();
     let mut tokens = vec![Token::Special; size];
     for (piece, &id) in &pieces {
         tokens[id as usize] = match added.get(&id) {
@@ -88,11 +107,15 @@ pub fn vocab_from_tokenizer(tokenizer: &Tokenizer, name: &str, end_tokens: &[&st
             // stored as plain text, which a byte-level decoder passes through unchanged.
             Some(_) => match style {
                 Spelling::ByteLevel => Token::Text(
-                    bytes_from_gpt2(piece, &char_to_byte).unwrap_or_else(|| piece.as_bytes().to_vec()).into(),
+                    bytes_from_gpt2(piece, &char_to_byte)
+                        .unwrap_or_else(|| piece.as_bytes().to_vec())
+                        .into(),
                 ),
-                _ => spell(piece, style, &char_to_byte).ok_or_else(|| not_in_alphabet(name, id, piece))?,
+                _ => spell(piece, style, &char_to_byte)
+                    .ok_or_else(|| not_in_alphabet(name, id, piece))?,
             },
-            None => spell(piece, style, &char_to_byte).ok_or_else(|| not_in_alphabet(name, id, piece))?,
+            None => spell(piece, style, &char_to_byte)
+                .ok_or_else(|| not_in_alphabet(name, id, piece))?,
         };
     }
     for token in &mut tokens {

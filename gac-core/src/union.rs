@@ -129,12 +129,17 @@ impl Union {
     /// Number of text union tokens that both members have (End not counted).
     pub fn overlap(&self, a: usize, b: usize) -> usize {
         let (ra, rb) = (&self.reverse[a], &self.reverse[b]);
-        (1..self.len()).filter(|&u| ra[u] != NONE && rb[u] != NONE).count()
+        (1..self.len())
+            .filter(|&u| ra[u] != NONE && rb[u] != NONE)
+            .count()
     }
 
     /// Number of text union tokens that this member has (End not counted).
     pub fn member_text_tokens(&self, member: usize) -> usize {
-        self.reverse[member][1..].iter().filter(|&&t| t != NONE).count()
+        self.reverse[member][1..]
+            .iter()
+            .filter(|&&t| t != NONE)
+            .count()
     }
 }
 
@@ -148,7 +153,9 @@ mod tests {
             .map(|p| match *p {
                 "<end>" => Token::End,
                 "<special>" => Token::Special,
-                p if p.starts_with("<0x") => Token::Byte(crate::vocab::sentencepiece_byte(p).unwrap()),
+                p if p.starts_with("<0x") => {
+                    Token::Byte(crate::vocab::sentencepiece_byte(p).unwrap())
+                }
                 p => Token::Text(p.as_bytes().into()),
             })
             .collect();

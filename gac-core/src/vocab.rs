@@ -47,7 +47,7 @@ impl Vocab {
         if tokens.is_empty() {
             return Err(Error::vocab(source, "it has no tokens"));
         }
-        if !tokens.iter().any(|t| *t == Token::End) {
+        if !tokens.contains(&Token::End) {
             return Err(Error::vocab(source, "it has no end-of-generation token"));
         }
         let mut byte_ids = [None; 256];
@@ -160,8 +160,14 @@ pub fn gpt2_byte_to_char() -> [char; 256] {
 
 /// Turns a byte-level BPE token string (`Ġhello`) into its bytes; `None` if a character is not
 /// in the GPT-2 table (then the token is not a byte-level token at all).
-pub fn bytes_from_gpt2(piece: &str, char_to_byte: &std::collections::HashMap<char, u8>) -> Option<Vec<u8>> {
-    piece.chars().map(|c| char_to_byte.get(&c).copied()).collect()
+pub fn bytes_from_gpt2(
+    piece: &str,
+    char_to_byte: &std::collections::HashMap<char, u8>,
+) -> Option<Vec<u8>> {
+    piece
+        .chars()
+        .map(|c| char_to_byte.get(&c).copied())
+        .collect()
 }
 
 /// Reads a SentencePiece byte-fallback piece `<0xNN>`.
@@ -217,7 +223,11 @@ mod tests {
 
     #[test]
     fn plain_byte_token_is_preferred_over_byte_fallback() {
-        let v = Vocab::new("t", vec![Token::Byte(b'a'), text("a"), Token::End, Token::Byte(0xE4)]).unwrap();
+        let v = Vocab::new(
+            "t",
+            vec![Token::Byte(b'a'), text("a"), Token::End, Token::Byte(0xE4)],
+        )
+        .unwrap();
         assert_eq!(v.byte_token(b'a'), Some(1));
         assert_eq!(v.byte_token(0xE4), Some(3));
         assert_eq!(v.byte_token(b'b'), None);
@@ -229,7 +239,11 @@ mod tests {
 
     #[test]
     fn decode_and_spells() {
-        let v = Vocab::new("t", vec![text("he"), text("llo"), Token::End, Token::Special]).unwrap();
+        let v = Vocab::new(
+            "t",
+            vec![text("he"), text("llo"), Token::End, Token::Special],
+        )
+        .unwrap();
         assert_eq!(v.decode(&[0, 1, 2, 3]), b"hello");
         assert!(v.spells(&[0, 1], b"hello"));
         assert!(!v.spells(&[0], b"hello"));

@@ -57,7 +57,10 @@ pub fn member(relative: &str) -> LlamaMember {
 
 /// Boxes members for an ensemble.
 pub fn boxed(members: Vec<LlamaMember>) -> Vec<Box<dyn Member>> {
-    members.into_iter().map(|m| Box::new(m) as Box<dyn Member>).collect()
+    members
+        .into_iter()
+        .map(|m| Box::new(m) as Box<dyn Member>)
+        .collect()
 }
 
 /// The model's own greedy continuation through llama.cpp directly (not through gac): the
@@ -78,17 +81,24 @@ pub fn reference_greedy(relative: &str, prompt: &str, max_tokens: usize) -> Vec<
     let prompt_ids = vocab.tokenize(prompt.as_bytes(), true, true);
     let mut batch = LlamaBatch::new(512, 1);
     for (i, &t) in prompt_ids.iter().enumerate() {
-        batch.add(t, i as i32, &[0], i + 1 == prompt_ids.len()).unwrap();
+        batch
+            .add(t, i as i32, &[0], i + 1 == prompt_ids.len())
+            .unwrap();
     }
     ctx.decode(&mut batch).expect("prompt decodes");
-    let mut pos = prompt_ids.len() as i32;
     let mut out = Vec::new();
-    for _ in 0..max_tokens {
+    for pos in (prompt_ids.len() as i32..).take(max_tokens) {
         let logits = ctx.get_logits_ith(batch.n_tokens() - 1);
         let next = logits
             .iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best })
+            .fold((0, f32::NEG_INFINITY), |best, (i, &l)| {
+                if l > best.1 {
+                    (i, l)
+                } else {
+                    best
+                }
+            })
             .0 as i32;
         if vocab.is_eog(LlamaToken(next)) {
             break;
@@ -96,7 +106,6 @@ pub fn reference_greedy(relative: &str, prompt: &str, max_tokens: usize) -> Vec<
         out.push(next as u32);
         batch.clear();
         batch.add(LlamaToken(next), pos, &[0], true).unwrap();
-        pos += 1;
         ctx.decode(&mut batch).expect("token decodes");
     }
     out

@@ -58,10 +58,18 @@ fn gate_threshold_zero_is_the_gate_and_one_is_the_average() {
         for gate in [0, 1] {
             let model = [SMOLLM, GEMMA][gate];
             let (ids, _) = ensemble_ids(&[SMOLLM, GEMMA], gated(gate, 0.0), prompt);
-            assert_eq!(ids[gate], reference_greedy(model, prompt, TOKENS), "gate {gate} on {prompt:?}");
+            assert_eq!(
+                ids[gate],
+                reference_greedy(model, prompt, TOKENS),
+                "gate {gate} on {prompt:?}"
+            );
         }
         let (_, average) = ensemble_ids(&[SMOLLM, GEMMA], Mode::Average, prompt);
         let (_, all_gated) = ensemble_ids(&[SMOLLM, GEMMA], gated(0, 1.0), prompt);
-        assert_eq!(String::from_utf8_lossy(&all_gated), String::from_utf8_lossy(&average), "{prompt:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&all_gated),
+            String::from_utf8_lossy(&average),
+            "{prompt:?}"
+        );
     }
 }

@@ -2,15 +2,23 @@
 
 use std::sync::{Arc, Mutex};
 
-use gac_core::{Ensemble, Finish, GenerateOptions, Generation, Member, Mode, PickConfig, WhenUnsure};
+use gac_core::{
+    Ensemble, Finish, GenerateOptions, Generation, Member, Mode, PickConfig, WhenUnsure,
+};
 use gac_tests::{member, Recording, GEMMA, PROMPTS, SMOLLM};
 
 type Snapshots = Arc<Mutex<Vec<Vec<u8>>>>;
 
 fn mixed(mode: Mode) -> (Ensemble, Vec<Snapshots>) {
-    let members: Vec<Recording> = [SMOLLM, GEMMA].iter().map(|m| Recording::new(member(m))).collect();
+    let members: Vec<Recording> = [SMOLLM, GEMMA]
+        .iter()
+        .map(|m| Recording::new(member(m)))
+        .collect();
     let snapshots = members.iter().map(|m| m.snapshots.clone()).collect();
-    let members = members.into_iter().map(|m| Box::new(m) as Box<dyn Member>).collect();
+    let members = members
+        .into_iter()
+        .map(|m| Box::new(m) as Box<dyn Member>)
+        .collect();
     (Ensemble::new(members, None, mode).unwrap(), snapshots)
 }
 
@@ -41,7 +49,11 @@ fn check_contexts(g: &Generation, ensemble: &Ensemble, snapshots: &[Snapshots]) 
                 String::from_utf8_lossy(&g.bytes)
             );
         }
-        assert_eq!(snaps.last().unwrap(), &g.bytes, "member {i}'s final context");
+        assert_eq!(
+            snaps.last().unwrap(),
+            &g.bytes,
+            "member {i}'s final context"
+        );
     }
 }
 
@@ -50,10 +62,19 @@ fn average_and_gated_run_and_contexts_spell_the_output() {
     for mode in [Mode::Average, gated()] {
         let (mut ensemble, snapshots) = mixed(mode);
         for prompt in PROMPTS {
-            let options = GenerateOptions { max_tokens: 32, ..Default::default() };
+            let options = GenerateOptions {
+                max_tokens: 32,
+                ..Default::default()
+            };
             let mut streamed = String::new();
-            let g = ensemble.generate(prompt, &options, &mut |s| streamed.push_str(s)).unwrap();
-            assert!(matches!(g.finish, Finish::End | Finish::MaxTokens), "{:?}", g.finish);
+            let g = ensemble
+                .generate(prompt, &options, &mut |s| streamed.push_str(s))
+                .unwrap();
+            assert!(
+                matches!(g.finish, Finish::End | Finish::MaxTokens),
+                "{:?}",
+                g.finish
+            );
             assert!(!g.tokens.is_empty(), "{prompt:?} generated nothing");
             assert_eq!(streamed, g.text);
             assert_eq!(g.text, String::from_utf8_lossy(&g.bytes));
@@ -70,25 +91,45 @@ fn a_chinese_continuation_crosses_vocabularies_byte_exactly() {
     // Chinese characters are multi-byte: SmolLM2 spells many of them as partial UTF-8 tokens,
     // which Gemma must receive as byte-fallback pieces or whole characters.
     let (mut ensemble, snapshots) = mixed(Mode::Average);
-    let options = GenerateOptions { max_tokens: 48, ..Default::default() };
-    let g = ensemble.generate("请用中文回答：天空是什么颜色？答：", &options, &mut |_| {}).unwrap();
+    let options = GenerateOptions {
+        max_tokens: 48,
+        ..Default::default()
+    };
+    let g = ensemble
+        .generate("请用中文回答：天空是什么颜色？答：", &options, &mut |_| {})
+        .unwrap();
     check_contexts(&g, &ensemble, &snapshots);
-    assert!(g.bytes.iter().any(|&b| b >= 0x80), "expected non-ASCII output: {:?}", g.text);
+    assert!(
+        g.bytes.iter().any(|&b| b >= 0x80),
+        "expected non-ASCII output: {:?}",
+        g.text
+    );
 }
 
 #[test]
 fn sampling_is_deterministic_for_a_seed() {
     let options = |seed| GenerateOptions {
         max_tokens: 24,
-        pick: PickConfig { temperature: 0.9, top_k: 40, top_p: 0.95, seed },
+        pick: PickConfig {
+            temperature: 0.9,
+            top_k: 40,
+            top_p: 0.95,
+            seed,
+        },
         ..Default::default()
     };
     let (mut ensemble, _) = mixed(Mode::Average);
-    let a = ensemble.generate(PROMPTS[0], &options(7), &mut |_| {}).unwrap();
-    let b = ensemble.generate(PROMPTS[0], &options(7), &mut |_| {}).unwrap();
+    let a = ensemble
+        .generate(PROMPTS[0], &options(7), &mut |_| {})
+        .unwrap();
+    let b = ensemble
+        .generate(PROMPTS[0], &options(7), &mut |_| {})
+        .unwrap();
     assert_eq!(a.tokens, b.tokens);
     let (mut fresh, _) = mixed(Mode::Average);
-    let c = fresh.generate(PROMPTS[0], &options(7), &mut |_| {}).unwrap();
+    let c = fresh
+        .generate(PROMPTS[0], &options(7), &mut |_| {})
+        .unwrap();
     assert_eq!(a.tokens, c.tokens);
 }
 
@@ -97,10 +138,17 @@ fn greedy_on_heads_equals_the_full_union_argmax() {
     // Sampling with top-k 1 combines the full distributions and takes their argmax.
     let dense = GenerateOptions {
         max_tokens: 32,
-        pick: PickConfig { temperature: 1.0, top_k: 1, ..PickConfig::default() },
+        pick: PickConfig {
+            temperature: 1.0,
+            top_k: 1,
+            ..PickConfig::default()
+        },
         ..Default::default()
     };
-    let greedy = GenerateOptions { max_tokens: 32, ..Default::default() };
+    let greedy = GenerateOptions {
+        max_tokens: 32,
+        ..Default::default()
+    };
     let (mut ensemble, _) = mixed(Mode::Average);
     for prompt in PROMPTS {
         let a = ensemble.generate(prompt, &greedy, &mut |_| {}).unwrap();

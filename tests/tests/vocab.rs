@@ -10,7 +10,11 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokenizers::Tokenizer;
 
-const TOKENIZERS: &[&str] = &["tokenizers/llama3.json", "tokenizers/qwen3.json", "tokenizers/gemma3.json"];
+const TOKENIZERS: &[&str] = &[
+    "tokenizers/llama3.json",
+    "tokenizers/qwen3.json",
+    "tokenizers/gemma3.json",
+];
 
 /// Every normal token's bytes, as text, equal what the tokenizer itself decodes the token to.
 #[test]
@@ -23,7 +27,11 @@ fn tokenizer_json_tokens_are_the_bytes_the_tokenizer_decodes() {
         for (id, token) in vocab.tokens().iter().enumerate() {
             let Some(bytes) = token.bytes() else { continue };
             let decoded = tokenizer.decode(&[id as u32], false).unwrap();
-            assert_eq!(String::from_utf8_lossy(bytes), decoded, "{file}: token {id}");
+            assert_eq!(
+                String::from_utf8_lossy(bytes),
+                decoded,
+                "{file}: token {id}"
+            );
             checked += 1;
         }
         assert!(checked > 100_000, "{file}: only {checked} text tokens");
@@ -44,7 +52,8 @@ fn gguf_pieces_agree_with_their_raw_token_strings() {
     for (file, byte_level) in [(SMOLLM, true), (GEMMA, false)] {
         let vocab = gac_llamacpp::load_vocab(&asset(file)).unwrap();
         let params = LlamaModelParams::default().with_vocab_only(true);
-        let model = LlamaModel::load_from_file(gac_llamacpp::backend(), asset(file), &params).unwrap();
+        let model =
+            LlamaModel::load_from_file(gac_llamacpp::backend(), asset(file), &params).unwrap();
         let raw = model.vocab();
         let mut checked = 0;
         for (id, token) in vocab.tokens().iter().enumerate() {
@@ -71,7 +80,10 @@ fn text_bytes(v: &Vocab) -> std::collections::HashSet<&[u8]> {
 
 #[test]
 fn union_of_five_real_vocabularies_maps_every_token_to_its_bytes() {
-    let mut vocabs: Vec<Vocab> = TOKENIZERS.iter().map(|f| vocab_from_file(&asset(f)).unwrap()).collect();
+    let mut vocabs: Vec<Vocab> = TOKENIZERS
+        .iter()
+        .map(|f| vocab_from_file(&asset(f)).unwrap())
+        .collect();
     for f in [SMOLLM, GEMMA] {
         vocabs.push(gac_llamacpp::load_vocab(Path::new(&asset(f))).unwrap());
     }
@@ -85,7 +97,11 @@ fn union_of_five_real_vocabularies_maps_every_token_to_its_bytes() {
             let u = projection[id] as usize;
             match token.bytes() {
                 Some(b) => {
-                    assert_eq!(union.bytes(gac_core::UnionId(u as u32)), b, "member {i} token {id}");
+                    assert_eq!(
+                        union.bytes(gac_core::UnionId(u as u32)),
+                        b,
+                        "member {i} token {id}"
+                    );
                     let back = union.member_token(i, gac_core::UnionId(u as u32)).unwrap();
                     assert_eq!(v.get(back).unwrap().bytes(), Some(b));
                 }
@@ -95,13 +111,19 @@ fn union_of_five_real_vocabularies_maps_every_token_to_its_bytes() {
         }
         all.extend(text_bytes(v));
     }
-    assert_eq!(union.len(), all.len() + 1, "union = distinct byte strings + End");
+    assert_eq!(
+        union.len(),
+        all.len() + 1,
+        "union = distinct byte strings + End"
+    );
     // Same members, same order: same ids.
     let again = Union::build(&refs).unwrap();
     for i in 0..vocabs.len() {
         assert_eq!(union.projection(i), again.projection(i));
     }
     // Byte strings shared by SmolLM2 and Gemma-3 are shared union tokens.
-    let shared = text_bytes(&vocabs[3]).intersection(&text_bytes(&vocabs[4])).count();
+    let shared = text_bytes(&vocabs[3])
+        .intersection(&text_bytes(&vocabs[4]))
+        .count();
     assert_eq!(union.overlap(3, 4), shared);
 }

@@ -12,6 +12,8 @@ use gac_core::{Ensemble, GenerateOptions, Generation, Member, PickConfig, Union}
 use gac_llamacpp::{LlamaMember, LlamaOptions};
 use serde_json::json;
 
+mod bench;
+
 /// Ensemble several LLMs token by token (Generation as Classification).
 ///
 /// Each step, every member's next-token distribution is mapped into the union of the members'
@@ -30,6 +32,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Show each vocabulary's size, the union size and pairwise overlaps.
     Vocab(VocabArgs),
+    /// Measure ms/token of each member alone and of the ensembles, side by side, plus the cost
+    /// of the ensemble step and of a gated member's catch-up (prints markdown tables).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -48,19 +53,30 @@ struct GenerateArgs {
     #[command(flatten)]
     members: MemberArgs,
     /// Weight of each member in the average, in member order (default: equal).
-    #[arg(long = "weight", value_name = "W", conflicts_with = "config")]
+    #[arg(
+        long = "weight",
+        value_name = "W",
+        conflicts_with = "config",
+        allow_negative_numbers = true
+    )]
     weights: Vec<f32>,
     /// Gated mode: member N decides alone while its top probability is above --threshold.
     #[arg(long, value_name = "N")]
     gate: Option<usize>,
     /// Gate threshold t in [0, 1]: steps where the gate's top probability is <= t are ensembled.
-    #[arg(long, value_name = "T", default_value_t = 0.5, requires = "gate")]
+    #[arg(
+        long,
+        value_name = "T",
+        default_value_t = 0.5,
+        requires = "gate",
+        allow_negative_numbers = true
+    )]
     threshold: f32,
     /// What to do when the gate is unsure: `average` all members, or `member:K` alone.
     #[arg(long, value_name = "HOW", default_value = "average", requires = "gate")]
     when_unsure: String,
     /// Sampling temperature; 0 picks the most probable token (greedy).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// With sampling: keep only the K most probable union tokens (0 = all).
     #[arg(long, value_name = "K", default_value_t = 40)]
@@ -131,7 +147,10 @@ impl TryFrom<&GenerateArgs> for EnsembleConfig {
         let n = config.members.len();
         if !args.weights.is_empty() {
             if args.weights.len() != n {
-                bail!("invalid --weight: {} weights given for {n} members", args.weights.len());
+                bail!(
+                    "invalid --weight: {} weights given for {n} members",
+                    args.weights.len()
+                );
             }
             for (m, w) in config.members.iter_mut().zip(&args.weights) {
                 m.weight = *w;
@@ -139,7 +158,10 @@ impl TryFrom<&GenerateArgs> for EnsembleConfig {
         }
         if !args.gpus.is_empty() {
             if args.gpus.len() > n {
-                bail!("invalid --gpu: {} GPUs given for {n} members", args.gpus.len());
+                bail!(
+                    "invalid --gpu: {} GPUs given for {n} members",
+                    args.gpus.len()
+                );
             }
             for (m, g) in config.members.iter_mut().zip(&args.gpus) {
                 m.gpu = Some(*g);
@@ -147,7 +169,10 @@ impl TryFrom<&GenerateArgs> for EnsembleConfig {
         }
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as i32;
         for m in &mut config.members {
-            m.threads = args.threads.or(m.threads).or(Some((cores / n.max(1) as i32).max(1)));
+            m.threads = args
+                .threads
+                .or(m.threads)
+                .or(Some((cores / n.max(1) as i32).max(1)));
             m.context = args.context.or(m.context);
         }
         if let Some(member) = args.gate {
@@ -168,6 +193,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate(args),
         Command::Vocab(args) => vocab(args),
+        Command::Bench(args) => bench::bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -215,7 +241,9 @@ fn read_prompt(prompt: &str) -> Result<String> {
         return Ok(prompt.to_string());
     }
     let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text).context("reading the prompt from stdin")?;
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("reading the prompt from stdin")?;
     Ok(text)
 }
 
@@ -338,7 +366,12 @@ fn vocab(args: VocabArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let union = Union::build(&vocabs.iter().collect::<Vec<_>>())?;
     let n = vocabs.len();
-    let name = |p: &Path| p.file_name().map_or_else(|| p.display().to_string(), |f| f.to_string_lossy().into_owned());
+    let name = |p: &Path| {
+        p.file_name().map_or_else(
+            || p.display().to_string(),
+            |f| f.to_string_lossy().into_owned(),
+        )
+    };
     if args.json {
         let value = json!({
             "union_size": union.len(),
@@ -354,9 +387,17 @@ fn vocab(args: VocabArgs) -> Result<()> {
     }
     println!("{:<4} {:>10} {:>12}  model", "#", "vocab", "text tokens");
     for (i, (p, v)) in paths.iter().zip(&vocabs).enumerate() {
-        println!("{i:<4} {:>10} {:>12}  {}", v.len(), union.member_text_tokens(i), name(p));
+        println!(
+            "{i:<4} {:>10} {:>12}  {}",
+            v.len(),
+            union.member_text_tokens(i),
+            name(p)
+        );
     }
-    println!("union: {} tokens (End class included; text tokens compared as bytes)", union.len());
+    println!(
+        "union: {} tokens (End class included; text tokens compared as bytes)",
+        union.len()
+    );
     if n > 1 {
         println!("shared text tokens:");
         for i in 0..n {

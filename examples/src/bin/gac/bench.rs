@@ -1,0 +1,225 @@
+//! `gac bench`: speed of members alone and of the ensembles, side by side in one run.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use gac_core::{Ensemble, GenerateOptions, Member, Mode, Stats, WhenUnsure};
+use gac_llamacpp::{LlamaMember, LlamaOptions};
+
+/// Prompts used when none are given: a few languages, so that re-encoding is exercised.
+const PROMPTS: &[&str] = &[
+    "The history of the printing press begins",
+    "Москва — столица России, и её история",
+    "def quicksort(items):",
+];
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// GGUF model files (two or more for the ensemble rows).
+    #[arg(long = "model", value_name = "PATH", required = true)]
+    models: Vec<PathBuf>,
+    /// Tokens generated per prompt.
+    #[arg(long, default_value_t = 64)]
+    tokens: usize,
+    /// Gate thresholds to measure (gate = member 0).
+    #[arg(long = "threshold", value_name = "T", default_values_t = vec![0.5])]
+    thresholds: Vec<f32>,
+    /// CPU threads per member.
+    #[arg(long, default_value_t = 1)]
+    threads: i32,
+    /// Prompts (repeatable); default: three built-in ones.
+    #[arg(long = "prompt")]
+    prompts: Vec<String>,
+}
+
+struct Row {
+    name: String,
+    stats: Vec<Stats>,
+}
+
+impl Row {
+    fn ms_per_token(&self) -> f64 {
+        mean(self.stats.iter().map(Stats::ms_per_token))
+    }
+    fn ensembled(&self) -> f64 {
+        let steps: usize = self.stats.iter().map(|s| s.steps).sum();
+        let ens: usize = self.stats.iter().map(|s| s.ensembled_steps).sum();
+        ens as f64 / steps.max(1) as f64
+    }
+    /// The loop's own work per step plus the slowest member's softmax per evaluation.
+    fn ensemble_step_ms(&self) -> (f64, f64, f64) {
+        let steps: usize = self.stats.iter().map(|s| s.steps).sum::<usize>().max(1);
+        let combine: Duration = self.stats.iter().map(|s| s.combine_time).sum();
+        let n = self.stats[0].members.len();
+        let (mut softmax, mut eval, mut reencode) = (0.0f64, 0.0f64, 0.0f64);
+        for i in 0..n {
+            let evals: usize = self
+                .stats
+                .iter()
+                .map(|s| s.members[i].decode_evals + 1)
+                .sum();
+            let sm: Duration = self.stats.iter().map(|s| s.members[i].softmax_time).sum();
+            let ev = mean(self.stats.iter().map(|s| s.members[i].ms_per_eval()));
+            let re: Duration = self.stats.iter().map(|s| s.members[i].push_time).sum();
+            if ev > eval {
+                eval = ev;
+                softmax = ms(sm) / evals as f64;
+                reencode = ms(re) / steps as f64;
+            }
+        }
+        (ms(combine) / steps as f64, softmax + reencode, eval)
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let v: Vec<f64> = values.collect();
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn run(ensemble: &mut Ensemble, name: &str, prompts: &[String], tokens: usize) -> Result<Row> {
+    let options = GenerateOptions {
+        max_tokens: tokens,
+        ..GenerateOptions::default()
+    };
+    eprintln!("gac bench: {name} ...");
+    let mut stats = Vec::new();
+    for prompt in prompts {
+        stats.push(ensemble.generate(prompt, &options, &mut |_| {})?.stats);
+    }
+    Ok(Row {
+        name: name.to_string(),
+        stats,
+    })
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let options = LlamaOptions {
+        threads: Some(args.threads),
+        ..LlamaOptions::default()
+    };
+    let prompts: Vec<String> = if args.prompts.is_empty() {
+        PROMPTS.iter().map(|p| p.to_string()).collect()
+    } else {
+        args.prompts.clone()
+    };
+    let mut members: Vec<Box<dyn Member>> = Vec::new();
+    for path in &args.models {
+        let m = LlamaMember::load(path, &options)
+            .with_context(|| format!("loading {}", path.display()))?;
+        members.push(Box::new(m));
+    }
+    let names: Vec<String> = members.iter().map(|m| m.name().to_string()).collect();
+    let mut rows = Vec::new();
+    // Each member alone, then the ensembles, on the same members (same KV cache sizes).
+    let mut alone = Vec::new();
+    for (i, m) in members.into_iter().enumerate() {
+        let mut e = Ensemble::new(vec![m], None, Mode::Average)?;
+        rows.push(run(
+            &mut e,
+            &format!("{} alone", names[i]),
+            &prompts,
+            args.tokens,
+        )?);
+        alone.extend(e.into_members());
+    }
+    let mut ensemble = Ensemble::new(alone, None, Mode::Average)?;
+    if names.len() > 1 {
+        rows.push(run(
+            &mut ensemble,
+            "average ensemble",
+            &prompts,
+            args.tokens,
+        )?);
+        for &t in &args.thresholds {
+            ensemble.set_mode(Mode::Gated {
+                gate: 0,
+                threshold: t,
+                when_unsure: WhenUnsure::Average,
+            })?;
+            rows.push(run(
+                &mut ensemble,
+                &format!("gated ensemble, gate {}, t = {t}", names[0]),
+                &prompts,
+                args.tokens,
+            )?);
+        }
+    }
+    let slowest_alone = rows[..names.len()]
+        .iter()
+        .map(Row::ms_per_token)
+        .fold(0.0, f64::max);
+    println!(
+        "{} prompts x {} tokens, greedy, {} thread(s) per member\n",
+        prompts.len(),
+        args.tokens,
+        args.threads
+    );
+    println!("| configuration | ms/token | vs slowest member alone | steps ensembled | ensemble step (loop + softmax/re-encode of slowest member) | of slowest member's decode |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        let (combine, member_side, eval) = row.ensemble_step_ms();
+        println!(
+            "| {} | {:.2} | {:.2}x | {:.1}% | {:.3} + {:.3} ms | {:.2}% |",
+            row.name,
+            row.ms_per_token(),
+            row.ms_per_token() / slowest_alone,
+            100.0 * row.ensembled(),
+            combine,
+            member_side,
+            100.0 * (combine + member_side) / eval,
+        );
+    }
+    let mut members = ensemble.into_members();
+    println!("\nCatch-up of a member that skipped k steps (one batch, KV cache kept) against recomputing its whole prefix (the paper's approach):\n");
+    println!("| member | prefix tokens | k | catch-up ms | recompute ms | speed-up |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for m in &mut members {
+        for k in [1, 4, 16] {
+            let (prefix, catch_up, recompute) = catch_up_vs_recompute(m.as_mut(), &prompts[0], k)?;
+            println!(
+                "| {} | {prefix} | {k} | {:.1} | {:.1} | {:.1}x |",
+                m.name(),
+                ms(catch_up),
+                ms(recompute),
+                recompute.as_secs_f64() / catch_up.as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Times evaluating `k` new tokens on top of a cached prefix against evaluating prefix and
+/// tokens from scratch. The prefix is the prompt followed by 200 tokens of filler text.
+fn catch_up_vs_recompute(
+    member: &mut dyn Member,
+    prompt: &str,
+    k: usize,
+) -> Result<(usize, Duration, Duration)> {
+    let filler = " and so the story went on, chapter after chapter, page after page".repeat(20);
+    let mut ids = member.encode_prompt(prompt)?;
+    ids.extend(member.encode(filler.as_bytes())?);
+    let extra = member.encode(
+        " until the very end of the book, where everything was told once more".as_bytes(),
+    )?;
+    let extra: Vec<u32> = extra.iter().cycle().take(k).copied().collect();
+    member.reset()?;
+    member.push(&ids)?;
+    member.logits()?;
+    member.push(&extra)?;
+    let t = Instant::now();
+    member.logits()?;
+    let catch_up = t.elapsed();
+    member.reset()?;
+    member.push(&ids)?;
+    member.push(&extra)?;
+    let t = Instant::now();
+    member.logits()?;
+    let recompute = t.elapsed();
+    Ok((ids.len(), catch_up, recompute))
+}

@@ -1,0 +1,222 @@
+//! The `gac` binary as a user runs it: good runs and every kind of bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use gac_tests::{asset, GEMMA, SMOLLM};
+
+fn gac(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gac"))
+        .args(args)
+        .env_remove("GAC_LLAMA_LOG")
+        .output()
+        .expect("gac runs")
+}
+
+fn path(relative: &str) -> String {
+    asset(relative).display().to_string()
+}
+
+/// Runs gac, expects failure, and returns stderr (which must not show a panic).
+fn fails(args: &[&str]) -> String {
+    let out = gac(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert!(
+        stderr.contains("error"),
+        "{args:?}: no error message: {stderr}"
+    );
+    stderr
+}
+
+fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gac-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    std::fs::write(&file, bytes).unwrap();
+    file
+}
+
+#[test]
+fn generate_streams_text_and_json_has_statistics() {
+    let (smollm, gemma) = (path(SMOLLM), path(GEMMA));
+    let out = gac(&[
+        "generate",
+        "--model",
+        &smollm,
+        "--model",
+        &gemma,
+        "--max-tokens",
+        "12",
+        "The capital of France is",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ms/token") && stderr.contains("steps ensembled"),
+        "{stderr}"
+    );
+
+    let out = gac(&[
+        "generate",
+        "--model",
+        &smollm,
+        "--model",
+        &gemma,
+        "--gate",
+        "0",
+        "--threshold",
+        "0.5",
+        "--max-tokens",
+        "12",
+        "--json",
+        "Москва — столица",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert!(v["text"].is_string());
+    assert_eq!(v["members"].as_array().unwrap().len(), 2);
+    let steps = v["stats"]["steps"].as_u64().unwrap();
+    assert!(steps >= 1 && v["stats"]["ensembled_steps"].as_u64().unwrap() <= steps);
+    assert!(v["stats"]["ms_per_token"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn config_file_and_stop_string() {
+    let config = scratch(
+        "ensemble.toml",
+        format!(
+            "[[member]]\npath = {:?}\nthreads = 1\n[[member]]\npath = {:?}\nweight = 0.5\n[gate]\nmember = 1\nthreshold = 0.4\nwhen_unsure = \"member:0\"\n",
+            path(SMOLLM),
+            path(GEMMA)
+        )
+        .as_bytes(),
+    );
+    let out = gac(&[
+        "generate",
+        "--config",
+        config.to_str().unwrap(),
+        "--max-tokens",
+        "40",
+        "--stop",
+        ".",
+        "--json",
+        "One, two, three",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!v["text"].as_str().unwrap().contains('.'), "{v}");
+    assert_eq!(v["members"][1]["weight"], 0.5);
+}
+
+#[test]
+fn vocab_reports_sizes_and_overlap() {
+    let out = gac(&[
+        "vocab",
+        "--model",
+        &path(SMOLLM),
+        "--model",
+        &path(GEMMA),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["members"][0]["vocab_size"], 49_152);
+    assert_eq!(v["members"][1]["vocab_size"], 262_144);
+    let overlap = v["members"][0]["overlap"][1].as_u64().unwrap();
+    assert!((40_000..49_152).contains(&overlap), "{overlap}");
+    let union = v["union_size"].as_u64().unwrap();
+    assert!(
+        union > 262_144 - 10_000 && union < 262_144 + 49_152,
+        "{union}"
+    );
+}
+
+#[test]
+fn bad_model_files_are_named() {
+    let smollm = path(SMOLLM);
+    let missing = fails(&["generate", "--model", "no/such/model.gguf", "hi"]);
+    assert!(
+        missing.contains("no/such/model.gguf") && missing.contains("No such file"),
+        "{missing}"
+    );
+
+    let text = scratch("notes.gguf", b"this is not a model\n");
+    let err = fails(&["generate", "--model", text.to_str().unwrap(), "hi"]);
+    assert!(
+        err.contains("notes.gguf") && err.contains("not a GGUF file"),
+        "{err}"
+    );
+
+    let bytes = std::fs::read(&smollm).unwrap();
+    let truncated = scratch("truncated.gguf", &bytes[..bytes.len() / 2]);
+    let err = fails(&["generate", "--model", truncated.to_str().unwrap(), "hi"]);
+    assert!(
+        err.contains("truncated.gguf") && err.contains("could not load"),
+        "{err}"
+    );
+
+    let config = scratch("bad.toml", b"[[member]]\npath = 3\n");
+    let err = fails(&["generate", "--config", config.to_str().unwrap(), "hi"]);
+    assert!(err.contains("bad.toml"), "{err}");
+}
+
+#[test]
+fn bad_settings_are_named() {
+    let smollm = path(SMOLLM);
+    let m = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            smollm.as_str(),
+            "--model",
+            smollm.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        fails(&args)
+    };
+    let cases: &[(&[&str], &str)] = &[
+        (&["--gate", "0", "--threshold", "1.5", "hi"], "threshold"),
+        (&["--gate", "0", "--threshold", "-0.1", "hi"], "threshold"),
+        (&["--gate", "2", "hi"], "gate"),
+        (
+            &["--gate", "0", "--when-unsure", "member:7", "hi"],
+            "when_unsure",
+        ),
+        (
+            &["--weight", "1", "--weight", "-1", "hi"],
+            "member[1].weight",
+        ),
+        (&["--weight", "1", "hi"], "weight"),
+        (&["--temperature", "-1", "hi"], "temperature"),
+        (&["--top-p", "0", "hi"], "top_p"),
+        (&[""], "prompt is empty"),
+    ];
+    for (args, needle) in cases {
+        let err = m(args);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let none = fails(&["generate", "hi"]);
+    assert!(none.contains("at least one member"), "{none}");
+    let long = "word ".repeat(100);
+    let err = fails(&["generate", "--model", &smollm, "--ctx", "32", &long]);
+    assert!(err.contains("longer than its context of 32"), "{err}");
+}
