@@ -110,6 +110,21 @@ pub struct Stats {
     pub first_step_time: Duration,
     /// Per member.
     pub members: Vec<MemberStats>,
+    /// Per step, in order.
+    pub per_step: Vec<StepStats>,
+}
+
+/// What happened at one step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// The picked union token.
+    pub token: UnionId,
+    /// Whether more than one member (or a deferred-to member) decided it.
+    pub ensembled: bool,
+    /// The gate's top probability (gated mode only).
+    pub gate_confidence: Option<f32>,
+    /// Wall time of the step, evaluations included.
+    pub time: Duration,
 }
 
 impl Stats {
@@ -598,13 +613,13 @@ impl Run<'_> {
         (best_p - second_p > tails && best_p > tails).then_some(UnionId(best))
     }
 
-    /// One step: evaluates the members it needs and picks a token; returns it and whether the
-    /// step was ensembled.
-    fn step(&mut self, all: &[usize], step: usize) -> Result<(UnionId, bool)> {
-        let (which, ensembled) = match self.mode {
+    /// One step: evaluates the members it needs and picks a token; returns it, whether the
+    /// step was ensembled and the gate's confidence.
+    fn step(&mut self, all: &[usize], step: usize) -> Result<(UnionId, bool, Option<f32>)> {
+        let (which, ensembled, confidence) = match self.mode {
             Mode::Average => {
                 self.evaluate(all)?;
-                (all.to_vec(), all.len() > 1)
+                (all.to_vec(), all.len() > 1, None)
             }
             Mode::Gated {
                 gate,
@@ -612,7 +627,8 @@ impl Run<'_> {
                 when_unsure,
             } => {
                 self.evaluate(&[gate])?;
-                let confident = self.workers[gate].top > threshold;
+                let top = self.workers[gate].top;
+                let confident = top > threshold;
                 let which: Vec<usize> = match (confident, when_unsure) {
                     (true, _) => vec![gate],
                     (false, WhenUnsure::Average) => all.to_vec(),
@@ -620,13 +636,13 @@ impl Run<'_> {
                 };
                 let rest: Vec<usize> = which.iter().copied().filter(|&i| i != gate).collect();
                 self.evaluate(&rest)?;
-                (which, !confident)
+                (which, !confident, Some(top))
             }
         };
         let t = Instant::now();
         let x = self.choose(&which, step)?;
         self.stats.combine_time += t.elapsed();
-        Ok((x, ensembled))
+        Ok((x, ensembled, confidence))
     }
 
     fn generate(
@@ -651,7 +667,8 @@ impl Run<'_> {
         let mut finish = Finish::MaxTokens;
         let started = Instant::now();
         for step in 0..options.max_tokens {
-            let (x, ensembled) = match self.step(&all, step) {
+            let step_start = Instant::now();
+            let (x, ensembled, gate_confidence) = match self.step(&all, step) {
                 Err(Error::ContextFull { .. }) => {
                     finish = Finish::ContextFull;
                     break;
@@ -661,6 +678,12 @@ impl Run<'_> {
             let t = Instant::now();
             self.stats.steps += 1;
             self.stats.ensembled_steps += usize::from(ensembled);
+            self.stats.per_step.push(StepStats {
+                token: x,
+                ensembled,
+                gate_confidence,
+                time: step_start.elapsed(),
+            });
             if step == 0 {
                 self.stats.first_step_time = started.elapsed();
             }

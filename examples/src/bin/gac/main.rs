@@ -266,6 +266,16 @@ fn generate(args: GenerateArgs) -> Result<()> {
     };
     options.pick.validate()?;
     let members = load_members(&config, args.json)?;
+    if args.chat {
+        for m in &members {
+            if m.chat_prompt("").is_none() {
+                eprintln!(
+                    "gac: warning: member {} has no usable chat template; it gets the raw prompt",
+                    m.name()
+                );
+            }
+        }
+    }
     let mut ensemble = Ensemble::new(members, Some(config.weights()), config.mode()?)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -341,6 +351,12 @@ fn generation_json(g: &Generation, union: &Union, config: &EnsembleConfig) -> se
             "total_ms": s.total_time.as_secs_f64() * 1e3,
             "combine_ms_per_step": combine_ms_per_step(g),
         },
+        "steps": s.per_step.iter().map(|st| json!({
+            "token": String::from_utf8_lossy(union.bytes(st.token)),
+            "ensembled": st.ensembled,
+            "gate_confidence": st.gate_confidence,
+            "ms": st.time.as_secs_f64() * 1e3,
+        })).collect::<Vec<_>>(),
         "members": s.members.iter().zip(&config.members).map(|(m, c)| json!({
             "name": m.name,
             "path": c.path,
