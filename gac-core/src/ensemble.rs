@@ -268,7 +268,7 @@ impl Ensemble {
             prompt_lens.push(ids.len());
         }
         let (weights, mode, union) = (&self.weights, self.mode, &self.union);
-        std::thread::scope(|scope| {
+        let result = std::thread::scope(|scope| {
             let mut workers = Vec::with_capacity(self.members.len());
             for member in self.members.iter_mut() {
                 let (cmd_tx, cmd_rx) = channel();
@@ -324,7 +324,11 @@ impl Ensemble {
                 finish,
                 stats,
             })
-        })
+        });
+        for member in &mut self.members {
+            member.finish();
+        }
+        result
     }
 }
 

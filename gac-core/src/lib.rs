@@ -15,6 +15,7 @@
 //! `Member` is step-driven: the loop owns time, members never pull. This crate holds no runtime
 //! and no backend; adapters (llama.cpp, mistral.rs) implement [`member::Member`].
 
+pub mod bridge;
 pub mod combine;
 pub mod config;
 pub mod ensemble;

@@ -51,6 +51,10 @@ pub trait Member: Send {
     /// Evaluates everything pushed since the last call, in one batch, and returns the next-token
     /// logits (one per vocabulary entry).
     fn logits(&mut self) -> Result<&[f32]>;
+
+    /// The generation is over (the context stays as it is until the next reset). Members that
+    /// hold runtime resources for a generation release them here.
+    fn finish(&mut self) {}
 }
 
 impl<M: Member + ?Sized> Member for Box<M> {
@@ -80,5 +84,8 @@ impl<M: Member + ?Sized> Member for Box<M> {
     }
     fn logits(&mut self) -> Result<&[f32]> {
         (**self).logits()
+    }
+    fn finish(&mut self) {
+        (**self).finish()
     }
 }

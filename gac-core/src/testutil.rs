@@ -22,6 +22,8 @@ pub struct ScriptedMember {
     pub panic_at: Option<usize>,
     /// Context window in tokens.
     pub context_size: Option<usize>,
+    /// Be unsure (top probability below 0.5) at every n-th evaluation.
+    pub unsure_every: Option<usize>,
     /// Replace the scripted logits by pseudo-random ones derived from this seed and the
     /// context length (close calls between tokens become common).
     pub noise: Option<u64>,
@@ -52,6 +54,7 @@ impl ScriptedMember {
             panic_at: None,
             context_size: None,
             noise: None,
+            unsure_every: None,
         }
     }
 
@@ -142,7 +145,8 @@ impl Member for ScriptedMember {
             }
         }
         if let (Some(id), _) = best {
-            self.logits[id] = 10.0;
+            let unsure = self.unsure_every.is_some_and(|n| eval % n == n - 1);
+            self.logits[id] = if unsure { 1.0 } else { 10.0 };
         }
         if let Some(seed) = self.noise {
             let mut state = seed ^ (self.context.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
