@@ -1,5 +1,351 @@
-//! Will implement `gac_core::Member` for mistral.rs models (`mistralrs-core`), through gac-core's
-//! bridge and mistral.rs's `CustomLogitsProcessor`.
+//! Implements `gac_core::Member` for mistral.rs models via `mistralrs-core`; no sampling, no
+//! ensembling, no CLI.
 //!
-//! Not implemented yet: this crate is a placeholder so the workspace has its final shape.
-//! Until it lands, use GGUF models through `gac-llamacpp`.
+//! mistral.rs owns its decode loop, so a member is gac-core's [`BridgeMember`] over a
+//! [`MistralRuntime`]: every gac generation is one mistral.rs request whose
+//! `CustomLogitsProcessor` hands the step's logits to the ensemble and forces the token the
+//! ensemble chose (all other logits become -inf and the request samples greedily). Other requests
+//! on the same engine keep being served; a request whose ensemble is gone or silent past the
+//! timeout is ended with the model's EOS token.
+//!
+//! Vocabulary and tokenization come from the tokenizer the engine itself uses (for GGUF files,
+//! mistral.rs's conversion of the GGUF tokenizer metadata).
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use either::Either;
+use gac_core::bridge::{BridgeMember, Hook, Runtime};
+use gac_core::tokenizer_json::{vocab_from_tokenizer, END_TOKENS};
+use gac_core::{Error, Result, Vocab};
+use indexmap::IndexMap;
+use mistralrs_core::{
+    AdapterPaths, Constraint, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder,
+    GGUFSpecificConfig, LocalModelPaths, MistralRs, MistralRsBuilder, ModelDType, ModelPaths,
+    NormalRequest, Request, RequestMessage, Response, SamplingParams, SchedulerConfig,
+    TokenizationRequest,
+};
+use tokenizers::Tokenizer;
+
+/// A gac member backed by a mistral.rs engine.
+pub type MistralMember = BridgeMember<MistralRuntime>;
+
+/// Where a member runs and how long either side may wait for the other.
+#[derive(Debug, Clone)]
+pub struct MistralOptions {
+    /// CUDA device ordinal (needs the `cuda` feature); none = CPU.
+    pub gpu: Option<usize>,
+    /// Longest wait on the engine or on the ensemble before giving up (default 30 s).
+    pub timeout: Duration,
+}
+
+impl Default for MistralOptions {
+    fn default() -> Self {
+        Self {
+            gpu: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One mistral.rs engine (or one model of it) as seen by the bridge.
+pub struct MistralRuntime {
+    engine: Arc<MistralRs>,
+    model_id: Option<String>,
+    tokenizer: Arc<Tokenizer>,
+    vocab: Vocab,
+    context: Option<usize>,
+}
+
+fn member_error(name: &str, e: impl std::fmt::Display) -> Error {
+    Error::member(name, e.to_string())
+}
+
+/// Picks the device for a member.
+pub fn device(gpu: Option<usize>) -> Result<Device> {
+    match gpu {
+        None => Ok(Device::Cpu),
+        Some(n) => Device::new_cuda(n).map_err(|e| {
+            Error::config(
+                "gpu",
+                format!("CUDA device {n} is not available ({e}); mistral.rs members need the `cuda` feature for GPUs"),
+            )
+        }),
+    }
+}
+
+/// A mistral.rs engine with the parts a gac member needs from it.
+pub struct GgufEngine {
+    /// The engine, serving one model.
+    pub engine: Arc<MistralRs>,
+    /// The tokenizer the engine uses (converted from the GGUF metadata).
+    pub tokenizer: Arc<Tokenizer>,
+    /// The model's end-of-sequence ids.
+    pub eos: Vec<u32>,
+}
+
+fn model_name(path: &Path) -> String {
+    path.file_stem().map_or_else(
+        || path.display().to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    )
+}
+
+/// Loads a local GGUF file into a new mistral.rs engine (no hub access), on the CPU or on CUDA
+/// device `gpu`.
+pub fn build_gguf_engine(path: &Path, gpu: Option<usize>) -> Result<GgufEngine> {
+    let source = path.display().to_string();
+    let bad = |message: String| Error::config(&source, message);
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .map_err(|e| bad(format!("cannot read the model file: {e}")))?;
+    if &magic != b"GGUF" {
+        return Err(bad("not a GGUF file (no GGUF magic at its start)".into()));
+    }
+    let dir = path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .display()
+        .to_string();
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let loader = GGUFLoaderBuilder::new(
+        None,
+        None,
+        dir,
+        vec![file],
+        GGUFSpecificConfig::default(),
+        false,
+        None,
+    )
+    .build();
+    let paths: Box<dyn ModelPaths> = Box::new(LocalModelPaths {
+        tokenizer_filename: PathBuf::new(),
+        config_filename: PathBuf::new(),
+        template_filename: None,
+        filenames: vec![path.to_path_buf()],
+        adapter_paths: AdapterPaths::None,
+        gen_conf: None,
+        preprocessor_config: None,
+        processor_config: None,
+        chat_template_json_filename: None,
+    });
+    let device = device(gpu)?;
+    let pipeline = loader
+        .load_model_from_path(
+            &paths,
+            &ModelDType::Auto,
+            &device,
+            true,
+            DeviceMapSetting::dummy(),
+            None,
+            None,
+        )
+        .map_err(|e| bad(format!("mistral.rs could not load it: {e:#}")))?;
+    let (tokenizer, eos) = {
+        let p = pipeline.blocking_lock();
+        let tokenizer = p
+            .tokenizer()
+            .ok_or_else(|| bad("mistral.rs loaded no tokenizer for it".into()))?;
+        (tokenizer, p.get_metadata().eos_tok.clone())
+    };
+    let method = DefaultSchedulerMethod::Fixed(NonZeroUsize::new(8).expect("8 > 0"));
+    let builder = MistralRsBuilder::new(
+        pipeline,
+        SchedulerConfig::DefaultScheduler { method },
+        false,
+        None,
+    )
+    .with_no_prefix_cache(true);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| bad(format!("cannot start a tokio runtime: {e}")))?;
+    let engine = runtime.block_on(builder.build());
+    Ok(GgufEngine {
+        engine,
+        tokenizer,
+        eos,
+    })
+}
+
+/// Loads a local GGUF file into its own mistral.rs engine and wraps it as a member.
+pub fn load_gguf(path: &Path, options: &MistralOptions) -> Result<MistralMember> {
+    let e = build_gguf_engine(path, options.gpu)?;
+    wrap_engine(
+        &model_name(path),
+        e.engine,
+        None,
+        e.tokenizer,
+        &e.eos,
+        options,
+    )
+}
+
+/// Wraps an engine the caller already runs: `model_id` selects one of its models (none = the
+/// default), `tokenizer` is that model's tokenizer and `eos` its end-of-sequence ids.
+pub fn wrap_engine(
+    name: &str,
+    engine: Arc<MistralRs>,
+    model_id: Option<String>,
+    tokenizer: Arc<Tokenizer>,
+    eos: &[u32],
+    options: &MistralOptions,
+) -> Result<MistralMember> {
+    let mut end_names: Vec<String> = END_TOKENS.iter().map(|s| s.to_string()).collect();
+    end_names.extend(eos.iter().filter_map(|&id| tokenizer.id_to_token(id)));
+    let end_refs: Vec<&str> = end_names.iter().map(String::as_str).collect();
+    let vocab = vocab_from_tokenizer(&tokenizer, name, &end_refs)?;
+    let end_token = *eos
+        .first()
+        .ok_or_else(|| Error::vocab(name, "the engine reports no EOS token"))?;
+    let context = engine
+        .max_sequence_length(model_id.as_deref())
+        .map_err(|e| member_error(name, e))?;
+    let runtime = MistralRuntime {
+        engine,
+        model_id,
+        tokenizer,
+        vocab: vocab.clone(),
+        context,
+    };
+    BridgeMember::new(name, vocab, runtime, end_token, options.timeout)
+}
+
+impl MistralRuntime {
+    /// The engine.
+    pub fn engine(&self) -> &Arc<MistralRs> {
+        &self.engine
+    }
+
+    /// The tokenizer the engine uses.
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    fn send(&self, request: Request) -> Result<()> {
+        let sender = self
+            .engine
+            .get_sender(self.model_id.as_deref())
+            .map_err(|e| member_error("mistral.rs", e))?;
+        sender
+            .blocking_send(request)
+            .map_err(|_| Error::member("mistral.rs", "the engine is not running"))
+    }
+}
+
+/// The step's logits go to the ensemble; every logit but the chosen token's becomes -inf.
+fn force(hook: &Hook, logits: &Tensor) -> candle_core::Result<Tensor> {
+    let values = logits
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let n = values.len();
+    let token = hook.step(values) as usize;
+    let token = if token < n {
+        token
+    } else {
+        hook.end_token() as usize
+    };
+    let mut forced = vec![f32::NEG_INFINITY; n];
+    forced[token] = 0.0;
+    Tensor::from_vec(forced, logits.shape(), logits.device())?.to_dtype(logits.dtype())
+}
+
+impl Runtime for MistralRuntime {
+    fn start(&mut self, prompt: &[u32], hook: Hook) -> Result<()> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let failures = hook.failure_reporter();
+        let hook = Arc::new(hook);
+        let processor = move |logits: &Tensor, _context: &[u32]| force(&hook, logits);
+        let max_len = self.context.map(|c| c.saturating_sub(prompt.len()).max(1));
+        let request = NormalRequest {
+            messages: RequestMessage::CompletionTokens(prompt.to_vec()),
+            sampling_params: SamplingParams {
+                max_len,
+                ..SamplingParams::deterministic()
+            },
+            response: tx,
+            return_logprobs: false,
+            is_streaming: false,
+            id: self.engine.next_request_id(),
+            constraint: Constraint::None,
+            suffix: None,
+            tools: None,
+            tool_choice: None,
+            logits_processors: Some(vec![Arc::new(processor)]),
+            return_raw_logits: false,
+            web_search_options: None,
+            model_id: self.model_id.clone(),
+            truncate_sequence: false,
+        };
+        self.send(Request::Normal(Box::new(request)))?;
+        // Watch the request: an engine-side error ends the member's pending evaluation.
+        std::thread::spawn(move || {
+            while let Some(response) = rx.blocking_recv() {
+                match response {
+                    Response::InternalError(e) | Response::ValidationError(e) => {
+                        failures.fail(e.to_string())
+                    }
+                    Response::ModelError(m, _) | Response::CompletionModelError(m, _) => {
+                        failures.fail(m)
+                    }
+                    Response::Done(_) | Response::CompletionDone(_) => return,
+                    _ => {}
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn encode(&self, text: &[u8]) -> Result<Vec<u32>> {
+        if let Ok(s) = std::str::from_utf8(text) {
+            if let Ok(encoding) = self.tokenizer.encode(s, false) {
+                let ids = encoding.get_ids().to_vec();
+                if self.vocab.spells(&ids, text) {
+                    return Ok(ids);
+                }
+            }
+        }
+        let mut ids = Vec::with_capacity(text.len());
+        self.vocab.encode_bytes(text, &mut ids)?;
+        Ok(ids)
+    }
+
+    fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| Error::vocab(self.vocab.name(), e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    fn chat_prompt(&self, user: &str) -> Option<String> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let mut message = IndexMap::new();
+        message.insert("role".to_string(), Either::Left("user".to_string()));
+        message.insert("content".to_string(), Either::Left(user.to_string()));
+        let request = TokenizationRequest {
+            text: Either::Left(vec![message]),
+            tools: None,
+            add_generation_prompt: true,
+            add_special_tokens: true,
+            enable_thinking: None,
+            reasoning_effort: None,
+            response: tx,
+        };
+        self.send(Request::Tokenize(request)).ok()?;
+        let ids = rx.blocking_recv()?.ok()?;
+        self.tokenizer.decode(&ids, false).ok()
+    }
+
+    fn context_size(&self) -> Option<usize> {
+        self.context
+    }
+}

@@ -220,3 +220,77 @@ fn bad_settings_are_named() {
     let err = fails(&["generate", "--model", &smollm, "--ctx", "32", &long]);
     assert!(err.contains("longer than its context of 32"), "{err}");
 }
+
+#[test]
+fn mistralrs_members_from_the_command_line() {
+    let (smollm, gemma) = (path(SMOLLM), path(GEMMA));
+    let mistral = format!("mistralrs:{smollm}");
+    let out = gac(&[
+        "generate",
+        "--model",
+        &mistral,
+        "--model",
+        &gemma,
+        "--max-tokens",
+        "8",
+        "--json",
+        "The capital of France is",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["stats"]["steps"].as_u64().unwrap() >= 1);
+    let config = scratch(
+        "mixed.toml",
+        format!("[[member]]\npath = {smollm:?}\nruntime = \"mistralrs\"\n[[member]]\npath = {gemma:?}\n").as_bytes(),
+    );
+    let out = gac(&[
+        "generate",
+        "--config",
+        config.to_str().unwrap(),
+        "--max-tokens",
+        "4",
+        "Hello",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = scratch("text.gguf", b"not a model");
+    let err = fails(&[
+        "generate",
+        "--model",
+        &format!("mistralrs:{}", text.display()),
+        "hi",
+    ]);
+    assert!(
+        err.contains("text.gguf") && err.contains("not a GGUF file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrapping_an_existing_mistralrs_engine() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wrap-mistralrs"))
+        .args([
+            path(SMOLLM),
+            path(GEMMA),
+            "The capital of France is".to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ensemble: ") && stdout.contains("mistral.rs alone: "),
+        "{stdout}"
+    );
+}

@@ -124,18 +124,23 @@ pub struct BridgeMember<R: Runtime> {
 }
 
 impl<R: Runtime> BridgeMember<R> {
-    /// A member over `runtime`, whose vocabulary is `vocab`; `end_token` ends a request. The
-    /// timeout bounds every wait on either side (default use: 30 s).
+    /// A member over `runtime`, whose vocabulary is `vocab`; `end_token` is the token that
+    /// ends a runtime request (it must be an End token of `vocab`). The timeout bounds every wait
+    /// on either side.
     pub fn new(
         name: impl Into<String>,
         vocab: Vocab,
         runtime: R,
+        end_token: u32,
         timeout: Duration,
     ) -> Result<Self> {
         let name = name.into();
-        let end_token = (0..vocab.len() as u32)
-            .find(|&id| vocab.get(id) == Some(&crate::vocab::Token::End))
-            .ok_or_else(|| Error::vocab(&name, "it has no end-of-generation token"))?;
+        if vocab.get(end_token) != Some(&crate::vocab::Token::End) {
+            return Err(Error::vocab(
+                &name,
+                format!("token {end_token} is not an end-of-generation token"),
+            ));
+        }
         Ok(Self {
             name,
             vocab,
@@ -306,14 +311,18 @@ mod tests {
                 // The model is locked per call only: the tokenizer is used meanwhile.
                 model.lock().unwrap().reset().unwrap();
                 model.lock().unwrap().push(&prompt).unwrap();
-                log.lock().unwrap().push(Vec::new());
+                let request = {
+                    let mut log = log.lock().unwrap();
+                    log.push(Vec::new());
+                    log.len() - 1
+                };
                 for step in 0.. {
                     if die_after == Some(step) {
                         return; // drops the hook
                     }
                     let logits = model.lock().unwrap().logits().unwrap().to_vec();
                     let token = hook.step(logits);
-                    log.lock().unwrap().last_mut().unwrap().push(token);
+                    log.lock().unwrap()[request].push(token);
                     if token == hook.end_token() {
                         return;
                     }
@@ -349,8 +358,26 @@ mod tests {
             log: log.clone(),
             die_after,
         };
-        let member = BridgeMember::new("bridged", vocab, runtime, Duration::from_secs(5)).unwrap();
+        let end = pieces.iter().position(|p| *p == "<end>").unwrap() as u32;
+        let member =
+            BridgeMember::new("bridged", vocab, runtime, end, Duration::from_secs(5)).unwrap();
         (Box::new(member), log)
+    }
+
+    /// Waits (up to 5 s) until every runtime request has ended, and returns the log.
+    fn ended(log: &Mutex<Vec<Vec<u32>>>, end: u32) -> std::sync::MutexGuard<'_, Vec<Vec<u32>>> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let guard = log.lock().unwrap();
+            let done = guard
+                .iter()
+                .all(|r| r.last() == Some(&end));
+            if done || Instant::now() > deadline {
+                return guard;
+            }
+            drop(guard);
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn spelled(pieces: &[&str], ids: &[u32]) -> String {
@@ -369,8 +396,7 @@ mod tests {
             .unwrap();
         assert_eq!(g.text, "hello world");
         drop(e);
-        std::thread::sleep(Duration::from_millis(50));
-        let log = log.lock().unwrap();
+        let log = ended(&log, 0);
         assert_eq!(spelled(A, &log[0]), "hello world");
         assert_eq!(
             *log[0].last().unwrap(),
@@ -394,8 +420,7 @@ mod tests {
         e.generate("he", &GenerateOptions::default(), &mut |_| {})
             .unwrap();
         drop(e);
-        std::thread::sleep(Duration::from_millis(50));
-        let log = log.lock().unwrap();
+        let log = ended(&log, 12);
         assert_eq!(log.len(), 2, "one runtime request per generation");
         assert_eq!(spelled(B, &log[0]), "hello world");
         assert_eq!(*log[0].last().unwrap(), 12, "ended with the end token");
@@ -418,8 +443,7 @@ mod tests {
         assert_eq!(g.text, "hello world");
         assert!(g.stats.ensembled_steps > 0 && g.stats.ensembled_steps < g.stats.steps);
         drop(e);
-        std::thread::sleep(Duration::from_millis(50));
-        let log = log.lock().unwrap();
+        let log = ended(&log, 12);
         assert_eq!(log.len(), 1);
         let (end, forced) = log[0].split_last().unwrap();
         assert_eq!(*end, 12);

@@ -7,6 +7,7 @@
 //! gpu = 0           # optional: pin to this GPU (all layers offloaded unless gpu_layers says)
 //! gpu_layers = 99   # optional
 //! threads = 1       # optional CPU threads
+//! runtime = "llamacpp"      # optional: or "mistralrs"
 //!
 //! [[member]]
 //! path = "models/b.gguf"
@@ -35,12 +36,41 @@ pub struct EnsembleConfig {
     pub gate: Option<GateConfig>,
 }
 
+/// Which inference runtime hosts a member.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// llama.cpp through llama-cpp-2 (the default).
+    #[default]
+    LlamaCpp,
+    /// mistral.rs through mistralrs-core.
+    MistralRs,
+}
+
+impl std::str::FromStr for RuntimeKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "llamacpp" => Ok(RuntimeKind::LlamaCpp),
+            "mistralrs" => Ok(RuntimeKind::MistralRs),
+            _ => Err(Error::config(
+                "runtime",
+                format!("'{s}' is neither 'llamacpp' nor 'mistralrs'"),
+            )),
+        }
+    }
+}
+
 /// One member: where its model is and where it runs.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
     /// Path to the model file.
     pub path: PathBuf,
+    /// The runtime that hosts it: `llamacpp` (default) or `mistralrs`.
+    #[serde(default)]
+    pub runtime: RuntimeKind,
     /// Weight in the average (>= 0).
     #[serde(default = "one")]
     pub weight: f32,
@@ -80,6 +110,7 @@ impl MemberConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
+            runtime: RuntimeKind::LlamaCpp,
             weight: 1.0,
             gpu: None,
             gpu_layers: None,
@@ -221,6 +252,7 @@ mod tests {
             threads = 2
             [[member]]
             path = "b.gguf"
+            runtime = "mistralrs"
             weight = 0.5
             [gate]
             member = 1
@@ -230,6 +262,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.weights(), [1.0, 0.5]);
+        assert_eq!(c.members[0].runtime, RuntimeKind::LlamaCpp);
+        assert_eq!(c.members[1].runtime, RuntimeKind::MistralRs);
         assert_eq!(
             c.mode().unwrap(),
             Mode::Gated {
@@ -258,6 +292,7 @@ mod tests {
                 "when_unsure",
             ),
             ("[[member]]\npath='a'\nweigth=1", "weigth"),
+            ("[[member]]\npath='a'\nruntime='vllm'", "vllm"),
         ];
         for (toml, needle) in cases {
             let err = parse(toml).unwrap_err().to_string();

@@ -172,3 +172,71 @@ impl Member for Recording {
         self.inner.logits()
     }
 }
+
+/// Loads a GGUF model into its own mistral.rs engine on the CPU.
+pub fn mistral_member(relative: &str) -> gac_mistralrs::MistralMember {
+    gac_mistralrs::load_gguf(&asset(relative), &gac_mistralrs::MistralOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// mistral.rs's own greedy continuation (deterministic sampling, no gac involved) of `prompt`
+/// on the member's engine: the generated ids, up to `max_tokens`, end token excluded.
+pub fn mistral_reference_greedy(
+    member: &gac_mistralrs::MistralMember,
+    prompt: &str,
+    max_tokens: usize,
+) -> Vec<u32> {
+    use mistralrs_core::{
+        Constraint, NormalRequest, Request, RequestMessage, Response, SamplingParams,
+    };
+    use std::sync::{Arc, Mutex};
+    let prompt_ids = member.encode_prompt(prompt).unwrap();
+    let contexts: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let record = contexts.clone();
+    let processor = move |logits: &candle_core::Tensor, context: &[u32]| {
+        *record.lock().unwrap() = context.to_vec();
+        Ok(logits.clone())
+    };
+    let engine = member.runtime().engine();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let request = NormalRequest {
+        messages: RequestMessage::CompletionTokens(prompt_ids.clone()),
+        sampling_params: SamplingParams {
+            max_len: Some(max_tokens + 1),
+            ..SamplingParams::deterministic()
+        },
+        response: tx,
+        return_logprobs: false,
+        is_streaming: false,
+        id: engine.next_request_id(),
+        constraint: Constraint::None,
+        suffix: None,
+        tools: None,
+        tool_choice: None,
+        logits_processors: Some(vec![Arc::new(processor)]),
+        return_raw_logits: false,
+        web_search_options: None,
+        model_id: None,
+        truncate_sequence: false,
+    };
+    engine
+        .get_sender(None)
+        .unwrap()
+        .blocking_send(Request::Normal(Box::new(request)))
+        .ok()
+        .unwrap();
+    loop {
+        match rx.blocking_recv().expect("a response") {
+            Response::CompletionDone(_) => break,
+            Response::InternalError(e) | Response::ValidationError(e) => panic!("mistral.rs: {e}"),
+            Response::CompletionModelError(m, _) => panic!("mistral.rs: {m}"),
+            _ => {}
+        }
+    }
+    let context = contexts.lock().unwrap().clone();
+    context[prompt_ids.len()..]
+        .iter()
+        .copied()
+        .take(max_tokens)
+        .collect()
+}

@@ -5,8 +5,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use gac_core::config::RuntimeKind;
 use gac_core::{Ensemble, GenerateOptions, Member, Mode, Stats, WhenUnsure};
 use gac_llamacpp::{LlamaMember, LlamaOptions};
+use mistralrs_core::{MistralRs, NormalRequest, Request, RequestMessage, Response, SamplingParams};
 
 /// Prompts used when none are given: a few languages, so that re-encoding is exercised.
 const PROMPTS: &[&str] = &[
@@ -17,8 +19,8 @@ const PROMPTS: &[&str] = &[
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// GGUF model files (two or more for the ensemble rows).
-    #[arg(long = "model", value_name = "PATH", required = true)]
+    /// GGUF model files, `[RUNTIME:]PATH` as for `generate` (two or more for the ensemble rows).
+    #[arg(long = "model", value_name = "[RUNTIME:]PATH", required = true)]
     models: Vec<PathBuf>,
     /// Tokens generated per prompt.
     #[arg(long, default_value_t = 64)]
@@ -109,10 +111,36 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.prompts.clone()
     };
     let mut members: Vec<Box<dyn Member>> = Vec::new();
-    for path in &args.models {
-        let m = LlamaMember::load(path, &options)
-            .with_context(|| format!("loading {}", path.display()))?;
-        members.push(Box::new(m));
+    let mut plain = Vec::new();
+    for flag in &args.models {
+        let config = super::member_flag(flag)?;
+        let path = &config.path;
+        match config.runtime {
+            RuntimeKind::LlamaCpp => {
+                let m = LlamaMember::load(path, &options)
+                    .with_context(|| format!("loading {}", path.display()))?;
+                members.push(Box::new(m));
+            }
+            RuntimeKind::MistralRs => {
+                let m = gac_mistralrs::load_gguf(path, &gac_mistralrs::MistralOptions::default())
+                    .with_context(|| format!("loading {} in mistral.rs", path.display()))?;
+                eprintln!("gac bench: {} in plain mistral.rs ...", m.name());
+                let engine = m.runtime().engine().clone();
+                let mut per_prompt = Vec::new();
+                for prompt in &prompts {
+                    per_prompt.push(plain_mistralrs_ms_per_token(
+                        &engine,
+                        &m.encode_prompt(prompt)?,
+                        args.tokens,
+                    )?);
+                }
+                plain.push((
+                    format!("{} in plain mistral.rs (no gac)", m.name()),
+                    mean(per_prompt.into_iter()),
+                ));
+                members.push(Box::new(m));
+            }
+        }
     }
     let names: Vec<String> = members.iter().map(|m| m.name().to_string()).collect();
     let mut rows = Vec::new();
@@ -175,8 +203,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             100.0 * (combine + member_side) / eval,
         );
     }
+    for (name, ms_per_token) in &plain {
+        println!(
+            "| {name} | {ms_per_token:.2} | {:.2}x | | | |",
+            ms_per_token / slowest_alone
+        );
+    }
     let mut members = ensemble.into_members();
-    println!("\nCatch-up of a member that skipped k steps (one batch, KV cache kept) against recomputing its whole prefix (the paper's approach):\n");
+    println!("\nCatch-up of a member that skipped k steps (KV cache kept; llama.cpp: one batch, mistral.rs: one token per engine step) against recomputing its whole prefix (the paper's approach):\n");
     println!("| member | prefix tokens | k | catch-up ms | recompute ms | speed-up |");
     println!("|---|---:|---:|---:|---:|---:|");
     for m in &mut members {
@@ -192,6 +226,44 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Decode ms/token of a plain greedy mistral.rs request (no gac): the time of the whole request
+/// minus that of a one-token request, over the tokens after the first.
+fn plain_mistralrs_ms_per_token(engine: &MistralRs, prompt: &[u32], tokens: usize) -> Result<f64> {
+    let time = |n: usize| -> Result<(Duration, usize)> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let request = NormalRequest::new_simple(
+            RequestMessage::CompletionTokens(prompt.to_vec()),
+            SamplingParams {
+                max_len: Some(n),
+                ..SamplingParams::deterministic()
+            },
+            tx,
+            engine.next_request_id(),
+            None,
+            None,
+        );
+        let t = Instant::now();
+        engine
+            .get_sender(None)?
+            .blocking_send(Request::Normal(Box::new(request)))?;
+        loop {
+            match rx.blocking_recv().context("mistral.rs stopped")? {
+                Response::CompletionDone(done) => {
+                    return Ok((t.elapsed(), done.usage.completion_tokens))
+                }
+                Response::InternalError(e) | Response::ValidationError(e) => {
+                    anyhow::bail!("mistral.rs: {e}")
+                }
+                Response::CompletionModelError(m, _) => anyhow::bail!("mistral.rs: {m}"),
+                _ => {}
+            }
+        }
+    };
+    let (one, _) = time(1)?;
+    let (all, generated) = time(tokens)?;
+    Ok(ms(all.saturating_sub(one)) / (generated.max(2) - 1) as f64)
 }
 
 /// Times evaluating `k` new tokens on top of a cached prefix against evaluating prefix and

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use gac_core::config::{parse_when_unsure, EnsembleConfig, GateConfig, MemberConfig};
+use gac_core::config::{parse_when_unsure, EnsembleConfig, GateConfig, MemberConfig, RuntimeKind};
 use gac_core::{Ensemble, GenerateOptions, Generation, Member, PickConfig, Union};
 use gac_llamacpp::{LlamaMember, LlamaOptions};
 use serde_json::json;
@@ -39,8 +39,13 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct MemberArgs {
-    /// A GGUF model file; repeat for each member (order matters: member 0, 1, ...).
-    #[arg(long = "model", value_name = "PATH", conflicts_with = "config")]
+    /// A GGUF model file; repeat for each member (order matters: member 0, 1, ...). Prefix it
+    /// with `mistralrs:` to run it in mistral.rs instead of llama.cpp (`llamacpp:` is the default).
+    #[arg(
+        long = "model",
+        value_name = "[RUNTIME:]PATH",
+        conflicts_with = "config"
+    )]
     models: Vec<PathBuf>,
     /// A TOML file listing members (path, weight, gpu, gpu_layers, threads, context) and an
     /// optional [gate]; see the README.
@@ -131,11 +136,29 @@ impl MemberArgs {
         match &self.config {
             Some(path) => Ok(EnsembleConfig::from_file(path)?),
             None => Ok(EnsembleConfig {
-                members: self.models.iter().map(MemberConfig::new).collect(),
+                members: self
+                    .models
+                    .iter()
+                    .map(|m| member_flag(m))
+                    .collect::<Result<_>>()?,
                 gate: None,
             }),
         }
     }
+}
+
+/// `--model [RUNTIME:]PATH`.
+fn member_flag(flag: &Path) -> Result<MemberConfig> {
+    let text = flag.to_string_lossy();
+    if let Some((runtime, path)) = text.split_once(':') {
+        if let Ok(runtime) = runtime.parse::<RuntimeKind>() {
+            return Ok(MemberConfig {
+                runtime,
+                ..MemberConfig::new(path)
+            });
+        }
+    }
+    Ok(MemberConfig::new(flag))
 }
 
 impl TryFrom<&GenerateArgs> for EnsembleConfig {
@@ -214,24 +237,42 @@ fn load_members(config: &EnsembleConfig, quiet: bool) -> Result<Vec<Box<dyn Memb
     let mut members: Vec<Box<dyn Member>> = Vec::new();
     for (i, m) in config.members.iter().enumerate() {
         let t = Instant::now();
-        let options = LlamaOptions {
-            threads: m.threads,
-            gpu: m.gpu,
-            gpu_layers: m.gpu_layers,
-            context: m.context,
+        let member: Box<dyn Member> = match m.runtime {
+            RuntimeKind::LlamaCpp => {
+                let options = LlamaOptions {
+                    threads: m.threads,
+                    gpu: m.gpu,
+                    gpu_layers: m.gpu_layers,
+                    context: m.context,
+                };
+                let member = LlamaMember::load(&m.path, &options)
+                    .with_context(|| format!("member {i} ({})", m.path.display()))?;
+                Box::new(member)
+            }
+            RuntimeKind::MistralRs => {
+                let options = gac_mistralrs::MistralOptions {
+                    gpu: m.gpu.map(|g| g as usize),
+                    ..gac_mistralrs::MistralOptions::default()
+                };
+                let member = gac_mistralrs::load_gguf(&m.path, &options)
+                    .with_context(|| format!("member {i} ({}, mistral.rs)", m.path.display()))?;
+                Box::new(member)
+            }
         };
-        let member = LlamaMember::load(&m.path, &options)
-            .with_context(|| format!("member {i} ({})", m.path.display()))?;
         if !quiet {
             let place = m.gpu.map_or("CPU".to_string(), |g| format!("GPU {g}"));
+            let runtime = match m.runtime {
+                RuntimeKind::LlamaCpp => "llama.cpp",
+                RuntimeKind::MistralRs => "mistral.rs",
+            };
             eprintln!(
-                "gac: loaded member {i} {} ({} tokens, {place}) in {:.1} s",
+                "gac: loaded member {i} {} ({runtime}, {} tokens, {place}) in {:.1} s",
                 member.name(),
                 member.vocab().len(),
                 t.elapsed().as_secs_f64()
             );
         }
-        members.push(Box::new(member));
+        members.push(member);
     }
     Ok(members)
 }
