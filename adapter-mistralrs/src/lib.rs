@@ -23,10 +23,9 @@ use gac_core::tokenizer_json::{vocab_from_tokenizer, END_TOKENS};
 use gac_core::{Error, Result, Vocab};
 use indexmap::IndexMap;
 use mistralrs_core::{
-    AdapterPaths, Constraint, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder,
-    GGUFSpecificConfig, LocalModelPaths, MistralRs, MistralRsBuilder, ModelDType, ModelPaths,
-    NormalRequest, Request, RequestMessage, Response, SamplingParams, SchedulerConfig,
-    TokenizationRequest,
+    AdapterPaths, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig,
+    LocalModelPaths, MistralRs, MistralRsBuilder, ModelDType, ModelPaths, NormalRequest, Request,
+    RequestMessage, Response, SamplingParams, SchedulerConfig, TokenizationRequest,
 };
 use tokenizers::Tokenizer;
 
@@ -265,26 +264,15 @@ impl Runtime for MistralRuntime {
         let hook = Arc::new(hook);
         let processor = move |logits: &Tensor, _context: &[u32]| force(&hook, logits);
         let max_len = self.context.map(|c| c.saturating_sub(prompt.len()).max(1));
-        let request = NormalRequest {
-            messages: RequestMessage::CompletionTokens(prompt.to_vec()),
-            sampling_params: SamplingParams {
-                max_len,
-                ..SamplingParams::deterministic()
-            },
-            response: tx,
-            return_logprobs: false,
-            is_streaming: false,
-            id: self.engine.next_request_id(),
-            constraint: Constraint::None,
-            suffix: None,
-            tools: None,
-            tool_choice: None,
-            logits_processors: Some(vec![Arc::new(processor)]),
-            return_raw_logits: false,
-            web_search_options: None,
-            model_id: self.model_id.clone(),
-            truncate_sequence: false,
+        let sampling = SamplingParams {
+            max_len,
+            ..SamplingParams::deterministic()
         };
+        let messages = RequestMessage::CompletionTokens(prompt.to_vec());
+        let id = self.engine.next_request_id();
+        let mut request = NormalRequest::new_simple(messages, sampling, tx, id, None, None);
+        request.logits_processors = Some(vec![Arc::new(processor)]);
+        request.model_id = self.model_id.clone();
         self.send(Request::Normal(Box::new(request)))?;
         // Watch the request: an engine-side error ends the member's pending evaluation.
         std::thread::spawn(move || {

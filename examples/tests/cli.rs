@@ -17,6 +17,17 @@ fn path(relative: &str) -> String {
     asset(relative).display().to_string()
 }
 
+/// Runs gac and expects success.
+fn succeeds(args: &[&str]) -> Output {
+    let out = gac(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Runs gac, expects failure, and returns stderr (which must not show a panic).
 fn fails(args: &[&str]) -> String {
     let out = gac(args);
@@ -41,7 +52,7 @@ fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
 #[test]
 fn generate_streams_text_and_json_has_statistics() {
     let (smollm, gemma) = (path(SMOLLM), path(GEMMA));
-    let out = gac(&[
+    let out = succeeds(&[
         "generate",
         "--model",
         &smollm,
@@ -51,19 +62,13 @@ fn generate_streams_text_and_json_has_statistics() {
         "12",
         "The capital of France is",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("ms/token") && stderr.contains("steps ensembled"),
         "{stderr}"
     );
 
-    let out = gac(&[
+    let out = succeeds(&[
         "generate",
         "--model",
         &smollm,
@@ -78,11 +83,6 @@ fn generate_streams_text_and_json_has_statistics() {
         "--json",
         "Москва — столица",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     assert!(v["text"].is_string());
     assert_eq!(v["members"].as_array().unwrap().len(), 2);
@@ -102,7 +102,7 @@ fn config_file_and_stop_string() {
         )
         .as_bytes(),
     );
-    let out = gac(&[
+    let out = succeeds(&[
         "generate",
         "--config",
         config.to_str().unwrap(),
@@ -113,11 +113,6 @@ fn config_file_and_stop_string() {
         "--json",
         "One, two, three",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!v["text"].as_str().unwrap().contains('.'), "{v}");
     assert_eq!(v["members"][1]["weight"], 0.5);
@@ -125,7 +120,7 @@ fn config_file_and_stop_string() {
 
 #[test]
 fn vocab_reports_sizes_and_overlap() {
-    let out = gac(&[
+    let out = succeeds(&[
         "vocab",
         "--model",
         &path(SMOLLM),
@@ -133,11 +128,6 @@ fn vocab_reports_sizes_and_overlap() {
         &path(GEMMA),
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["members"][0]["vocab_size"], 49_152);
     assert_eq!(v["members"][1]["vocab_size"], 262_144);
@@ -225,7 +215,7 @@ fn bad_settings_are_named() {
 fn mistralrs_members_from_the_command_line() {
     let (smollm, gemma) = (path(SMOLLM), path(GEMMA));
     let mistral = format!("mistralrs:{smollm}");
-    let out = gac(&[
+    let out = succeeds(&[
         "generate",
         "--model",
         &mistral,
@@ -236,18 +226,13 @@ fn mistralrs_members_from_the_command_line() {
         "--json",
         "The capital of France is",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["stats"]["steps"].as_u64().unwrap() >= 1);
     let config = scratch(
         "mixed.toml",
         format!("[[member]]\npath = {smollm:?}\nruntime = \"mistralrs\"\n[[member]]\npath = {gemma:?}\n").as_bytes(),
     );
-    let out = gac(&[
+    succeeds(&[
         "generate",
         "--config",
         config.to_str().unwrap(),
@@ -255,11 +240,6 @@ fn mistralrs_members_from_the_command_line() {
         "4",
         "Hello",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let text = scratch("text.gguf", b"not a model");
     let err = fails(&[
         "generate",

@@ -293,12 +293,15 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
+    /// Every token a test runtime appended, per request.
+    type Log = Arc<Mutex<Vec<Vec<u32>>>>;
+
     /// A runtime that owns its decode loop on its own thread, like an inference engine: it asks
     /// a scripted model for logits, calls the hook, appends what comes back.
     struct ThreadRuntime {
         model: Arc<Mutex<ScriptedMember>>,
         /// Every token the runtime appended, per request.
-        log: Arc<Mutex<Vec<Vec<u32>>>>,
+        log: Log,
         /// Stop calling the hook after this many steps, as if the engine were dropped.
         die_after: Option<usize>,
     }
@@ -349,7 +352,7 @@ mod tests {
     fn bridged(
         pieces: &'static [&'static str],
         die_after: Option<usize>,
-    ) -> (Box<dyn Member>, Arc<Mutex<Vec<Vec<u32>>>>) {
+    ) -> (Box<dyn Member>, Log) {
         let model = ScriptedMember::new("bridged", pieces, "hello world");
         let vocab = model.vocab().clone();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -369,9 +372,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let guard = log.lock().unwrap();
-            let done = guard
-                .iter()
-                .all(|r| r.last() == Some(&end));
+            let done = guard.iter().all(|r| r.last() == Some(&end));
             if done || Instant::now() > deadline {
                 return guard;
             }

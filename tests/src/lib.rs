@@ -186,9 +186,7 @@ pub fn mistral_reference_greedy(
     prompt: &str,
     max_tokens: usize,
 ) -> Vec<u32> {
-    use mistralrs_core::{
-        Constraint, NormalRequest, Request, RequestMessage, Response, SamplingParams,
-    };
+    use mistralrs_core::{NormalRequest, Request, RequestMessage, Response, SamplingParams};
     use std::sync::{Arc, Mutex};
     let prompt_ids = member.encode_prompt(prompt).unwrap();
     let contexts: Arc<Mutex<Vec<u32>>> = Arc::default();
@@ -199,26 +197,14 @@ pub fn mistral_reference_greedy(
     };
     let engine = member.runtime().engine();
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let request = NormalRequest {
-        messages: RequestMessage::CompletionTokens(prompt_ids.clone()),
-        sampling_params: SamplingParams {
-            max_len: Some(max_tokens + 1),
-            ..SamplingParams::deterministic()
-        },
-        response: tx,
-        return_logprobs: false,
-        is_streaming: false,
-        id: engine.next_request_id(),
-        constraint: Constraint::None,
-        suffix: None,
-        tools: None,
-        tool_choice: None,
-        logits_processors: Some(vec![Arc::new(processor)]),
-        return_raw_logits: false,
-        web_search_options: None,
-        model_id: None,
-        truncate_sequence: false,
+    let sampling = SamplingParams {
+        max_len: Some(max_tokens + 1),
+        ..SamplingParams::deterministic()
     };
+    let messages = RequestMessage::CompletionTokens(prompt_ids.clone());
+    let mut request =
+        NormalRequest::new_simple(messages, sampling, tx, engine.next_request_id(), None, None);
+    request.logits_processors = Some(vec![Arc::new(processor)]);
     engine
         .get_sender(None)
         .unwrap()
