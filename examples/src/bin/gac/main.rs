@@ -13,6 +13,7 @@ use gac_llamacpp::{LlamaMember, LlamaOptions};
 use serde_json::json;
 
 mod bench;
+mod eval;
 
 /// Ensemble several LLMs token by token (Generation as Classification).
 ///
@@ -35,10 +36,13 @@ enum Command {
     /// Measure ms/token of each member alone and of the ensembles, side by side, plus the cost
     /// of the ensemble step and of a gated member's catch-up (prints markdown tables).
     Bench(bench::BenchArgs),
+    /// Few-shot generative evaluation (accuracy per task) of each member alone, the average and
+    /// gated ensembles; results are resumable JSON lines plus a markdown table.
+    Eval(eval::EvalArgs),
 }
 
 #[derive(Args, Debug)]
-struct MemberArgs {
+pub(crate) struct MemberArgs {
     /// A GGUF model file; repeat for each member (order matters: member 0, 1, ...). Prefix it
     /// with `mistralrs:` to run it in mistral.rs instead of llama.cpp (`llamacpp:` is the default).
     #[arg(
@@ -132,7 +136,7 @@ impl MemberArgs {
     }
 
     /// The members as a configuration: from the TOML file, or from the --model flags.
-    fn config(&self) -> Result<EnsembleConfig> {
+    pub(crate) fn config(&self) -> Result<EnsembleConfig> {
         match &self.config {
             Some(path) => Ok(EnsembleConfig::from_file(path)?),
             None => Ok(EnsembleConfig {
@@ -148,7 +152,7 @@ impl MemberArgs {
 }
 
 /// `--model [RUNTIME:]PATH`.
-fn member_flag(flag: &Path) -> Result<MemberConfig> {
+pub(crate) fn member_flag(flag: &Path) -> Result<MemberConfig> {
     let text = flag.to_string_lossy();
     if let Some((runtime, path)) = text.split_once(':') {
         if let Ok(runtime) = runtime.parse::<RuntimeKind>() {
@@ -217,6 +221,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate(args),
         Command::Vocab(args) => vocab(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Eval(args) => eval::eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -233,7 +238,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-fn load_members(config: &EnsembleConfig, quiet: bool) -> Result<Vec<Box<dyn Member>>> {
+pub(crate) fn load_members(config: &EnsembleConfig, quiet: bool) -> Result<Vec<Box<dyn Member>>> {
     let mut members: Vec<Box<dyn Member>> = Vec::new();
     for (i, m) in config.members.iter().enumerate() {
         let t = Instant::now();

