@@ -199,6 +199,7 @@ fn bad_settings_are_named() {
         (&["--temperature", "-1", "hi"], "temperature"),
         (&["--top-p", "0", "hi"], "top_p"),
         (&[""], "prompt is empty"),
+        (&["--union-top-k", "0", "hi"], "union_top_k"),
     ];
     for (args, needle) in cases {
         let err = m(args);

@@ -260,7 +260,15 @@ fn eval_runs_end_to_end_and_resumes() {
                 "--shots",
                 "2",
             ])
-            .args(["--threshold", "0.5", "--max-tokens", "6", "--data"])
+            .args([
+                "--threshold",
+                "0.5",
+                "--union-top-k",
+                "5",
+                "--max-tokens",
+                "6",
+                "--data",
+            ])
             .arg(data())
             .arg("--out")
             .arg(&out)
@@ -283,7 +291,7 @@ fn eval_runs_end_to_end_and_resumes() {
         assert!(stdout.contains(row), "{stdout}");
     }
     let lines = std::fs::read_to_string(&out).unwrap().lines().count();
-    assert_eq!(lines, 4 * 2 * 3, "4 configurations x 2 tasks x 3 examples");
+    assert_eq!(lines, 5 * 2 * 3, "5 configurations x 2 tasks x 3 examples");
     let second = run();
     assert!(second.status.success());
     assert_eq!(

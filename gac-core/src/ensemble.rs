@@ -28,6 +28,10 @@ pub struct GenerateOptions {
     pub pick: PickConfig,
     /// Wrap the prompt in each member's own chat template (where it has one).
     pub chat: bool,
+    /// Combine only each member's k most probable tokens (the top-k union of Yao et al.,
+    /// "Determine-Then-Ensemble" / UniTE, 2024) instead of the full distributions; tokens below
+    /// probability 1e-4 never enter. `None` combines everything.
+    pub union_top_k: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -37,6 +41,7 @@ impl Default for GenerateOptions {
             stop: Vec::new(),
             pick: PickConfig::default(),
             chat: false,
+            union_top_k: None,
         }
     }
 }
@@ -238,6 +243,12 @@ impl Ensemble {
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation> {
         options.pick.validate()?;
+        if options.union_top_k == Some(0) {
+            return Err(Error::config(
+                "union_top_k",
+                "0 keeps no token (use at least 1)",
+            ));
+        }
         if prompt.is_empty() {
             return Err(Error::EmptyPrompt);
         }
@@ -295,7 +306,9 @@ impl Ensemble {
                 union,
                 acc: vec![0.0; union.len() + 1],
                 touched: Vec::new(),
+                top: Vec::new(),
                 step_weights: Vec::new(),
+                union_top_k: options.union_top_k,
                 picker: Picker::new(options.pick),
                 stats: Stats::default(),
             };
@@ -537,8 +550,12 @@ struct Run<'a> {
     union: &'a Union,
     /// Union-space accumulator (plus the sink slot); all zero between steps.
     acc: Vec<f32>,
-    /// Union ids written in `acc` by the sparse path.
+    /// Union ids written in `acc` by the sparse paths.
     touched: Vec<u32>,
+    /// A member's top-k (probability, token) pairs, for the top-k union.
+    top: Vec<(f32, u32)>,
+    /// Combine only each member's k most probable tokens.
+    union_top_k: Option<usize>,
     /// This step's normalized weights, parallel to the members combined.
     step_weights: Vec<f32>,
     picker: Picker,
@@ -566,6 +583,9 @@ impl Run<'_> {
                 true => self.weights[i] / total,
                 false => 1.0 / which.len() as f32,
             }));
+        if let Some(k) = self.union_top_k {
+            return self.choose_top_k(which, k).ok_or(Error::ZeroMass { step });
+        }
         if self.picker.is_greedy() {
             if let Some(x) = self.greedy_on_heads(which) {
                 return Ok(x);
@@ -578,6 +598,49 @@ impl Run<'_> {
         let x = self.picker.pick(&self.acc[..self.union.len()]);
         self.acc.fill(0.0);
         x.ok_or(Error::ZeroMass { step })
+    }
+
+    /// The top-k union: each member's k most probable tokens (from its head), weighted and
+    /// summed in union space; the pick sees nothing else.
+    fn choose_top_k(&mut self, which: &[usize], k: usize) -> Option<UnionId> {
+        let sink = self.union.sink() as u32;
+        self.touched.clear();
+        for (&i, &w) in which.iter().zip(&self.step_weights) {
+            let dist = self.workers[i].dist.as_ref().expect("evaluated");
+            self.top.clear();
+            self.top
+                .extend(dist.head.iter().map(|&j| (dist.probs[j as usize], j)));
+            if self.top.len() > k {
+                self.top
+                    .select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                self.top.truncate(k);
+            }
+            let projection = self.union.projection(i);
+            for &(p, j) in &self.top {
+                let u = projection[j as usize];
+                if u == sink {
+                    continue;
+                }
+                if self.acc[u as usize] == 0.0 {
+                    self.touched.push(u);
+                }
+                self.acc[u as usize] += w * p;
+            }
+        }
+        let x = if self.picker.is_greedy() {
+            let best = self.touched.iter().copied().max_by(|&a, &b| {
+                self.acc[a as usize]
+                    .total_cmp(&self.acc[b as usize])
+                    .then(b.cmp(&a))
+            });
+            best.map(UnionId)
+        } else {
+            self.picker.pick(&self.acc[..self.union.len()])
+        };
+        for &u in &self.touched {
+            self.acc[u as usize] = 0.0;
+        }
+        x
     }
 
     /// The exact greedy pick computed from the members' heads only, or `None` when the margin
@@ -853,6 +916,47 @@ mod tests {
             };
             let (g1, _) = run(mk(), Mode::Average, &greedy).unwrap();
             let (g2, _) = run(mk(), Mode::Average, &dense).unwrap();
+            assert_eq!(g1.tokens, g2.tokens, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn top_k_union_of_one_is_each_members_own_top_token_voted() {
+        // With k = 1 only each member's favourite enters; two members who agree on the target
+        // still write it, and k = 0 is rejected.
+        let a = ScriptedMember::new("a", A, "hello world");
+        let b = ScriptedMember::new("b", B, "hello world");
+        let opts = GenerateOptions {
+            union_top_k: Some(1),
+            ..Default::default()
+        };
+        let (g, _) = run(vec![boxed(a), boxed(b)], Mode::Average, &opts).unwrap();
+        assert_eq!(g.text, "hello world");
+        let a = ScriptedMember::new("a", A, "hello world");
+        let opts = GenerateOptions {
+            union_top_k: Some(0),
+            ..Default::default()
+        };
+        assert!(run(vec![boxed(a)], Mode::Average, &opts).is_err());
+        // On noisy members, top-k with k >= the vocabulary equals the full union's argmax.
+        for seed in 0..10 {
+            let mk = || {
+                let mut a = ScriptedMember::new("a", A, "");
+                a.noise = Some(seed);
+                let mut b = ScriptedMember::new("b", B, "");
+                b.noise = Some(seed + 50);
+                vec![boxed(a), boxed(b)]
+            };
+            let full = GenerateOptions {
+                max_tokens: 20,
+                ..Default::default()
+            };
+            let topk = GenerateOptions {
+                union_top_k: Some(64),
+                ..full.clone()
+            };
+            let (g1, _) = run(mk(), Mode::Average, &full).unwrap();
+            let (g2, _) = run(mk(), Mode::Average, &topk).unwrap();
             assert_eq!(g1.tokens, g2.tokens, "seed {seed}");
         }
     }

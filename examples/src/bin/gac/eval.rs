@@ -32,6 +32,10 @@ pub struct EvalArgs {
     /// Gate thresholds to evaluate (gate = member 0); repeatable.
     #[arg(long = "threshold", value_name = "T")]
     thresholds: Vec<f32>,
+    /// Also evaluate the average over each member's K most probable tokens only (the top-k
+    /// union); repeatable.
+    #[arg(long = "union-top-k", value_name = "K")]
+    union_top_ks: Vec<usize>,
     /// Skip the members-alone configurations.
     #[arg(long)]
     no_single: bool,
@@ -76,45 +80,74 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         .map(Some)
         .collect();
     let n = slots.len();
-    let mut configs: Vec<(String, Vec<usize>, Mode)> = Vec::new();
+    let all: Vec<usize> = (0..n).collect();
+    let config = |name: String, members: Vec<usize>, mode, union_top_k| Config {
+        name,
+        members,
+        mode,
+        union_top_k,
+    };
+    let mut configs: Vec<Config> = Vec::new();
     if !args.no_single || n == 1 {
         for i in 0..n {
-            configs.push((format!("member:{i}"), vec![i], Mode::Average));
+            configs.push(config(format!("member:{i}"), vec![i], Mode::Average, None));
         }
     }
     if n > 1 {
-        configs.push(("average".into(), (0..n).collect(), Mode::Average));
+        configs.push(config("average".into(), all.clone(), Mode::Average, None));
+        for &k in &args.union_top_ks {
+            configs.push(config(
+                format!("average:top{k}"),
+                all.clone(),
+                Mode::Average,
+                Some(k),
+            ));
+        }
         for &threshold in &args.thresholds {
             let mode = Mode::Gated {
                 gate: 0,
                 threshold,
                 when_unsure: WhenUnsure::Average,
             };
-            configs.push((format!("gated:{threshold}"), (0..n).collect(), mode));
+            configs.push(config(
+                format!("gated:{threshold}"),
+                all.clone(),
+                mode,
+                None,
+            ));
         }
     }
-    for (name, which, mode) in &configs {
-        let members: Vec<Box<dyn Member>> = which
+    for config in &configs {
+        let members: Vec<Box<dyn Member>> = config
+            .members
             .iter()
             .map(|&i| slots[i].take().expect("member in its slot"))
             .collect();
-        let mut ensemble = Ensemble::new(members, None, *mode)?;
-        let outcome = run_config(&mut ensemble, name, &tasks, &args, &mut results);
-        for (&i, m) in which.iter().zip(ensemble.into_members()) {
+        let mut ensemble = Ensemble::new(members, None, config.mode)?;
+        let outcome = run_config(&mut ensemble, config, &tasks, &args, &mut results);
+        for (&i, m) in config.members.iter().zip(ensemble.into_members()) {
             slots[i] = Some(m);
         }
         outcome?;
     }
-    let names: Vec<String> = configs.iter().map(|c| c.0.clone()).collect();
+    let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
     let task_names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
     println!("{}", results.table(&names, &task_names));
     eprintln!("gac eval: per-example results in {}", args.out.display());
     Ok(())
 }
 
+/// One configuration: which members, combined how.
+struct Config {
+    name: String,
+    members: Vec<usize>,
+    mode: Mode,
+    union_top_k: Option<usize>,
+}
+
 fn run_config(
     ensemble: &mut Ensemble,
-    config: &str,
+    config: &Config,
     tasks: &[Task],
     args: &EvalArgs,
     results: &mut Results,
@@ -122,8 +155,10 @@ fn run_config(
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
         stop: vec!["\n\n".into(), "Question:".into()],
+        union_top_k: config.union_top_k,
         ..GenerateOptions::default()
     };
+    let config = config.name.as_str();
     for task in tasks {
         let (chosen, shot_ids) = sample(task.examples.len(), args.limit, args.shots, args.seed);
         let shots: Vec<_> = shot_ids.iter().map(|&i| &task.examples[i]).collect();

@@ -99,6 +99,10 @@ struct GenerateArgs {
     /// Stop after this many tokens.
     #[arg(long, value_name = "N", default_value_t = 128)]
     max_tokens: usize,
+    /// Combine only each member's K most probable tokens (the top-k union) instead of the full
+    /// distributions.
+    #[arg(long, value_name = "K")]
+    union_top_k: Option<usize>,
     /// Stop when this text appears (repeatable); the output is cut before it.
     #[arg(long = "stop", value_name = "TEXT")]
     stops: Vec<String>,
@@ -309,6 +313,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
             seed: args.seed,
         },
         chat: args.chat,
+        union_top_k: args.union_top_k,
     };
     options.pick.validate()?;
     let members = load_members(&config, args.json)?;
