@@ -109,6 +109,9 @@ pub struct Stats {
     /// Time in the loop's own work: combining, picking, bookkeeping (softmax and re-encoding are
     /// in the member statistics).
     pub combine_time: Duration,
+    /// The part of `combine_time` spent picking the token (the rest is projecting into the
+    /// union and bookkeeping).
+    pub pick_time: Duration,
     /// Wall time of the whole generation, prompt included.
     pub total_time: Duration,
     /// Wall time of the first step (prompt evaluation).
@@ -595,7 +598,9 @@ impl Run<'_> {
             let probs = &self.workers[i].dist.as_ref().expect("evaluated").probs;
             scatter_add(&mut self.acc, self.union.projection(i), probs, w);
         }
+        let t = Instant::now();
         let x = self.picker.pick(&self.acc[..self.union.len()]);
+        self.stats.pick_time += t.elapsed();
         self.acc.fill(0.0);
         x.ok_or(Error::ZeroMass { step })
     }
@@ -627,6 +632,7 @@ impl Run<'_> {
                 self.acc[u as usize] += w * p;
             }
         }
+        let t = Instant::now();
         let x = if self.picker.is_greedy() {
             let best = self.touched.iter().copied().max_by(|&a, &b| {
                 self.acc[a as usize]
@@ -637,6 +643,7 @@ impl Run<'_> {
         } else {
             self.picker.pick(&self.acc[..self.union.len()])
         };
+        self.stats.pick_time += t.elapsed();
         for &u in &self.touched {
             self.acc[u as usize] = 0.0;
         }
@@ -663,6 +670,7 @@ impl Run<'_> {
                 *slot += w * dist.probs[j as usize];
             }
         }
+        let t = Instant::now();
         let (mut best, mut best_p, mut second_p) = (0u32, 0.0f32, 0.0f32);
         for &u in &self.touched {
             let p = self.acc[u as usize];
@@ -675,6 +683,7 @@ impl Run<'_> {
             }
             self.acc[u as usize] = 0.0;
         }
+        self.stats.pick_time += t.elapsed();
         // A union token's true mass exceeds its head mass by at most this much.
         let tails: f32 = self.step_weights.iter().map(|w| w * HEAD_FLOOR).sum();
         (best_p - second_p > tails && best_p > tails).then_some(UnionId(best))

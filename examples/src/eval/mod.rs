@@ -2,6 +2,7 @@
 //! prompt, the model generates until a stop string or a length limit, an answer is extracted and
 //! scored by exact match; results go to a resumable JSONL file and a markdown table.
 
+pub mod plot;
 pub mod results;
 pub mod score;
 pub mod tasks;

@@ -167,6 +167,42 @@ impl Results {
     }
 }
 
+impl Results {
+    /// One point per configuration for [`crate::eval::plot::svg`]: mean accuracy over `tasks`
+    /// and token-weighted ms/token.
+    pub fn points(&self, configs: &[String], tasks: &[String]) -> Vec<crate::eval::plot::Point> {
+        configs
+            .iter()
+            .filter_map(|config| {
+                let rows: Vec<&Record> = self
+                    .records
+                    .iter()
+                    .filter(|r| &r.config == config && tasks.contains(&r.task))
+                    .collect();
+                let accuracies: Vec<f64> = tasks
+                    .iter()
+                    .filter_map(|t| {
+                        let of: Vec<&&Record> = rows.iter().filter(|r| &r.task == t).collect();
+                        (!of.is_empty()).then(|| {
+                            100.0 * of.iter().filter(|r| r.correct).count() as f64 / of.len() as f64
+                        })
+                    })
+                    .collect();
+                let tokens: usize = rows.iter().map(|r| r.tokens).sum();
+                (!accuracies.is_empty()).then(|| crate::eval::plot::Point {
+                    label: config.clone(),
+                    ms_per_token: rows
+                        .iter()
+                        .map(|r| r.ms_per_token * r.tokens as f64)
+                        .sum::<f64>()
+                        / tokens.max(1) as f64,
+                    accuracy: accuracies.iter().sum::<f64>() / accuracies.len() as f64,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Picks `limit` examples to evaluate and `shots` others to show, deterministically for a seed.
 pub fn sample(len: usize, limit: usize, shots: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let mut order: Vec<usize> = (0..len).collect();

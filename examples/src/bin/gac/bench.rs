@@ -50,10 +50,25 @@ impl Row {
         let ens: usize = self.stats.iter().map(|s| s.ensembled_steps).sum();
         ens as f64 / steps.max(1) as f64
     }
-    /// The loop's own work per step plus the slowest member's softmax per evaluation.
-    fn ensemble_step_ms(&self) -> (f64, f64, f64) {
+    /// Prefill ms per prompt token of the slowest-prefilling member (first evaluation).
+    fn prefill_ms_per_token(&self) -> f64 {
+        let n = self.stats[0].members.len();
+        (0..n)
+            .map(|i| {
+                let time: Duration = self.stats.iter().map(|s| s.members[i].prompt_time).sum();
+                let tokens: usize = self.stats.iter().map(|s| s.members[i].prompt_tokens).sum();
+                ms(time) / tokens.max(1) as f64
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// The ensemble step per step, in ms: (softmax, projection and bookkeeping, pick,
+    /// re-encode), the member-side parts taken from the slowest member; and that member's
+    /// decode ms per evaluation.
+    fn step_breakdown(&self) -> ([f64; 4], f64) {
         let steps: usize = self.stats.iter().map(|s| s.steps).sum::<usize>().max(1);
         let combine: Duration = self.stats.iter().map(|s| s.combine_time).sum();
+        let pick: Duration = self.stats.iter().map(|s| s.pick_time).sum();
         let n = self.stats[0].members.len();
         let (mut softmax, mut eval, mut reencode) = (0.0f64, 0.0f64, 0.0f64);
         for i in 0..n {
@@ -71,7 +86,16 @@ impl Row {
                 reencode = ms(re) / steps as f64;
             }
         }
-        (ms(combine) / steps as f64, softmax + reencode, eval)
+        let per_step = |d: Duration| ms(d) / steps as f64;
+        (
+            [
+                softmax,
+                per_step(combine) - per_step(pick),
+                per_step(pick),
+                reencode,
+            ],
+            eval,
+        )
     }
 }
 
@@ -188,19 +212,22 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.tokens,
         args.threads
     );
-    println!("| configuration | ms/token | vs slowest member alone | steps ensembled | ensemble step (loop + softmax/re-encode of slowest member) | of slowest member's decode |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| configuration | prefill ms/token | decode ms/token | vs slowest member alone | steps ensembled | softmax | projection | pick | re-encode | step / slowest decode |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
-        let (combine, member_side, eval) = row.ensemble_step_ms();
+        let (parts, eval) = row.step_breakdown();
         println!(
-            "| {} | {:.2} | {:.2}x | {:.1}% | {:.3} + {:.3} ms | {:.2}% |",
+            "| {} | {:.2} | {:.2} | {:.2}x | {:.1}% | {:.3} | {:.3} | {:.3} | {:.3} | {:.2}% |",
             row.name,
+            row.prefill_ms_per_token(),
             row.ms_per_token(),
             row.ms_per_token() / slowest_alone,
             100.0 * row.ensembled(),
-            combine,
-            member_side,
-            100.0 * (combine + member_side) / eval,
+            parts[0],
+            parts[1],
+            parts[2],
+            parts[3],
+            100.0 * parts.iter().sum::<f64>() / eval,
         );
     }
     for (name, ms_per_token) in &plain {

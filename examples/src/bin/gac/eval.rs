@@ -4,9 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use gac_core::{Ensemble, GenerateOptions, Member, Mode, WhenUnsure};
+use gac_examples::eval::plot::svg;
 use gac_examples::eval::{extract, is_correct, load_task, sample, Record, Results, Task};
 
 #[derive(Args, Debug)]
@@ -45,6 +46,9 @@ pub struct EvalArgs {
     /// Results file (JSON lines; an existing file is resumed, finished examples are skipped).
     #[arg(long, value_name = "FILE", default_value = "gac-eval.jsonl")]
     out: PathBuf,
+    /// Also draw accuracy against ms/token per configuration into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
     /// CPU threads per member.
     #[arg(long, default_value_t = 1)]
     threads: i32,
@@ -133,6 +137,12 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
     let task_names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
     println!("{}", results.table(&names, &task_names));
+    if let Some(plot) = &args.plot {
+        let title = format!("accuracy vs ms/token ({})", task_names.join(", "));
+        std::fs::write(plot, svg(&title, &results.points(&names, &task_names)))
+            .with_context(|| format!("cannot write {}", plot.display()))?;
+        eprintln!("gac eval: plot in {}", plot.display());
+    }
     eprintln!("gac eval: per-example results in {}", args.out.display());
     Ok(())
 }
