@@ -862,6 +862,15 @@ mod tests {
         "<end>",
     ];
 
+    /// Two members over different vocabularies with pseudo-random logits (near-ties common).
+    fn noisy_pair(seed: u64) -> Vec<Box<dyn Member>> {
+        let mut a = ScriptedMember::new("a", A, "");
+        a.noise = Some(seed);
+        let mut b = ScriptedMember::new("b", B, "");
+        b.noise = Some(seed + 100);
+        vec![boxed(a), boxed(b)]
+    }
+
     fn boxed(m: ScriptedMember) -> Box<dyn Member> {
         Box::new(m)
     }
@@ -904,13 +913,7 @@ mod tests {
     fn greedy_on_heads_equals_dense_argmax() {
         // Sampling with top-k 1 always takes the dense path and picks the same argmax.
         for seed in 0..20 {
-            let mk = || {
-                let mut a = ScriptedMember::new("a", A, "");
-                a.noise = Some(seed);
-                let mut b = ScriptedMember::new("b", B, "");
-                b.noise = Some(seed + 100);
-                vec![boxed(a), boxed(b)]
-            };
+            let mk = || noisy_pair(seed);
             let greedy = GenerateOptions {
                 max_tokens: 30,
                 ..Default::default()
@@ -949,13 +952,7 @@ mod tests {
         assert!(run(vec![boxed(a)], Mode::Average, &opts).is_err());
         // On noisy members, top-k with k >= the vocabulary equals the full union's argmax.
         for seed in 0..10 {
-            let mk = || {
-                let mut a = ScriptedMember::new("a", A, "");
-                a.noise = Some(seed);
-                let mut b = ScriptedMember::new("b", B, "");
-                b.noise = Some(seed + 50);
-                vec![boxed(a), boxed(b)]
-            };
+            let mk = || noisy_pair(seed);
             let full = GenerateOptions {
                 max_tokens: 20,
                 ..Default::default()

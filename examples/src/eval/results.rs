@@ -112,8 +112,43 @@ impl Results {
         Ok(())
     }
 
-    /// A markdown table: accuracy per task and on average, ms/token and fraction ensembled, one
-    /// row per configuration (in first-seen order), counting only `tasks`.
+    /// Per configuration (in the given order): accuracy per task, mean accuracy over tasks,
+    /// token-weighted ms/token and mean fraction ensembled, counting only `tasks`.
+    pub fn summaries(&self, configs: &[String], tasks: &[String]) -> Vec<Summary> {
+        configs
+            .iter()
+            .map(|config| {
+                let rows: Vec<&Record> = self
+                    .records
+                    .iter()
+                    .filter(|r| &r.config == config && tasks.contains(&r.task))
+                    .collect();
+                let per_task: Vec<Option<(f64, usize)>> = tasks
+                    .iter()
+                    .map(|t| {
+                        let of: Vec<&&Record> = rows.iter().filter(|r| &r.task == t).collect();
+                        let right = of.iter().filter(|r| r.correct).count();
+                        (!of.is_empty()).then(|| (100.0 * right as f64 / of.len() as f64, of.len()))
+                    })
+                    .collect();
+                let accuracies: Vec<f64> = per_task.iter().flatten().map(|(a, _)| *a).collect();
+                let tokens: usize = rows.iter().map(|r| r.tokens).sum();
+                Summary {
+                    config: config.clone(),
+                    accuracy: mean(&accuracies),
+                    ms_per_token: rows
+                        .iter()
+                        .map(|r| r.ms_per_token * r.tokens as f64)
+                        .sum::<f64>()
+                        / tokens.max(1) as f64,
+                    ensembled: mean(&rows.iter().map(|r| r.ensembled).collect::<Vec<_>>()),
+                    per_task,
+                }
+            })
+            .collect()
+    }
+
+    /// A markdown table of [`Results::summaries`].
     pub fn table(&self, configs: &[String], tasks: &[String]) -> String {
         let mut out = format!(
             "| configuration | {} | average | ms/token | steps ensembled |\n",
@@ -123,83 +158,58 @@ impl Results {
             "|---|{}---:|---:|---:|\n",
             "---:|".repeat(tasks.len())
         ));
-        for config in configs {
-            let rows: Vec<&Record> = self
-                .records
+        for s in self.summaries(configs, tasks) {
+            let cells: Vec<String> = s
+                .per_task
                 .iter()
-                .filter(|r| &r.config == config && tasks.contains(&r.task))
+                .map(|c| c.map_or("–".to_string(), |(acc, n)| format!("{acc:.1} (n={n})")))
                 .collect();
-            let mut cells = Vec::new();
-            let mut accuracies = Vec::new();
-            for task in tasks {
-                let of_task: Vec<&&Record> = rows.iter().filter(|r| &r.task == task).collect();
-                if of_task.is_empty() {
-                    cells.push("–".to_string());
-                    continue;
-                }
-                let acc = 100.0 * of_task.iter().filter(|r| r.correct).count() as f64
-                    / of_task.len() as f64;
-                accuracies.push(acc);
-                cells.push(format!("{acc:.1} (n={})", of_task.len()));
-            }
-            let mean = |v: Vec<f64>| {
-                if v.is_empty() {
-                    0.0
-                } else {
-                    v.iter().sum::<f64>() / v.len() as f64
-                }
-            };
-            let tokens: usize = rows.iter().map(|r| r.tokens).sum();
-            let ms = rows
-                .iter()
-                .map(|r| r.ms_per_token * r.tokens as f64)
-                .sum::<f64>()
-                / tokens.max(1) as f64;
-            let ensembled = mean(rows.iter().map(|r| r.ensembled).collect());
             out.push_str(&format!(
-                "| {config} | {} | {:.1} | {ms:.1} | {:.1}% |\n",
+                "| {} | {} | {:.1} | {:.1} | {:.1}% |\n",
+                s.config,
                 cells.join(" | "),
-                mean(accuracies),
-                100.0 * ensembled
+                s.accuracy,
+                s.ms_per_token,
+                100.0 * s.ensembled
             ));
         }
         out
     }
-}
 
-impl Results {
-    /// One point per configuration for [`crate::eval::plot::svg`]: mean accuracy over `tasks`
-    /// and token-weighted ms/token.
+    /// One point per configuration with results, for [`crate::eval::plot::svg`].
     pub fn points(&self, configs: &[String], tasks: &[String]) -> Vec<crate::eval::plot::Point> {
-        configs
-            .iter()
-            .filter_map(|config| {
-                let rows: Vec<&Record> = self
-                    .records
-                    .iter()
-                    .filter(|r| &r.config == config && tasks.contains(&r.task))
-                    .collect();
-                let accuracies: Vec<f64> = tasks
-                    .iter()
-                    .filter_map(|t| {
-                        let of: Vec<&&Record> = rows.iter().filter(|r| &r.task == t).collect();
-                        (!of.is_empty()).then(|| {
-                            100.0 * of.iter().filter(|r| r.correct).count() as f64 / of.len() as f64
-                        })
-                    })
-                    .collect();
-                let tokens: usize = rows.iter().map(|r| r.tokens).sum();
-                (!accuracies.is_empty()).then(|| crate::eval::plot::Point {
-                    label: config.clone(),
-                    ms_per_token: rows
-                        .iter()
-                        .map(|r| r.ms_per_token * r.tokens as f64)
-                        .sum::<f64>()
-                        / tokens.max(1) as f64,
-                    accuracy: accuracies.iter().sum::<f64>() / accuracies.len() as f64,
-                })
+        self.summaries(configs, tasks)
+            .into_iter()
+            .filter(|s| s.per_task.iter().any(Option::is_some))
+            .map(|s| crate::eval::plot::Point {
+                label: s.config,
+                ms_per_token: s.ms_per_token,
+                accuracy: s.accuracy,
             })
             .collect()
+    }
+}
+
+/// Aggregated results of one configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The configuration.
+    pub config: String,
+    /// Per task: accuracy in percent and the number of examples, if any were scored.
+    pub per_task: Vec<Option<(f64, usize)>>,
+    /// Mean accuracy over the tasks with results.
+    pub accuracy: f64,
+    /// Token-weighted decode ms/token.
+    pub ms_per_token: f64,
+    /// Mean fraction of steps ensembled.
+    pub ensembled: f64,
+}
+
+fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        0.0
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
     }
 }
 
