@@ -232,7 +232,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     for (name, ms_per_token) in &plain {
         println!(
-            "| {name} | {ms_per_token:.2} | {:.2}x | | | |",
+            "| {name} | | {ms_per_token:.2} | {:.2}x | | | | | | |",
             ms_per_token / slowest_alone
         );
     }

@@ -138,7 +138,10 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let task_names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
     println!("{}", results.table(&names, &task_names));
     if let Some(plot) = &args.plot {
-        let title = format!("accuracy vs ms/token ({})", task_names.join(", "));
+        let title = format!(
+            "accuracy (mean over {} tasks) vs ms/token",
+            task_names.len()
+        );
         std::fs::write(plot, svg(&title, &results.points(&names, &task_names)))
             .with_context(|| format!("cannot write {}", plot.display()))?;
         eprintln!("gac eval: plot in {}", plot.display());
