@@ -109,12 +109,14 @@ fn config_file_and_stop_string() {
         "--max-tokens",
         "40",
         "--stop",
-        ".",
+        ", five",
         "--json",
         "One, two, three",
     ]);
+    // The models count on (", four, five, ..."): the stop string must end the generation.
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(!v["text"].as_str().unwrap().contains('.'), "{v}");
+    assert_eq!(v["finish"], "stop", "{v}");
+    assert!(!v["text"].as_str().unwrap().contains("five"), "{v}");
     assert_eq!(v["members"][1]["weight"], 0.5);
 }
 
