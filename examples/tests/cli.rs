@@ -1,9 +1,8 @@
 //! The `gac` binary as a user runs it: good runs and every kind of bad input.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use gac_tests::{asset, GEMMA, SMOLLM};
+use gac_tests::{asset, scratch, GEMMA, SMOLLM};
 
 fn gac(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gac"))
@@ -39,14 +38,6 @@ fn fails(args: &[&str]) -> String {
         "{args:?}: no error message: {stderr}"
     );
     stderr
-}
-
-fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gac-cli-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(name);
-    std::fs::write(&file, bytes).unwrap();
-    file
 }
 
 #[test]

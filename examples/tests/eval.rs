@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use gac_examples::eval::{extract, is_correct, load_task, sample, Record, Results, Target, TASKS};
-use gac_tests::{asset, cache, GEMMA, SMOLLM};
+use gac_tests::{asset, cache, scratch, GEMMA, SMOLLM};
 
 fn data() -> PathBuf {
     let dir = cache().join("data");
@@ -15,14 +15,6 @@ fn data() -> PathBuf {
         dir.display()
     );
     dir
-}
-
-fn scratch(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gac-eval-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(name);
-    std::fs::write(&file, text).unwrap();
-    file
 }
 
 #[test]

@@ -45,6 +45,15 @@ pub fn asset(relative: &str) -> PathBuf {
     path
 }
 
+/// Writes `bytes` to a file named `name` in a folder of this test process, and returns its path.
+pub fn scratch(name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gac-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(name);
+    std::fs::write(&file, bytes).unwrap();
+    file
+}
+
 /// Loads a member on the CPU with one thread.
 pub fn member(relative: &str) -> LlamaMember {
     let options = LlamaOptions {

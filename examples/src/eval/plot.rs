@@ -98,25 +98,12 @@ mod tests {
         assert!(doc.starts_with("<svg") && doc.trim_end().ends_with("</svg>"));
         assert_eq!(doc.matches("<circle").count(), 2);
         assert!(doc.contains("a&lt;b") && !doc.contains("a<b"));
+        let attr = |line: &str, name: &str| -> f64 {
+            let value = line.split(&format!("{name}=\"")).nth(1).unwrap();
+            value.split('"').next().unwrap().parse().unwrap()
+        };
         for c in doc.lines().filter(|l| l.starts_with("<circle")) {
-            let cx: f64 = c
-                .split("cx=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            let cy: f64 = c
-                .split("cy=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+            let (cx, cy) = (attr(c, "cx"), attr(c, "cy"));
             assert!(
                 (70.0..=470.0).contains(&cx) && (40.0..=360.0).contains(&cy),
                 "{c}"
