@@ -443,17 +443,19 @@ struct Timing {
 
 fn worker(member: &mut dyn Member, rx: Receiver<Cmd>, tx: Sender<Result<Reply>>) {
     let mut generated = Vec::new();
+    let name = member.name().to_string();
     for cmd in rx {
-        let name = member.name().to_string();
-        let reply = catch_unwind(AssertUnwindSafe(|| handle(member, cmd, &mut generated)))
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                Err(Error::member(name, format!("panicked: {what}")))
-            });
+        let reply = catch_unwind(AssertUnwindSafe(|| {
+            handle(member, &name, cmd, &mut generated)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Error::member(&name, format!("panicked: {what}")))
+        });
         let failed = reply.is_err();
         if tx.send(reply).is_err() || failed {
             return;
@@ -461,7 +463,12 @@ fn worker(member: &mut dyn Member, rx: Receiver<Cmd>, tx: Sender<Result<Reply>>)
     }
 }
 
-fn handle(member: &mut dyn Member, cmd: Cmd, generated: &mut Vec<u32>) -> Result<Reply> {
+fn handle(
+    member: &mut dyn Member,
+    name: &str,
+    cmd: Cmd,
+    generated: &mut Vec<u32>,
+) -> Result<Reply> {
     let mut timing = Timing::default();
     let pieces = match &cmd {
         Cmd::Eval(pieces, _) | Cmd::Flush(pieces) => pieces,
@@ -479,7 +486,6 @@ fn handle(member: &mut dyn Member, cmd: Cmd, generated: &mut Vec<u32>) -> Result
     match cmd {
         Cmd::Flush(_) => Ok(Reply::Flushed(std::mem::take(generated))),
         Cmd::Eval(_, mut dist) => {
-            let name = member.name().to_string();
             let t = Instant::now();
             let logits = member.logits()?;
             timing.eval = t.elapsed();
@@ -875,6 +881,15 @@ mod tests {
         Box::new(m)
     }
 
+    /// Both options pick the same tokens on `seeds` noisy member pairs.
+    fn assert_same_tokens_on_noisy_pairs(seeds: u64, a: &GenerateOptions, b: &GenerateOptions) {
+        for seed in 0..seeds {
+            let (g1, _) = run(noisy_pair(seed), Mode::Average, a).unwrap();
+            let (g2, _) = run(noisy_pair(seed), Mode::Average, b).unwrap();
+            assert_eq!(g1.tokens, g2.tokens, "seed {seed}");
+        }
+    }
+
     fn run(
         members: Vec<Box<dyn Member>>,
         mode: Mode,
@@ -912,24 +927,19 @@ mod tests {
     #[test]
     fn greedy_on_heads_equals_dense_argmax() {
         // Sampling with top-k 1 always takes the dense path and picks the same argmax.
-        for seed in 0..20 {
-            let mk = || noisy_pair(seed);
-            let greedy = GenerateOptions {
-                max_tokens: 30,
-                ..Default::default()
-            };
-            let dense = GenerateOptions {
-                pick: PickConfig {
-                    temperature: 1.0,
-                    top_k: 1,
-                    ..PickConfig::default()
-                },
-                ..greedy.clone()
-            };
-            let (g1, _) = run(mk(), Mode::Average, &greedy).unwrap();
-            let (g2, _) = run(mk(), Mode::Average, &dense).unwrap();
-            assert_eq!(g1.tokens, g2.tokens, "seed {seed}");
-        }
+        let greedy = GenerateOptions {
+            max_tokens: 30,
+            ..Default::default()
+        };
+        let dense = GenerateOptions {
+            pick: PickConfig {
+                temperature: 1.0,
+                top_k: 1,
+                ..PickConfig::default()
+            },
+            ..greedy.clone()
+        };
+        assert_same_tokens_on_noisy_pairs(20, &greedy, &dense);
     }
 
     #[test]
@@ -951,20 +961,15 @@ mod tests {
         };
         assert!(run(vec![boxed(a)], Mode::Average, &opts).is_err());
         // On noisy members, top-k with k >= the vocabulary equals the full union's argmax.
-        for seed in 0..10 {
-            let mk = || noisy_pair(seed);
-            let full = GenerateOptions {
-                max_tokens: 20,
-                ..Default::default()
-            };
-            let topk = GenerateOptions {
-                union_top_k: Some(64),
-                ..full.clone()
-            };
-            let (g1, _) = run(mk(), Mode::Average, &full).unwrap();
-            let (g2, _) = run(mk(), Mode::Average, &topk).unwrap();
-            assert_eq!(g1.tokens, g2.tokens, "seed {seed}");
-        }
+        let full = GenerateOptions {
+            max_tokens: 20,
+            ..Default::default()
+        };
+        let topk = GenerateOptions {
+            union_top_k: Some(64),
+            ..full.clone()
+        };
+        assert_same_tokens_on_noisy_pairs(10, &full, &topk);
     }
 
     #[test]

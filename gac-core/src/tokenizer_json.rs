@@ -12,7 +12,7 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 
 use crate::vocab::{
-    bytes_from_gpt2, bytes_from_sentencepiece, gpt2_byte_to_char, sentencepiece_byte, Token, Vocab,
+    bytes_from_gpt2, bytes_from_sentencepiece, gpt2_char_to_byte, sentencepiece_byte, Token, Vocab,
 };
 use crate::{Error, Result};
 
@@ -91,11 +91,7 @@ pub fn vocab_from_tokenizer(
         .max()
         .map_or(0, |&m| m as usize + 1);
     let style = spelling(tokenizer);
-    let char_to_byte: HashMap<char, u8> = gpt2_byte_to_char()
-        .iter()
-        .enumerate()
-        .map(|(b, &c)| (c, b as u8))
-        .collect();
+    let char_to_byte = gpt2_char_to_byte();
     let mut tokens = vec![Token::Special; size];
     for (piece, &id) in &pieces {
         tokens[id as usize] = match added.get(&id) {

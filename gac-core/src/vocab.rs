@@ -158,6 +158,15 @@ pub fn gpt2_byte_to_char() -> [char; 256] {
     table
 }
 
+/// The inverse of [`gpt2_byte_to_char`]: GPT-2 table character → the byte it stands for.
+pub fn gpt2_char_to_byte() -> std::collections::HashMap<char, u8> {
+    gpt2_byte_to_char()
+        .iter()
+        .enumerate()
+        .map(|(b, &c)| (c, b as u8))
+        .collect()
+}
+
 /// Turns a byte-level BPE token string (`Ġhello`) into its bytes; `None` if a character is not
 /// in the GPT-2 table (then the token is not a byte-level token at all).
 pub fn bytes_from_gpt2(
@@ -205,8 +214,7 @@ mod tests {
 
     #[test]
     fn gpt2_pieces_decode_to_utf8_bytes() {
-        let t = gpt2_byte_to_char();
-        let inv = t.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
+        let inv = gpt2_char_to_byte();
         // "Ġé" in byte-level BPE is " é": 0x20 0xC3 0xA9, spelled Ġ Ã ©.
         assert_eq!(bytes_from_gpt2("ĠÃ©", &inv).unwrap(), " é".as_bytes());
         assert_eq!(bytes_from_gpt2("▁", &inv), None);

@@ -44,11 +44,7 @@ fn tokenizer_json_tokens_are_the_bytes_the_tokenizer_decodes() {
 /// token strings stored in the GGUF by the family's own convention.
 #[test]
 fn gguf_pieces_agree_with_their_raw_token_strings() {
-    let gpt2: std::collections::HashMap<char, u8> = gac_core::vocab::gpt2_byte_to_char()
-        .iter()
-        .enumerate()
-        .map(|(b, &c)| (c, b as u8))
-        .collect();
+    let gpt2 = gac_core::vocab::gpt2_char_to_byte();
     for (file, byte_level) in [(SMOLLM, true), (GEMMA, false)] {
         let vocab = gac_llamacpp::load_vocab(&asset(file)).unwrap();
         let params = LlamaModelParams::default().with_vocab_only(true);
