@@ -3,7 +3,9 @@
 //!
 //! A [`LlamaMember`] owns one llama.cpp context. It keeps its KV cache for the whole generation
 //! and evaluates everything pushed since its last evaluation in one batch, so a member that the
-//! gate skipped catches up in one pass instead of recomputing its prefix.
+//! gate skipped catches up in one pass instead of recomputing its prefix. Across generations it
+//! keeps the cache too: a prompt that starts like the previous context (a system prompt, few-shot
+//! examples) only evaluates what differs, like llama.cpp server's prompt cache.
 //!
 //! llama.cpp's own log is silenced unless `GAC_LLAMA_LOG` is set.
 
@@ -25,7 +27,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token_type::LlamaTokenAttr;
 
 /// Where and how a member runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LlamaOptions {
     /// CPU threads (default: all available cores).
     pub threads: Option<i32>,
@@ -35,6 +37,21 @@ pub struct LlamaOptions {
     pub gpu_layers: Option<u32>,
     /// Context window in tokens (default: the model's training context, at most 4096).
     pub context: Option<u32>,
+    /// Keep the KV cache across generations, so that a prompt only evaluates what differs from
+    /// the previous context (default: on; benchmarks of prefill turn it off).
+    pub prompt_cache: bool,
+}
+
+impl Default for LlamaOptions {
+    fn default() -> Self {
+        Self {
+            threads: None,
+            gpu: None,
+            gpu_layers: None,
+            context: None,
+            prompt_cache: true,
+        }
+    }
 }
 
 /// Why a model could not be loaded; each variant names the file.
@@ -162,8 +179,13 @@ pub struct LlamaMember {
     context_size: usize,
     /// Every id pushed since the last reset, prompt included.
     tokens: Vec<u32>,
-    /// How many of `tokens` are in the KV cache.
-    evaluated: usize,
+    /// The ids whose keys and values are in the KV cache, at positions 0, 1, ...; after an
+    /// evaluation these are `tokens`, after a reset they are the previous context.
+    cached: Vec<u32>,
+    /// How many positions the last evaluation took from the cache instead of computing them.
+    reused: usize,
+    /// Whether the cache outlives a reset (see [`LlamaOptions::prompt_cache`]).
+    prompt_cache: bool,
     /// Index in the last batch of the row whose logits are current, if any.
     logits_row: Option<i32>,
 }
@@ -224,7 +246,9 @@ impl LlamaMember {
             batch_size: batch_size as usize,
             context_size: context_size as usize,
             tokens: Vec::new(),
-            evaluated: 0,
+            cached: Vec::new(),
+            reused: 0,
+            prompt_cache: options.prompt_cache,
             logits_row: None,
         })
     }
@@ -245,6 +269,12 @@ impl LlamaMember {
         &self.tokens
     }
 
+    /// How many leading positions the last evaluation found in the KV cache (from the previous
+    /// context, for the first evaluation of a prompt) instead of computing them.
+    pub fn reused(&self) -> usize {
+        self.reused
+    }
+
     /// The bytes llama.cpp itself renders for these ids (its own detokenizer, not gac's vocab).
     pub fn detokenize(&self, ids: &[u32]) -> Vec<u8> {
         let vocab = self.model.vocab();
@@ -257,6 +287,40 @@ impl LlamaMember {
 
     fn fail(&self, message: impl Into<String>) -> gac_core::Error {
         gac_core::Error::member(&self.name, message)
+    }
+
+    /// Drops the cached positions past the longest prefix the cache shares with `tokens`; at
+    /// least the last pushed id is left to evaluate, for its logits. Clears the whole cache where llama.cpp cannot keep that prefix intact (a
+    /// sliding-window cache that already dropped early positions, a recurrent model).
+    fn keep_common_prefix(&mut self) {
+        let common = self
+            .cached
+            .iter()
+            .zip(&self.tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(self.tokens.len() - 1);
+        if common == self.cached.len() {
+            return;
+        }
+        let trimmed = common > 0
+            && matches!(
+                self.ctx
+                    .clear_kv_cache_seq(Some(0), Some(common as u32), None),
+                Ok(true)
+            )
+            && self.ctx.kv_cache_seq_pos_min(0) == 0;
+        if trimmed {
+            self.cached.truncate(common);
+        } else {
+            self.clear_cache();
+        }
+    }
+
+    fn clear_cache(&mut self) {
+        self.ctx.clear_kv_cache();
+        self.cached.clear();
+        self.logits_row = None;
     }
 }
 
@@ -333,10 +397,11 @@ impl Member for LlamaMember {
     }
 
     fn reset(&mut self) -> gac_core::Result<()> {
-        self.ctx.clear_kv_cache();
         self.tokens.clear();
-        self.evaluated = 0;
         self.logits_row = None;
+        if !self.prompt_cache {
+            self.clear_cache();
+        }
         Ok(())
     }
 
@@ -358,24 +423,30 @@ impl Member for LlamaMember {
     }
 
     fn logits(&mut self) -> gac_core::Result<&[f32]> {
-        let total = self.tokens.len();
-        if self.evaluated == total && self.logits_row.is_none() {
+        if self.tokens.is_empty() {
             return Err(self.fail("asked for logits with nothing to evaluate"));
         }
-        while self.evaluated < total {
-            let end = (self.evaluated + self.batch_size).min(total);
+        if self.cached != self.tokens || self.logits_row.is_none() {
+            self.keep_common_prefix();
+            self.reused = self.cached.len();
+        }
+        let total = self.tokens.len();
+        while self.cached.len() < total {
+            let start = self.cached.len();
+            let end = (start + self.batch_size).min(total);
             self.batch.clear();
-            for pos in self.evaluated..end {
+            for pos in start..end {
                 let token = LlamaToken(self.tokens[pos] as i32);
                 self.batch
                     .add(token, pos as i32, &[0], pos + 1 == total)
                     .map_err(|e| gac_core::Error::member(&self.name, format!("batch: {e}")))?;
             }
-            self.ctx.decode(&mut self.batch).map_err(|e| {
-                gac_core::Error::member(&self.name, format!("llama.cpp decode failed: {e}"))
-            })?;
+            if let Err(e) = self.ctx.decode(&mut self.batch) {
+                self.clear_cache();
+                return Err(self.fail(format!("llama.cpp decode failed: {e}")));
+            }
             self.logits_row = Some(self.batch.n_tokens() - 1);
-            self.evaluated = end;
+            self.cached.extend_from_slice(&self.tokens[start..end]);
         }
         let row = self
             .logits_row

@@ -41,7 +41,8 @@ pub trait Member: Send {
         None
     }
 
-    /// Forgets the whole context (a new generation starts).
+    /// Forgets the whole context (a new generation starts). A member may keep what it computed
+    /// for a prefix that the next context shares, as long as its logits stay the same.
     fn reset(&mut self) -> Result<()>;
 
     /// Appends ids to the context without evaluating them. Fails with

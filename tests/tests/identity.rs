@@ -1,7 +1,9 @@
 //! Ensembles that must reproduce a single model's greedy output exactly, token for token.
 
-use gac_core::{Ensemble, GenerateOptions, Mode, WhenUnsure};
-use gac_tests::{boxed, member, reference_greedy, GEMMA, PROMPTS, SMOLLM};
+use gac_core::vocab::Token;
+use gac_core::{Ensemble, GenerateOptions, Member, Mode, WhenUnsure};
+use gac_llamacpp::{LlamaMember, LlamaOptions};
+use gac_tests::{asset, boxed, member, reference_greedy, GEMMA, PROMPTS, SMOLLM};
 
 const TOKENS: usize = 24;
 
@@ -71,5 +73,83 @@ fn gate_threshold_zero_is_the_gate_and_one_is_the_average() {
             String::from_utf8_lossy(&average),
             "{prompt:?}"
         );
+    }
+}
+
+/// Greedy ids from a member driven directly, without an ensemble, and how many prompt positions
+/// its first evaluation took from the cache.
+fn member_greedy(member: &mut LlamaMember, prompt: &str) -> (Vec<u32>, usize) {
+    member.reset().unwrap();
+    member.push(&member.encode_prompt(prompt).unwrap()).unwrap();
+    member.logits().unwrap();
+    let reused = member.reused();
+    let mut out = Vec::new();
+    for _ in 0..TOKENS {
+        let logits = member.logits().unwrap();
+        let next = (0..logits.len())
+            .fold(0, |best, i| if logits[i] > logits[best] { i } else { best })
+            as u32;
+        if member.vocab().get(next) == Some(&Token::End) {
+            break;
+        }
+        out.push(next);
+        member.push(&[next]).unwrap();
+    }
+    (out, reused)
+}
+
+/// A prompt that starts like the previous context reuses its cached prefix, and the output is
+/// still exactly what a fresh context computes.
+fn prompt_cache_keeps_the_output(model: &str) {
+    let shots = "Question: What is 2 + 3?\nAnswer: 5\n\nQuestion: What is 7 - 4?\nAnswer: 3\n\n";
+    let prompts = [
+        format!("{shots}Question: What is 6 + 1?\nAnswer:"),
+        format!("{shots}Question: What is 9 - 5?\nAnswer:"),
+        format!("{shots}Question: What is 9 - 5?\nAnswer:"),
+        PROMPTS[1].to_string(),
+    ];
+    let mut member = member(model);
+    let mut previous: Vec<u32> = Vec::new();
+    for prompt in &prompts {
+        let ids = member.encode_prompt(prompt).unwrap();
+        let common = ids
+            .iter()
+            .zip(&previous)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let (got, reused) = member_greedy(&mut member, prompt);
+        assert_eq!(
+            got,
+            reference_greedy(model, prompt, TOKENS),
+            "{model} on {prompt:?}"
+        );
+        assert_eq!(reused, common.min(ids.len() - 1), "{model} on {prompt:?}");
+        previous = member.tokens().to_vec();
+    }
+    assert!(prompts[..3].iter().all(|p| p.len() > shots.len()));
+}
+
+#[test]
+fn prompt_cache_keeps_smollm_output() {
+    prompt_cache_keeps_the_output(SMOLLM);
+}
+
+#[test]
+fn prompt_cache_keeps_gemma_output() {
+    prompt_cache_keeps_the_output(GEMMA);
+}
+
+#[test]
+fn prompt_cache_off_recomputes_every_prompt() {
+    let options = LlamaOptions {
+        threads: Some(1),
+        prompt_cache: false,
+        ..LlamaOptions::default()
+    };
+    let mut member = LlamaMember::load(&asset(SMOLLM), &options).unwrap();
+    for _ in 0..2 {
+        let (got, reused) = member_greedy(&mut member, PROMPTS[0]);
+        assert_eq!(got, reference_greedy(SMOLLM, PROMPTS[0], TOKENS));
+        assert_eq!(reused, 0);
     }
 }

@@ -125,8 +125,10 @@ fn run(ensemble: &mut Ensemble, name: &str, prompts: &[String], tokens: usize) -
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
+    // Prefill and recompute are measured cold: no member reuses the previous prompt's cache.
     let options = LlamaOptions {
         threads: Some(args.threads),
+        prompt_cache: false,
         ..LlamaOptions::default()
     };
     let prompts: Vec<String> = if args.prompts.is_empty() {

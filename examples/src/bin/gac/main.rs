@@ -253,6 +253,7 @@ pub(crate) fn load_members(config: &EnsembleConfig, quiet: bool) -> Result<Vec<B
                     gpu: m.gpu,
                     gpu_layers: m.gpu_layers,
                     context: m.context,
+                    ..LlamaOptions::default()
                 };
                 let member = LlamaMember::load(&m.path, &options)
                     .with_context(|| format!("member {i} ({})", m.path.display()))?;
