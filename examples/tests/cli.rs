@@ -133,6 +133,48 @@ fn vocab_reports_sizes_and_overlap() {
     );
 }
 
+/// The cells of the markdown table rows whose first cell starts with `name`.
+fn rows<'a>(table: &'a str, name: &str) -> Vec<Vec<&'a str>> {
+    table
+        .lines()
+        .filter(|l| l.starts_with(&format!("| {name}")))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect()
+}
+
+#[test]
+fn bench_prints_every_table() {
+    let out = succeeds(&[
+        "bench",
+        "--model",
+        &path(SMOLLM),
+        "--model",
+        &path(GEMMA),
+        "--tokens",
+        "4",
+        "--prompt",
+        "The history of the printing press begins",
+    ]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    for name in [
+        "SmolLM2-135M-Instruct.Q4_1 alone",
+        "gemma-3-270m-q4_k_m alone",
+        "average ensemble",
+        "gated ensemble",
+    ] {
+        assert_eq!(rows(&table, name).len(), 1, "{name} in {table}");
+    }
+    // Catch-up (3 sizes) and prompt cache (1 row) per member.
+    for name in ["SmolLM2-135M-Instruct.Q4_1 |", "gemma-3-270m-q4_k_m |"] {
+        let rows = rows(&table, name);
+        assert_eq!(rows.len(), 4, "{name} in {table}");
+        let cache = &rows[3];
+        let number = |i: usize| cache[i].parse::<f64>().unwrap();
+        assert!(number(2) > 0.0 && number(2) < number(1), "{cache:?}");
+        assert!(number(3) > 0.0 && number(4) > 0.0, "{cache:?}");
+    }
+}
+
 #[test]
 fn bad_model_files_are_named() {
     let smollm = path(SMOLLM);

@@ -138,6 +138,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     };
     let mut members: Vec<Box<dyn Member>> = Vec::new();
     let mut plain = Vec::new();
+    let mut llama_paths = Vec::new();
     for flag in &args.models {
         let config = super::member_flag(flag)?;
         let path = &config.path;
@@ -146,6 +147,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 let m = LlamaMember::load(path, &options)
                     .with_context(|| format!("loading {}", path.display()))?;
                 members.push(Box::new(m));
+                llama_paths.push(path.clone());
             }
             RuntimeKind::MistralRs => {
                 let m = gac_mistralrs::load_gguf(path, &gac_mistralrs::MistralOptions::default())
@@ -254,7 +256,70 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             );
         }
     }
+    if !llama_paths.is_empty() {
+        println!("\nPrompt cache of llama.cpp members: the first evaluation of a few-shot prompt right after another one with the same shots, cold (cache off) and reusing the shots' cache:\n");
+        println!("| member | prompt tokens | shared | cold ms | cached ms | speed-up |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for path in &llama_paths {
+            let gain = prompt_cache_gain(path, &options)?;
+            println!(
+                "| {} | {} | {} | {:.1} | {:.1} | {:.1}x |",
+                gain.name,
+                gain.tokens,
+                gain.shared,
+                ms(gain.cold),
+                ms(gain.cached),
+                gain.cold.as_secs_f64() / gain.cached.as_secs_f64()
+            );
+        }
+    }
     Ok(())
+}
+
+/// What the prompt cache saves on one few-shot prompt.
+struct CacheGain {
+    name: String,
+    tokens: usize,
+    shared: usize,
+    cold: Duration,
+    cached: Duration,
+}
+
+/// Times the first evaluation of a few-shot prompt that follows one with the same shots, in a
+/// member without and one with the prompt cache.
+fn prompt_cache_gain(path: &std::path::Path, options: &LlamaOptions) -> Result<CacheGain> {
+    let shots = "Question: Which planet is known as the red planet?\nAnswer: Mars\n\n\
+                 Question: How many days are there in a week?\nAnswer: seven\n\n"
+        .repeat(6);
+    let first = format!("{shots}Question: What is the capital of France?\nAnswer:");
+    let second = format!("{shots}Question: How many legs does a spider have?\nAnswer:");
+    // The second prompt's first evaluation, in a fresh member with or without the cache.
+    let second_prompt = |prompt_cache| -> Result<(Duration, LlamaMember)> {
+        let options = LlamaOptions {
+            prompt_cache,
+            ..options.clone()
+        };
+        let mut member = LlamaMember::load(path, &options)
+            .with_context(|| format!("loading {}", path.display()))?;
+        let mut elapsed = Duration::ZERO;
+        for prompt in [&first, &second] {
+            member.reset()?;
+            member.push(&member.encode_prompt(prompt)?)?;
+            let t = Instant::now();
+            member.logits()?;
+            elapsed = t.elapsed();
+        }
+        Ok((elapsed, member))
+    };
+    let (cold, _) = second_prompt(false)?;
+    let (cached, member) = second_prompt(true)?;
+    Ok(CacheGain {
+        name: member.name().to_string(),
+        tokens: member.tokens().len(),
+        shared: member.reused(),
+        cold,
+        cached,
+    })
 }
 
 /// Decode ms/token of a plain greedy mistral.rs request (no gac): the time of the whole request
