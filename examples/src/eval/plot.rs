@@ -22,7 +22,11 @@ pub fn svg(title: &str, points: &[Point]) -> String {
     let (min_y, max_y) = if points.is_empty() {
         (0.0, 100.0)
     } else {
-        ((min_y - 5.0).max(0.0), (max_y + 5.0).min(100.0))
+        // Whole-number ends 4k apart, so that the five ticks fall on whole numbers.
+        let lo = (min_y - 5.0).max(0.0).floor();
+        let span = ((max_y + 5.0 - lo) / 4.0).ceil() * 4.0;
+        let lo = lo.min((100.0 - span).max(0.0));
+        (lo, lo + span)
     };
     let x = |v: f64| left + v / max_x * (w - left - right);
     let y = |v: f64| h - bottom - (v - min_y) / (max_y - min_y).max(1e-9) * (h - top - bottom);
@@ -56,13 +60,20 @@ pub fn svg(title: &str, points: &[Point]) -> String {
             y(vy) + 4.0
         ));
     }
+    let mut labels: Vec<(f64, f64)> = Vec::new();
     for p in points {
+        let (cx, cy) = (x(p.ms_per_token), y(p.accuracy));
+        let (lx, mut ly) = (cx + 8.0, cy + 4.0);
+        // Labels of nearby points would overlap: move this one down a line until it is clear.
+        while labels
+            .iter()
+            .any(|&(ox, oy)| (ox - lx).abs() < 100.0 && (oy - ly).abs() < 14.0)
+        {
+            ly += 14.0;
+        }
+        labels.push((lx, ly));
         out.push_str(&format!(
-            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"5\" fill=\"#2a6fdb\"/>\n<text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
-            x(p.ms_per_token),
-            y(p.accuracy),
-            x(p.ms_per_token) + 8.0,
-            y(p.accuracy) + 4.0,
+            "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"5\" fill=\"#2a6fdb\"/>\n<text x=\"{lx:.1}\" y=\"{ly:.1}\">{}</text>\n",
             escape(&p.label)
         ));
     }
@@ -109,5 +120,22 @@ mod tests {
                 "{c}"
             );
         }
+    }
+
+    #[test]
+    fn labels_of_coinciding_points_do_not_overlap() {
+        let point = |label: &str| Point {
+            label: label.into(),
+            ms_per_token: 40.0,
+            accuracy: 23.3,
+        };
+        let doc = svg("t", &[point("average"), point("average:top5")]);
+        let ys: Vec<&str> = doc
+            .lines()
+            .filter(|l| l.starts_with("<text") && l.contains("average"))
+            .map(|l| l.split("y=\"").nth(1).unwrap().split('"').next().unwrap())
+            .collect();
+        assert_eq!(ys.len(), 2);
+        assert_ne!(ys[0], ys[1]);
     }
 }

@@ -52,6 +52,11 @@ pub struct EvalArgs {
     /// CPU threads per member.
     #[arg(long, default_value_t = 1)]
     threads: i32,
+    /// Evaluate every prompt from scratch instead of reusing the cached few-shot prefix
+    /// (llama.cpp members): slower, but no example's result depends on the one before it (a
+    /// reused prefix can round differently from a fresh one).
+    #[arg(long)]
+    no_prompt_cache: bool,
 }
 
 fn data_dir(args: &EvalArgs) -> PathBuf {
@@ -79,10 +84,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         }
     }
     let mut results = Results::open(&args.out)?;
-    let mut slots: Vec<Option<Box<dyn Member>>> = super::load_members(&config, false)?
-        .into_iter()
-        .map(Some)
-        .collect();
+    let mut slots: Vec<Option<Box<dyn Member>>> =
+        super::load_members(&config, false, !args.no_prompt_cache)?
+            .into_iter()
+            .map(Some)
+            .collect();
     let n = slots.len();
     let all: Vec<usize> = (0..n).collect();
     let config = |name: String, members: Vec<usize>, mode, union_top_k| Config {

@@ -242,7 +242,12 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-pub(crate) fn load_members(config: &EnsembleConfig, quiet: bool) -> Result<Vec<Box<dyn Member>>> {
+/// Loads every member; `prompt_cache` lets llama.cpp members reuse the previous context's cache.
+pub(crate) fn load_members(
+    config: &EnsembleConfig,
+    quiet: bool,
+    prompt_cache: bool,
+) -> Result<Vec<Box<dyn Member>>> {
     let mut members: Vec<Box<dyn Member>> = Vec::new();
     for (i, m) in config.members.iter().enumerate() {
         let t = Instant::now();
@@ -253,7 +258,7 @@ pub(crate) fn load_members(config: &EnsembleConfig, quiet: bool) -> Result<Vec<B
                     gpu: m.gpu,
                     gpu_layers: m.gpu_layers,
                     context: m.context,
-                    ..LlamaOptions::default()
+                    prompt_cache,
                 };
                 let member = LlamaMember::load(&m.path, &options)
                     .with_context(|| format!("member {i} ({})", m.path.display()))?;
@@ -317,7 +322,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         union_top_k: args.union_top_k,
     };
     options.pick.validate()?;
-    let members = load_members(&config, args.json)?;
+    let members = load_members(&config, args.json, true)?;
     if args.chat {
         for m in &members {
             if m.chat_prompt("").is_none() {
