@@ -3,9 +3,10 @@
 //!
 //! A [`LlamaMember`] owns one llama.cpp context. It keeps its KV cache for the whole generation
 //! and evaluates everything pushed since its last evaluation in one batch, so a member that the
-//! gate skipped catches up in one pass instead of recomputing its prefix. Across generations it
-//! keeps the cache too: a prompt that starts like the previous context (a system prompt, few-shot
-//! examples) only evaluates what differs, like llama.cpp server's prompt cache.
+//! gate skipped catches up in one pass instead of recomputing its prefix. With
+//! [`LlamaOptions::prompt_cache`] it keeps the cache across generations too: a prompt that starts
+//! like the previous context (a system prompt, few-shot examples) only evaluates what differs,
+//! like llama.cpp server's prompt cache.
 //!
 //! llama.cpp's own log is silenced unless `GAC_LLAMA_LOG` is set.
 
@@ -27,7 +28,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token_type::LlamaTokenAttr;
 
 /// Where and how a member runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LlamaOptions {
     /// CPU threads (default: all available cores).
     pub threads: Option<i32>,
@@ -38,20 +39,10 @@ pub struct LlamaOptions {
     /// Context window in tokens (default: the model's training context, at most 4096).
     pub context: Option<u32>,
     /// Keep the KV cache across generations, so that a prompt only evaluates what differs from
-    /// the previous context (default: on; benchmarks of prefill turn it off).
+    /// the previous context (default: off). Much faster for prompts that share a long prefix,
+    /// but for some models (Gemma-3) llama.cpp's probabilities after a reused prefix differ
+    /// slightly from a fresh evaluation's, so an output can then depend on the one before it.
     pub prompt_cache: bool,
-}
-
-impl Default for LlamaOptions {
-    fn default() -> Self {
-        Self {
-            threads: None,
-            gpu: None,
-            gpu_layers: None,
-            context: None,
-            prompt_cache: true,
-        }
-    }
 }
 
 /// Why a model could not be loaded; each variant names the file.

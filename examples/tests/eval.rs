@@ -297,3 +297,38 @@ fn eval_runs_end_to_end_and_resumes() {
         "same table from the saved results"
     );
 }
+
+#[test]
+fn prompt_cache_runs_and_keeps_smollm_answers() {
+    let outputs = |flags: &[&str], file: &str| -> Vec<(String, String)> {
+        let out = scratch(file, "");
+        let run = Command::new(env!("CARGO_BIN_EXE_gac"))
+            .arg("eval")
+            .arg("--model")
+            .arg(asset(SMOLLM))
+            .args(["--task", "boolq", "--limit", "4", "--shots", "2"])
+            .args(["--max-tokens", "6", "--data"])
+            .arg(data())
+            .arg("--out")
+            .arg(&out)
+            .args(flags)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let r: serde_json::Value = serde_json::from_str(l).unwrap();
+                (r["id"].to_string(), r["output"].to_string())
+            })
+            .collect()
+    };
+    let cold = outputs(&[], "cold.jsonl");
+    assert_eq!(cold.len(), 4);
+    assert_eq!(outputs(&["--prompt-cache"], "cached.jsonl"), cold);
+}

@@ -108,7 +108,12 @@ fn prompt_cache_keeps_the_output(model: &str) {
         format!("{shots}Question: What is 9 - 5?\nAnswer:"),
         PROMPTS[1].to_string(),
     ];
-    let mut member = member(model);
+    let options = LlamaOptions {
+        threads: Some(1),
+        prompt_cache: true,
+        ..LlamaOptions::default()
+    };
+    let mut member = LlamaMember::load(&asset(model), &options).unwrap();
     let mut previous: Vec<u32> = Vec::new();
     for prompt in &prompts {
         let ids = member.encode_prompt(prompt).unwrap();
@@ -140,13 +145,8 @@ fn prompt_cache_keeps_gemma_output() {
 }
 
 #[test]
-fn prompt_cache_off_recomputes_every_prompt() {
-    let options = LlamaOptions {
-        threads: Some(1),
-        prompt_cache: false,
-        ..LlamaOptions::default()
-    };
-    let mut member = LlamaMember::load(&asset(SMOLLM), &options).unwrap();
+fn without_prompt_cache_every_prompt_is_evaluated_afresh() {
+    let mut member = member(SMOLLM);
     for _ in 0..2 {
         let (got, reused) = member_greedy(&mut member, PROMPTS[0]);
         assert_eq!(got, reference_greedy(SMOLLM, PROMPTS[0], TOKENS));

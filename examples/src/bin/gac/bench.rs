@@ -125,10 +125,9 @@ fn run(ensemble: &mut Ensemble, name: &str, prompts: &[String], tokens: usize) -
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    // Prefill and recompute are measured cold: no member reuses the previous prompt's cache.
+    // No prompt cache (the default): prefill and recompute are measured cold.
     let options = LlamaOptions {
         threads: Some(args.threads),
-        prompt_cache: false,
         ..LlamaOptions::default()
     };
     let prompts: Vec<String> = if args.prompts.is_empty() {

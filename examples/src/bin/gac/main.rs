@@ -322,7 +322,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         union_top_k: args.union_top_k,
     };
     options.pick.validate()?;
-    let members = load_members(&config, args.json, true)?;
+    let members = load_members(&config, args.json, false)?;
     if args.chat {
         for m in &members {
             if m.chat_prompt("").is_none() {
