@@ -40,8 +40,8 @@ pub struct LlamaOptions {
     pub context: Option<u32>,
     /// Keep the KV cache across generations, so that a prompt only evaluates what differs from
     /// the previous context (default: off). Much faster for prompts that share a long prefix,
-    /// but for some models (Gemma-3) llama.cpp's probabilities after a reused prefix differ
-    /// slightly from a fresh evaluation's, so an output can then depend on the one before it.
+    /// but llama.cpp's logits depend on how a prompt is split into batches, so an output can
+    /// then depend on the one before it.
     pub prompt_cache: bool,
 }
 

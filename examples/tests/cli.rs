@@ -172,6 +172,7 @@ fn bench_prints_every_table() {
         let number = |i: usize| cache[i].parse::<f64>().unwrap();
         assert!(number(2) > 0.0 && number(2) < number(1), "{cache:?}");
         assert!(number(3) > 0.0 && number(4) > 0.0, "{cache:?}");
+        assert!(number(6) >= 0.0, "{cache:?}");
     }
 }
 

@@ -257,18 +257,19 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     if !llama_paths.is_empty() {
         println!("\nPrompt cache of llama.cpp members: the first evaluation of a few-shot prompt right after another one with the same shots, cold (cache off) and reusing the shots' cache:\n");
-        println!("| member | prompt tokens | shared | cold ms | cached ms | speed-up |");
-        println!("|---|---:|---:|---:|---:|---:|");
+        println!("| member | prompt tokens | shared | cold ms | cached ms | speed-up | max logit difference |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
         for path in &llama_paths {
             let gain = prompt_cache_gain(path, &options)?;
             println!(
-                "| {} | {} | {} | {:.1} | {:.1} | {:.1}x |",
+                "| {} | {} | {} | {:.1} | {:.1} | {:.1}x | {:.3} |",
                 gain.name,
                 gain.tokens,
                 gain.shared,
                 ms(gain.cold),
                 ms(gain.cached),
-                gain.cold.as_secs_f64() / gain.cached.as_secs_f64()
+                gain.cold.as_secs_f64() / gain.cached.as_secs_f64(),
+                gain.max_logit_difference
             );
         }
     }
@@ -282,6 +283,9 @@ struct CacheGain {
     shared: usize,
     cold: Duration,
     cached: Duration,
+    /// Largest absolute difference between the cold and the cached logits (llama.cpp's
+    /// numerics depend on how a prompt is split into batches).
+    max_logit_difference: f32,
 }
 
 /// Times the first evaluation of a few-shot prompt that follows one with the same shots, in a
@@ -293,31 +297,36 @@ fn prompt_cache_gain(path: &std::path::Path, options: &LlamaOptions) -> Result<C
     let first = format!("{shots}Question: What is the capital of France?\nAnswer:");
     let second = format!("{shots}Question: How many legs does a spider have?\nAnswer:");
     // The second prompt's first evaluation, in a fresh member with or without the cache.
-    let second_prompt = |prompt_cache| -> Result<(Duration, LlamaMember)> {
+    let second_prompt = |prompt_cache| -> Result<(Duration, Vec<f32>, LlamaMember)> {
         let options = LlamaOptions {
             prompt_cache,
             ..options.clone()
         };
         let mut member = LlamaMember::load(path, &options)
             .with_context(|| format!("loading {}", path.display()))?;
-        let mut elapsed = Duration::ZERO;
+        let (mut elapsed, mut logits) = (Duration::ZERO, Vec::new());
         for prompt in [&first, &second] {
             member.reset()?;
             member.push(&member.encode_prompt(prompt)?)?;
             let t = Instant::now();
-            member.logits()?;
+            logits = member.logits()?.to_vec();
             elapsed = t.elapsed();
         }
-        Ok((elapsed, member))
+        Ok((elapsed, logits, member))
     };
-    let (cold, _) = second_prompt(false)?;
-    let (cached, member) = second_prompt(true)?;
+    let (cold, cold_logits, _) = second_prompt(false)?;
+    let (cached, cached_logits, member) = second_prompt(true)?;
     Ok(CacheGain {
         name: member.name().to_string(),
         tokens: member.tokens().len(),
         shared: member.reused(),
         cold,
         cached,
+        max_logit_difference: cold_logits
+            .iter()
+            .zip(&cached_logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max),
     })
 }
 
