@@ -65,7 +65,7 @@ impl Picker {
     pub fn new(config: PickConfig) -> Self {
         Self {
             config,
-            rng: SplitMix64(config.seed),
+            rng: SplitMix64::new(config.seed),
             candidates: Vec::new(),
         }
     }
@@ -77,7 +77,7 @@ impl Picker {
 
     /// Restarts the random sequence from the seed, so a rerun is identical.
     pub fn reset(&mut self) {
-        self.rng = SplitMix64(self.config.seed);
+        self.rng = SplitMix64::new(self.config.seed);
     }
 
     /// Picks a union token from `probs` (indexed by union id; need not be normalized).
@@ -151,10 +151,16 @@ pub fn argmax(probs: &[f32]) -> Option<UnionId> {
 /// A small, fast, seedable generator (Steele, Lea & Flood, "Fast splittable pseudorandom number
 /// generators", 2014).
 #[derive(Debug, Clone)]
-struct SplitMix64(u64);
+pub struct SplitMix64(u64);
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+    /// A generator whose sequence is fixed by `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -72,6 +72,21 @@ pub fn boxed(members: Vec<LlamaMember>) -> Vec<Box<dyn Member>> {
         .collect()
 }
 
+/// The index of the largest logit (the first one on ties).
+pub fn argmax_logit(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &l)| {
+            if l > best.1 {
+                (i, l)
+            } else {
+                best
+            }
+        })
+        .0 as u32
+}
+
 /// The model's own greedy continuation through llama.cpp directly (not through gac): the
 /// prompt in one batch, then one token at a time, argmax of the logits, until an
 /// end-of-generation token or `max_tokens`. Returns the generated ids.
@@ -98,17 +113,7 @@ pub fn reference_greedy(relative: &str, prompt: &str, max_tokens: usize) -> Vec<
     let mut out = Vec::new();
     for pos in (prompt_ids.len() as i32..).take(max_tokens) {
         let logits = ctx.get_logits_ith(batch.n_tokens() - 1);
-        let next = logits
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, &l)| {
-                if l > best.1 {
-                    (i, l)
-                } else {
-                    best
-                }
-            })
-            .0 as i32;
+        let next = argmax_logit(logits) as i32;
         if vocab.is_eog(LlamaToken(next)) {
             break;
         }

@@ -3,7 +3,7 @@
 use gac_core::vocab::Token;
 use gac_core::{Ensemble, GenerateOptions, Member, Mode, WhenUnsure};
 use gac_llamacpp::{LlamaMember, LlamaOptions};
-use gac_tests::{asset, boxed, member, reference_greedy, GEMMA, PROMPTS, SMOLLM};
+use gac_tests::{argmax_logit, asset, boxed, member, reference_greedy, GEMMA, PROMPTS, SMOLLM};
 
 const TOKENS: usize = 24;
 
@@ -85,10 +85,7 @@ fn member_greedy(member: &mut LlamaMember, prompt: &str) -> (Vec<u32>, usize) {
     let reused = member.reused();
     let mut out = Vec::new();
     for _ in 0..TOKENS {
-        let logits = member.logits().unwrap();
-        let next = (0..logits.len())
-            .fold(0, |best, i| if logits[i] > logits[best] { i } else { best })
-            as u32;
+        let next = argmax_logit(member.logits().unwrap());
         if member.vocab().get(next) == Some(&Token::End) {
             break;
         }

@@ -296,14 +296,8 @@ fn prompt_cache_gain(path: &std::path::Path, options: &LlamaOptions) -> Result<C
         .repeat(6);
     let first = format!("{shots}Question: What is the capital of France?\nAnswer:");
     let second = format!("{shots}Question: How many legs does a spider have?\nAnswer:");
-    // The second prompt's first evaluation, in a fresh member with or without the cache.
-    let second_prompt = |prompt_cache| -> Result<(Duration, Vec<f32>, LlamaMember)> {
-        let options = LlamaOptions {
-            prompt_cache,
-            ..options.clone()
-        };
-        let mut member = LlamaMember::load(path, &options)
-            .with_context(|| format!("loading {}", path.display()))?;
+    // The second prompt's first evaluation, after the first prompt.
+    let second_prompt = |member: &mut LlamaMember| -> Result<(Duration, Vec<f32>)> {
         let (mut elapsed, mut logits) = (Duration::ZERO, Vec::new());
         for prompt in [&first, &second] {
             member.reset()?;
@@ -312,10 +306,23 @@ fn prompt_cache_gain(path: &std::path::Path, options: &LlamaOptions) -> Result<C
             logits = member.logits()?.to_vec();
             elapsed = t.elapsed();
         }
-        Ok((elapsed, logits, member))
+        Ok((elapsed, logits))
     };
-    let (cold, cold_logits, _) = second_prompt(false)?;
-    let (cached, cached_logits, member) = second_prompt(true)?;
+    // Two fresh contexts on one loaded model: without and with the cache.
+    let mut cold_member =
+        LlamaMember::load(path, options).with_context(|| format!("loading {}", path.display()))?;
+    let cache_on = LlamaOptions {
+        prompt_cache: true,
+        ..options.clone()
+    };
+    let mut member = LlamaMember::with_model(
+        cold_member.name().to_string(),
+        cold_member.model().clone(),
+        path,
+        &cache_on,
+    )?;
+    let (cold, cold_logits) = second_prompt(&mut cold_member)?;
+    let (cached, cached_logits) = second_prompt(&mut member)?;
     Ok(CacheGain {
         name: member.name().to_string(),
         tokens: member.tokens().len(),
