@@ -3,10 +3,11 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use gac_core::pick::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 /// One scored example.
@@ -45,24 +46,23 @@ impl Results {
     /// Opens (or creates) a results file and reads what earlier runs finished. A line that
     /// cannot be read (a run killed mid-write) is skipped with a warning, never removed.
     pub fn open(path: &Path) -> Result<Self> {
+        let bytes = if path.exists() {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        } else {
+            Vec::new()
+        };
         let mut records = Vec::new();
-        if path.exists() {
-            let reader = BufReader::new(
-                File::open(path).with_context(|| format!("cannot read {}", path.display()))?,
-            );
-            for (i, line) in reader.lines().enumerate() {
-                let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match serde_json::from_str::<Record>(&line) {
-                    Ok(r) => records.push(r),
-                    Err(e) => eprintln!(
-                        "gac eval: warning: {}:{}: skipping unreadable result ({e})",
-                        path.display(),
-                        i + 1
-                    ),
-                }
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            if line.trim_ascii().is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<Record>(line) {
+                Ok(r) => records.push(r),
+                Err(e) => eprintln!(
+                    "gac eval: warning: {}:{}: skipping unreadable result ({e})",
+                    path.display(),
+                    i + 1
+                ),
             }
         }
         let done = records
@@ -75,8 +75,6 @@ impl Results {
             .open(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         // After a torn last line, start the next record on a line of its own.
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         if bytes.last().is_some_and(|&b| b != b'\n') {
             file.write_all(b"\n")
                 .with_context(|| format!("cannot write {}", path.display()))?;
@@ -216,14 +214,9 @@ fn mean(values: &[f64]) -> f64 {
 /// Picks `limit` examples to evaluate and `shots` others to show, deterministically for a seed.
 pub fn sample(len: usize, limit: usize, shots: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let mut order: Vec<usize> = (0..len).collect();
-    let mut state = seed;
+    let mut rng = SplitMix64::new(seed);
     for i in (1..len).rev() {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        order.swap(i, (z % (i as u64 + 1)) as usize);
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
     let shots = shots.min(len.saturating_sub(1));
     let limit = limit.min(len - shots);
