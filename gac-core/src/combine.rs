@@ -7,7 +7,8 @@
 
 /// Writes the softmax of `logits` into `probs`, puts the indices of all probabilities
 /// `>= floor` into `head` (the only tokens that can decide a greedy pick), and returns the
-/// largest probability; `None` when the logits are not finite (NaN or infinite values).
+/// largest probability; `None` when a logit is NaN or +inf, or none is finite (`-inf` alone is
+/// a zero probability).
 pub fn softmax(logits: &[f32], probs: &mut [f32], floor: f32, head: &mut Vec<u32>) -> Option<f32> {
     assert_eq!(
         logits.len(),
@@ -46,21 +47,22 @@ fn softmax_lanes(
     head: &mut Vec<u32>,
 ) -> Option<f32> {
     let mut max = [f32::NEG_INFINITY; LANES];
-    let mut check = [0.0f32; LANES];
+    let mut nan = [false; LANES];
     let chunks = logits.chunks_exact(LANES);
     let tail = chunks.remainder();
     for c in chunks {
         for k in 0..LANES {
             max[k] = if c[k] > max[k] { c[k] } else { max[k] };
-            check[k] += c[k] * 0.0; // NaN or ±inf turn this into NaN
+            nan[k] |= c[k].is_nan();
         }
     }
     let max = max
         .iter()
         .chain(tail)
         .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-    let check: f32 = check.iter().sum::<f32>() + tail.iter().map(|x| x * 0.0).sum::<f32>();
-    if !max.is_finite() || check.is_nan() {
+    let nan = nan.iter().any(|&n| n) || tail.iter().any(|x| x.is_nan());
+    // -inf is a legitimate zero probability; NaN, +inf or no finite logit at all are not.
+    if !max.is_finite() || nan {
         return None;
     }
     let mut sum = [0.0f32; LANES];
@@ -200,7 +202,7 @@ mod tests {
     #[test]
     fn softmax_rejects_nan_and_inf_anywhere() {
         for len in [2, 16, 37] {
-            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for bad in [f32::NAN, f32::INFINITY] {
                 let mut l = vec![0.5; len];
                 l[len - 1] = bad;
                 let mut p = vec![0.0; len];
@@ -208,6 +210,25 @@ mod tests {
                 l[len - 1] = 0.5;
                 l[0] = bad;
                 assert_eq!(softmax(&l, &mut p, 1.0, &mut vec![]), None, "{len} {bad}");
+            }
+            let all_masked = vec![f32::NEG_INFINITY; len];
+            let mut p = vec![0.0; len];
+            assert_eq!(softmax(&all_masked, &mut p, 1.0, &mut vec![]), None);
+        }
+    }
+
+    #[test]
+    fn a_negative_infinite_logit_is_a_zero_probability() {
+        for len in [2, 16, 37] {
+            for at in [0, len - 1] {
+                let mut l = vec![0.0; len];
+                l[at] = f32::NEG_INFINITY;
+                let mut p = vec![0.0; len];
+                let mut head = vec![];
+                let top = softmax(&l, &mut p, 1e-4, &mut head).unwrap();
+                assert!(p[at] < 1e-30, "{len} {at}: {}", p[at]);
+                assert!((top - 1.0 / (len - 1) as f32).abs() < 1e-6);
+                assert!(!head.contains(&(at as u32)));
             }
         }
     }

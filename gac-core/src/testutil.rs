@@ -1,6 +1,6 @@
 //! A synthetic member for tests: it "wants" to write a fixed text and gives the highest logit
 //! to the longest token of its vocabulary that continues it. Knobs force the awkward paths: an
-//! error or a panic at a given evaluation, a small context window.
+//! error or a panic at a given evaluation, a small context window, fixed logits.
 
 use crate::member::Member;
 use crate::vocab::{Token, Vocab};
@@ -27,6 +27,8 @@ pub struct ScriptedMember {
     /// Replace the scripted logits by pseudo-random ones derived from this seed and the
     /// context length (close calls between tokens become common).
     pub noise: Option<u64>,
+    /// Return exactly these logits at every evaluation instead (one per vocabulary entry).
+    pub fixed_logits: Option<Vec<f32>>,
 }
 
 impl ScriptedMember {
@@ -55,6 +57,7 @@ impl ScriptedMember {
             context_size: None,
             noise: None,
             unsure_every: None,
+            fixed_logits: None,
         }
     }
 
@@ -157,6 +160,9 @@ impl Member for ScriptedMember {
                 // Coarse steps make near-ties between members' sums frequent.
                 *l = ((state >> 60) as f32) * 0.25;
             }
+        }
+        if let Some(fixed) = &self.fixed_logits {
+            self.logits.copy_from_slice(fixed);
         }
         Ok(&self.logits)
     }

@@ -27,6 +27,9 @@ pub struct Union {
     projections: Vec<Box<[u32]>>,
     /// Per member: union id → the member's preferred token id for it, or `NONE`.
     reverse: Vec<Box<[u32]>>,
+    /// Per member: the most member ids that share one union id (End folds all End tokens; a
+    /// byte piece and a text token can spell the same bytes).
+    max_fold: Vec<usize>,
 }
 
 impl Union {
@@ -63,13 +66,16 @@ impl Union {
         let sink = texts.len() as u32;
         let mut projections = Vec::with_capacity(vocabs.len());
         let mut reverse = Vec::with_capacity(vocabs.len());
+        let mut max_fold = Vec::with_capacity(vocabs.len());
         for (vocab, mut projection) in vocabs.iter().zip(raw_projections) {
             let mut back = vec![NONE; texts.len()].into_boxed_slice();
+            let mut folds = vec![0usize; texts.len()];
             for (id, u) in projection.iter_mut().enumerate() {
                 if *u == NONE {
                     *u = sink;
                     continue;
                 }
+                folds[*u as usize] += 1;
                 let slot = &mut back[*u as usize];
                 // Prefer a real text token over a byte-fallback piece for the same bytes.
                 let replace = *slot == NONE
@@ -81,11 +87,13 @@ impl Union {
             }
             projections.push(projection.into_boxed_slice());
             reverse.push(back);
+            max_fold.push(folds.into_iter().max().unwrap_or(0).max(1));
         }
         Ok(Self {
             texts,
             projections,
             reverse,
+            max_fold,
         })
     }
 
@@ -118,6 +126,11 @@ impl Union {
     /// Member token id → union id (or [`Union::sink`]) for one member.
     pub fn projection(&self, member: usize) -> &[u32] {
         &self.projections[member]
+    }
+
+    /// The most ids of this member that map to one union token (at least 1).
+    pub fn max_fold(&self, member: usize) -> usize {
+        self.max_fold[member]
     }
 
     /// The member's own token for a union token, if it has one.
@@ -177,6 +190,7 @@ mod tests {
         assert_eq!(u.bytes(UnionId(3)), b" dog");
         assert_eq!(u.overlap(0, 1), 1);
         assert_eq!(u.member_text_tokens(1), 2);
+        assert_eq!((u.max_fold(0), u.max_fold(1)), (1, 2), "b's two End tokens fold");
     }
 
     #[test]
@@ -195,6 +209,7 @@ mod tests {
         let u = Union::build(&[&a]).unwrap();
         assert_eq!(u.projection(0), &[0, 1, 1]);
         assert_eq!(u.member_token(0, UnionId(1)), Some(2));
+        assert_eq!(u.max_fold(0), 2, "the byte piece and the text token share one union id");
     }
 
     #[test]
