@@ -39,6 +39,8 @@ pub struct MistralOptions {
     pub gpu: Option<usize>,
     /// Longest wait on the engine or on the ensemble before giving up (default 30 s).
     pub timeout: Duration,
+    /// Context window in tokens (default, and at most: the model's own).
+    pub context: Option<usize>,
 }
 
 impl Default for MistralOptions {
@@ -46,6 +48,7 @@ impl Default for MistralOptions {
         Self {
             gpu: None,
             timeout: Duration::from_secs(30),
+            context: None,
         }
     }
 }
@@ -204,9 +207,19 @@ pub fn wrap_engine(
     let end_token = *eos
         .first()
         .ok_or_else(|| Error::vocab(name, "the engine reports no EOS token"))?;
-    let context = engine
+    let model_context = engine
         .max_sequence_length(model_id.as_deref())
         .map_err(|e| member_error(name, e))?;
+    let context = match (options.context, model_context) {
+        (Some(asked), Some(model)) if asked > model => {
+            return Err(Error::config(
+                "context",
+                format!("{asked} tokens is more than {name}'s context window of {model}"),
+            ))
+        }
+        (Some(asked), _) => Some(asked),
+        (None, model) => model,
+    };
     let runtime = MistralRuntime {
         engine,
         model_id,

@@ -4,8 +4,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use gac_examples::eval::{extract, is_correct, load_task, sample, Record, Results, Target, TASKS};
+use gac_examples::eval::{
+    extract, is_correct, letter_skew, load_task, sample, table, Record, Results, Target, TASKS,
+};
 use gac_tests::{asset, cache, scratch, GEMMA, SMOLLM};
+
+/// `gac eval`'s default seed.
+const SEED: u64 = 1234;
 
 fn data() -> PathBuf {
     let dir = cache().join("data");
@@ -36,7 +41,7 @@ fn every_task_loads_its_real_file() {
     ];
     assert_eq!(TASKS.len(), 7);
     for (name, count) in counts {
-        let task = load_task(name, &data()).unwrap();
+        let task = load_task(name, &data(), SEED).unwrap();
         assert_eq!(task.examples.len(), count, "{name}");
         let shots: Vec<_> = task.examples[1..3].iter().collect();
         let prompt = task.prompt(&shots, &task.examples[0]);
@@ -49,7 +54,7 @@ fn every_task_loads_its_real_file() {
 
 #[test]
 fn known_examples_have_the_right_targets() {
-    let first = |name: &str| load_task(name, &data()).unwrap().examples.remove(0);
+    let first = |name: &str| load_task(name, &data(), SEED).unwrap().examples.remove(0);
     assert_eq!(
         first("commonsenseqa").target,
         Target::Choice {
@@ -91,7 +96,7 @@ fn known_examples_have_the_right_targets() {
         "{date:?} {options}"
     );
     // A row whose first options sit in the question text still gets all five.
-    let csqa = load_task("commonsenseqa", &data()).unwrap();
+    let csqa = load_task("commonsenseqa", &data(), SEED).unwrap();
     let odd = csqa.examples.iter().find(|e| e.id == "103").unwrap();
     assert_eq!(
         odd.target,
@@ -121,7 +126,7 @@ fn bad_data_is_named_with_file_and_line() {
         "bad.jsonl",
         "{\"question\": \"2+2?\", \"answer\": 4}\n{not json\n",
     );
-    let err = load_task(&format!("jsonl:{}", file.display()), &data())
+    let err = load_task(&format!("jsonl:{}", file.display()), &data(), SEED)
         .unwrap_err()
         .to_string();
     assert!(
@@ -129,7 +134,7 @@ fn bad_data_is_named_with_file_and_line() {
         "{err}"
     );
     let file = scratch("missing.jsonl", "{\"question\": \"2+2?\"}\n");
-    let err = load_task(&format!("jsonl:{}", file.display()), &data())
+    let err = load_task(&format!("jsonl:{}", file.display()), &data(), SEED)
         .unwrap_err()
         .to_string();
     assert!(
@@ -142,13 +147,13 @@ fn bad_data_is_named_with_file_and_line() {
     );
     let err = format!(
         "{:#}",
-        load_task(&format!("jsonl:{}", file.display()), &data()).unwrap_err()
+        load_task(&format!("jsonl:{}", file.display()), &data(), SEED).unwrap_err()
     );
     assert!(
         err.contains("choice.jsonl:1") && err.contains("not one of the 2 choices"),
         "{err}"
     );
-    let err = load_task("gsm8k", &data()).unwrap_err().to_string();
+    let err = load_task("gsm8k", &data(), SEED).unwrap_err().to_string();
     assert!(
         err.contains("unknown task 'gsm8k'") && err.contains("mmlu"),
         "{err}"
@@ -157,7 +162,7 @@ fn bad_data_is_named_with_file_and_line() {
         "good.jsonl",
         "{\"id\": \"a\", \"question\": \"Capital of France?\", \"choices\": [\"Rome\", \"Paris\"], \"answer\": \"Paris\"}\n{\"question\": \"2+2?\", \"answer\": 4}\n{\"question\": \"Red planet?\", \"answer\": [\"Mars\"]}\n",
     );
-    let task = load_task(&format!("jsonl:{}", good.display()), &data()).unwrap();
+    let task = load_task(&format!("jsonl:{}", good.display()), &data(), SEED).unwrap();
     assert_eq!(
         task.examples[0].target,
         Target::Choice {
@@ -175,14 +180,17 @@ fn results_resume_and_survive_a_torn_line() {
     let path = scratch("results.jsonl", "");
     let record = |id: &str, correct| Record {
         config: "average".into(),
+        setup: "s1".into(),
         task: "t".into(),
         id: id.into(),
+        question: "q".into(),
         output: " x".into(),
         extracted: "x".into(),
         correct,
         tokens: 2,
         ms_per_token: 10.0,
         ensembled: 1.0,
+        error: None,
     };
     let mut results = Results::open(&path).unwrap();
     results.add(record("1", true)).unwrap();
@@ -194,11 +202,11 @@ fn results_resume_and_survive_a_torn_line() {
     bytes.push("о".as_bytes()[0]);
     std::fs::write(&path, &bytes).unwrap();
     let results = Results::open(&path).unwrap();
-    assert!(results.is_done("average", "t", "1") && results.is_done("average", "t", "2"));
-    assert!(!results.is_done("average", "t", "3") && !results.is_done("member:0", "t", "1"));
-    let table = results.table(&["average".into()], &["t".into()]);
+    assert!(results.get("s1", "t", "1", "q").is_some() && results.get("s1", "t", "2", "q").is_some());
+    assert!(results.get("s1", "t", "3", "q").is_none());
+    let table = table(results.records(), &["average".into()], &["t".into()]);
     assert!(
-        table.contains("| average | 50.0 (n=2) | 50.0 | 10.0 | 100.0% |"),
+        table.contains("| average | 50.0 (n=2) | 50.0 | 10.0 | 100.0% | 0 |"),
         "{table}"
     );
     assert!(
@@ -210,8 +218,77 @@ fn results_resume_and_survive_a_torn_line() {
     results.add(record("3", true)).unwrap();
     drop(results);
     let results = Results::open(&path).unwrap();
-    assert!(results.is_done("average", "t", "3"));
-    assert_eq!(results.records.len(), 3);
+    assert!(results.get("s1", "t", "3", "q").is_some());
+    assert_eq!(results.records().len(), 3);
+}
+
+#[test]
+fn results_are_keyed_by_setup_and_question_and_locked() {
+    let path = scratch("keyed.jsonl", "");
+    let record = |setup: &str, question: &str, error: Option<&str>| Record {
+        config: "average".into(),
+        setup: setup.into(),
+        task: "t".into(),
+        id: "1".into(),
+        question: question.into(),
+        output: String::new(),
+        extracted: String::new(),
+        correct: false,
+        tokens: 0,
+        ms_per_token: 0.0,
+        ensembled: 0.0,
+        error: error.map(str::to_string),
+    };
+    let mut results = Results::open(&path).unwrap();
+    results.add(record("s1", "q1", None)).unwrap();
+    // Another run on the same file is refused while this one holds it.
+    let err = Results::open(&path).err().unwrap().to_string();
+    assert!(err.contains("another `gac eval` run"), "{err}");
+    results
+        .add(record("s1", "q2", Some("prompt too long")))
+        .unwrap();
+    assert!(results.get("s2", "t", "1", "q1").is_none(), "other setup");
+    assert!(results.get("s1", "t", "1", "q2").is_some(), "other question");
+    drop(results);
+    let results = Results::open(&path).unwrap();
+    let failed = results.get("s1", "t", "1", "q2").unwrap();
+    assert_eq!(failed.error.as_deref(), Some("prompt too long"));
+    let table = table(&[failed.clone()], &["average".into()], &["t".into()]);
+    assert!(table.contains("| 0.0 (n=1) |") && table.ends_with("| 1 |\n"), "{table}");
+    // Records of earlier versions (no setup, no question) are read but never match.
+    std::fs::write(
+        &path,
+        r#"{"config":"average","task":"t","id":"1","output":"","extracted":"","correct":true,"tokens":1,"ms_per_token":1.0,"ensembled":1.0}"#,
+    )
+    .unwrap();
+    drop(results);
+    let results = Results::open(&path).unwrap();
+    assert_eq!(results.records().len(), 1);
+    assert!(results.get("s1", "t", "1", "q1").is_none());
+}
+
+#[test]
+fn no_task_teaches_one_letter() {
+    // BIG-bench files keep the answer in a fixed place (date_understanding: option A for 364
+    // of 369); after loading, no letter may be the answer much more often than chance.
+    for (name, _) in TASKS
+        .iter()
+        .filter(|(n, _)| ["mmlu", "piqa", "commonsenseqa", "openbookqa"].contains(n))
+        .map(|(n, f)| (n.to_string(), f))
+        .chain(
+            ["date_understanding", "logical_deduction_three_objects", "navigate", "causal_judgment", "sports_understanding"]
+                .map(|t| (format!("bigbench:{t}"), &"")),
+        )
+    {
+        let task = load_task(&name, &data(), SEED).unwrap();
+        let Some((top, chance)) = letter_skew(&task) else {
+            continue;
+        };
+        assert!(top < 1.35 * chance, "{name}: top letter {top:.3}, chance {chance:.3}");
+        // The options are the same set, only reordered, under another seed.
+        let other = load_task(&name, &data(), SEED + 1).unwrap();
+        assert_eq!(other.examples.len(), task.examples.len());
+    }
 }
 
 #[test]
@@ -326,4 +403,96 @@ fn prompt_cache_runs_and_keeps_smollm_answers() {
     let cold = outputs(&[], "cold.jsonl");
     assert_eq!(cold.len(), 4);
     assert_eq!(outputs(&["--prompt-cache"], "cached.jsonl"), cold);
+}
+
+/// Runs `gac eval` with these arguments on the fetched data; returns (stdout, stderr).
+fn eval_cli(args: &[&str], out: &std::path::Path) -> (String, String) {
+    let run = Command::new(env!("CARGO_BIN_EXE_gac"))
+        .arg("eval")
+        .args(args)
+        .arg("--data")
+        .arg(data())
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&run.stdout).into_owned(),
+        String::from_utf8_lossy(&run.stderr).into_owned(),
+    );
+    assert!(run.status.success(), "{stderr}");
+    (stdout, stderr)
+}
+
+fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_failing_question_is_recorded_and_the_run_goes_on() {
+    // BoolQ passages do not fit a 64-token context: every question fails, none aborts the run,
+    // and a rerun does not retry them.
+    let out = scratch("failing.jsonl", "");
+    let smollm = asset(SMOLLM).display().to_string();
+    let args = [
+        "--model", &smollm, "--task", "boolq", "--limit", "2", "--shots", "1", "--ctx", "64",
+    ];
+    let (stdout, stderr) = eval_cli(&args, &out);
+    assert!(stdout.contains("| member:0 | 0.0 (n=2) |") && stdout.contains("| 2 |"), "{stdout}");
+    assert!(stderr.contains("context"), "{stderr}");
+    let records = lines(&out);
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r["error"].as_str().is_some_and(|e| !e.is_empty())));
+    eval_cli(&args, &out);
+    assert_eq!(lines(&out).len(), 2, "failed questions are results too");
+}
+
+#[test]
+fn a_config_files_weights_and_gate_are_evaluated_and_setups_never_mix() {
+    let config = scratch(
+        "weighted.toml",
+        format!(
+            "[[member]]\npath = {:?}\nweight = 1.0\n\n[[member]]\npath = {:?}\nweight = 0.0\n\n[gate]\nmember = 1\nthreshold = 0.5\nwhen_unsure = \"member:0\"\n",
+            asset(SMOLLM),
+            asset(GEMMA)
+        ),
+    );
+    let out = scratch("weighted.jsonl", "");
+    let config = config.display().to_string();
+    let args = |max_tokens: &'static str| {
+        [
+            "--config",
+            &config,
+            "--task",
+            "bigbench:object_counting",
+            "--limit",
+            "3",
+            "--shots",
+            "2",
+            "--max-tokens",
+            max_tokens,
+        ]
+        .map(str::to_string)
+    };
+    let (stdout, _) = eval_cli(&args("6").each_ref().map(String::as_str), &out);
+    assert!(stdout.contains("| gated:0.5:gate=1:member=0 |"), "{stdout}");
+    let records = lines(&out);
+    assert_eq!(records.len(), 4 * 3);
+    let outputs = |config: &str| -> Vec<String> {
+        records
+            .iter()
+            .filter(|r| r["config"] == config)
+            .map(|r| r["output"].to_string())
+            .collect()
+    };
+    // Gemma weighs 0: the average is SmolLM2 alone.
+    assert_eq!(outputs("average"), outputs("member:0"));
+    // Another token limit is another setup: all answered anew, the table counts only these.
+    let (stdout, _) = eval_cli(&args("5").each_ref().map(String::as_str), &out);
+    assert_eq!(lines(&out).len(), 2 * 4 * 3);
+    assert!(stdout.contains("(n=3)") && !stdout.contains("(n=6)"), "{stdout}");
 }

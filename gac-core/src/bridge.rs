@@ -3,21 +3,23 @@
 //!
 //! The runtime side holds a [`Hook`]: at each step it hands the step's logits to
 //! [`Hook::step`] and appends the token that comes back. The ensemble side is a
-//! [`BridgeMember`]: [`Member::logits`] waits for the runtime's next logits, and the ids pushed
-//! in between are forced one per runtime step (a union token that is several ids for this member
-//! takes several steps, without another ensemble step). The first push after a reset is the
-//! prompt; the runtime request starts at the first evaluation, and ids pushed before it are
-//! forced like any others.
+//! [`BridgeMember`]: [`Member::logits`] hands the ids pushed since its last evaluation to the
+//! hook, which forces them one per runtime step (a union token that is several ids for this
+//! member takes several steps, without another ensemble step), and waits for the logits after
+//! the last of them.
 //!
-//! Neither side can block the other for long: when the ensemble side is dropped, finishes or
-//! does not answer within the timeout, the hook returns the end token so the runtime ends the
-//! request; when the runtime stops calling (its engine dropped, an error), the member's
-//! evaluation fails after at most the timeout, or at once when the runtime drops the hook.
+//! A runtime request runs only while the ensemble needs it. While the hook waits for the
+//! ensemble's decision, the runtime's step (and so its engine) waits too; so when the gate skips
+//! the member ([`Member::idle`]), when the generation ends, or when no decision comes within the
+//! timeout, the hook answers the end token and the request ends. The next evaluation starts a
+//! new request from the member's whole context. Whether a request is let go depends only on the
+//! gate's decisions (or on a stalled ensemble), so outputs stay deterministic. When the runtime
+//! stops calling (its engine dropped, an error), the member's evaluation fails after at most the
+//! timeout, or at once when the runtime drops the hook or reports the failure.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::member::Member;
 use crate::vocab::Vocab;
@@ -49,39 +51,97 @@ pub trait Runtime: Send {
     }
 }
 
-/// A message from the runtime side to the member.
-type FromRuntime = std::result::Result<Vec<f32>, String>;
+/// What both ends of one runtime request share.
+#[derive(Debug, Default)]
+struct Exchange {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Ids the ensemble decided that the runtime has not appended yet.
+    forced: VecDeque<u32>,
+    /// The runtime's logits at its current position, not yet taken by the member.
+    logits: Option<Vec<f32>>,
+    /// The request is let go: the hook answers the end token once the forced ids are in.
+    released: bool,
+    /// The runtime failed (or stopped calling) with this message.
+    failed: Option<String>,
+}
+
+impl Exchange {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fail(&self, message: String) {
+        self.lock().failed.get_or_insert(message);
+        self.changed.notify_all();
+    }
+
+    fn release(&self) {
+        self.lock().released = true;
+        self.changed.notify_all();
+    }
+}
 
 /// The runtime's end of a bridge; `Send + Sync` so it can live inside a logits processor.
 #[derive(Debug)]
 pub struct Hook {
-    logits: Sender<FromRuntime>,
-    decisions: Mutex<Receiver<u32>>,
+    exchange: Arc<Exchange>,
     timeout: Duration,
     end_token: u32,
 }
 
 impl Hook {
-    /// Hands over this step's logits and returns the token to append. Returns the end token when
-    /// the ensemble has gone or does not answer within the timeout.
+    /// Hands over this step's logits and returns the token to append: the next id the ensemble
+    /// forces, or the end token when the request is let go (the member was skipped, the
+    /// generation ended, or no decision came within the timeout).
     pub fn step(&self, logits: Vec<f32>) -> u32 {
-        if self.logits.send(Ok(logits)).is_err() {
+        let mut state = self.exchange.lock();
+        if let Some(id) = state.forced.pop_front() {
+            return id; // a position inside a multi-id token or a catch-up: nobody needs its logits
+        }
+        if state.released {
             return self.end_token;
         }
-        let decisions = self.decisions.lock().unwrap_or_else(|e| e.into_inner());
-        decisions
-            .recv_timeout(self.timeout)
-            .unwrap_or(self.end_token)
+        state.logits = Some(logits);
+        self.exchange.changed.notify_all();
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if let Some(id) = state.forced.pop_front() {
+                return id;
+            }
+            if state.released {
+                return self.end_token;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                // The ensemble is stalled: free the engine; the member starts a new request
+                // when it needs logits again.
+                state.released = true;
+                state.logits = None;
+                self.exchange.changed.notify_all();
+                return self.end_token;
+            }
+            state = self
+                .exchange
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Reports that the runtime failed; the member's pending evaluation ends with `message`.
     pub fn fail(&self, message: impl Into<String>) {
-        let _ = self.logits.send(Err(message.into()));
+        self.exchange.fail(message.into());
     }
 
     /// A sender for failures that outlives the hook (e.g. for a thread that watches the request).
     pub fn failure_reporter(&self) -> FailureReporter {
-        FailureReporter(self.logits.clone())
+        FailureReporter(self.exchange.clone())
     }
 
     /// The token that ends the runtime's request.
@@ -90,23 +150,22 @@ impl Hook {
     }
 }
 
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.exchange
+            .fail("the runtime stopped (its request or engine is gone)".into());
+    }
+}
+
 /// Reports a runtime failure to a bridge member; see [`Hook::failure_reporter`].
 #[derive(Debug, Clone)]
-pub struct FailureReporter(Sender<FromRuntime>);
+pub struct FailureReporter(Arc<Exchange>);
 
 impl FailureReporter {
     /// Ends the member's pending evaluation with `message`.
     pub fn fail(&self, message: impl Into<String>) {
-        let _ = self.0.send(Err(message.into()));
+        self.0.fail(message.into());
     }
-}
-
-/// The ensemble's end of the bridge for one request.
-struct Link {
-    logits: Receiver<FromRuntime>,
-    decisions: Sender<u32>,
-    /// The runtime is inside `Hook::step`, waiting for a decision.
-    waiting: bool,
 }
 
 /// A [`Member`] whose runtime drives its own decode loop; see the module doc.
@@ -116,10 +175,14 @@ pub struct BridgeMember<R: Runtime> {
     runtime: R,
     end_token: u32,
     timeout: Duration,
-    link: Option<Link>,
-    prompt: Option<Vec<u32>>,
-    queued: VecDeque<u32>,
-    context: usize,
+    /// The running request, if any.
+    request: Option<Arc<Exchange>>,
+    /// Everything pushed since the last reset, prompt included.
+    context: Vec<u32>,
+    /// How much of `context` the running request has been given.
+    sent: usize,
+    /// Requests started since the last reset.
+    requests: usize,
     logits: Vec<f32>,
 }
 
@@ -147,10 +210,10 @@ impl<R: Runtime> BridgeMember<R> {
             runtime,
             end_token,
             timeout,
-            link: None,
-            prompt: None,
-            queued: VecDeque::new(),
-            context: 0,
+            request: None,
+            context: Vec::new(),
+            sent: 0,
+            requests: 0,
             logits: Vec::new(),
         })
     }
@@ -160,30 +223,65 @@ impl<R: Runtime> BridgeMember<R> {
         &self.runtime
     }
 
-    fn fail(&self, message: impl Into<String>) -> Error {
-        Error::member(&self.name, message)
+    /// Runtime requests started since the last reset: one, plus one for every time the member
+    /// was needed again after its request was let go.
+    pub fn requests(&self) -> usize {
+        self.requests
     }
 
-    fn start(&mut self) -> Result<()> {
-        let prompt = self
-            .prompt
-            .clone()
-            .ok_or_else(|| self.fail("evaluated before a prompt was pushed"))?;
-        let (logits_tx, logits_rx) = channel();
-        let (decisions_tx, decisions_rx) = channel();
+    fn start(&mut self) -> Result<Arc<Exchange>> {
+        if self.context.is_empty() {
+            return Err(Error::member(&self.name, "evaluated before a prompt was pushed"));
+        }
+        let exchange = Arc::new(Exchange::default());
         let hook = Hook {
-            logits: logits_tx,
-            decisions: Mutex::new(decisions_rx),
+            exchange: exchange.clone(),
             timeout: self.timeout,
             end_token: self.end_token,
         };
-        self.runtime.start(&prompt, hook)?;
-        self.link = Some(Link {
-            logits: logits_rx,
-            decisions: decisions_tx,
-            waiting: false,
-        });
-        Ok(())
+        self.runtime.start(&self.context, hook)?;
+        self.sent = self.context.len();
+        self.requests += 1;
+        self.request = Some(exchange.clone());
+        Ok(exchange)
+    }
+
+    /// Lets the running request go (the runtime appends what it was given, then the end token).
+    fn release(&mut self) {
+        if let Some(exchange) = self.request.take() {
+            exchange.release();
+        }
+    }
+
+    /// Waits for the logits after everything pushed, or the request's end.
+    fn wait(&mut self, exchange: &Exchange) -> Result<Option<Vec<f32>>> {
+        let deadline = Instant::now() + self.timeout;
+        let mut state = exchange.lock();
+        state.forced.extend(&self.context[self.sent..]);
+        exchange.changed.notify_all();
+        loop {
+            if let Some(logits) = state.logits.take() {
+                return Ok(Some(logits));
+            }
+            if state.released {
+                return Ok(None); // let go by a stalled hook: start again
+            }
+            if let Some(message) = &state.failed {
+                return Err(Error::member(&self.name, format!("runtime error: {message}")));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::member(
+                    &self.name,
+                    format!("no logits from the runtime within {:?}", self.timeout),
+                ));
+            }
+            state = exchange
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 }
 
@@ -213,75 +311,58 @@ impl<R: Runtime> Member for BridgeMember<R> {
     }
 
     fn reset(&mut self) -> Result<()> {
-        self.finish();
-        self.prompt = None;
-        self.queued.clear();
-        self.context = 0;
+        self.release();
+        self.context.clear();
+        self.sent = 0;
+        self.requests = 0;
         Ok(())
     }
 
     fn push(&mut self, ids: &[u32]) -> Result<()> {
         if let Some(context) = self.context_size() {
-            if self.context + ids.len() > context {
+            if self.context.len() + ids.len() > context {
                 return Err(Error::ContextFull {
                     member: self.name.clone(),
                     context,
                 });
             }
         }
-        self.context += ids.len();
-        match &mut self.prompt {
-            None => self.prompt = Some(ids.to_vec()),
-            Some(_) => self.queued.extend(ids),
-        }
+        self.context.extend_from_slice(ids);
         Ok(())
     }
 
     fn logits(&mut self) -> Result<&[f32]> {
-        if self.link.is_none() {
-            self.start()?;
-        }
-        let (name, timeout) = (self.name.clone(), self.timeout);
-        let link = self.link.as_mut().expect("started above");
-        if link.waiting && self.queued.is_empty() {
+        if self.request.is_some() && self.sent == self.context.len() {
             return Ok(&self.logits); // nothing pushed since the last evaluation
         }
-        loop {
-            if link.waiting {
-                let id = self.queued.pop_front().expect("a queued id to force");
-                link.decisions
-                    .send(id)
-                    .map_err(|_| Error::member(&name, "the runtime ended the request"))?;
-                link.waiting = false;
-            }
-            match link.logits.recv_timeout(timeout) {
-                Ok(Ok(logits)) => self.logits = logits,
-                Ok(Err(message)) => {
-                    return Err(Error::member(&name, format!("runtime error: {message}")))
+        // At most twice: a request let go by a stalled hook is started again once.
+        for _ in 0..2 {
+            let exchange = match &self.request {
+                Some(exchange) => exchange.clone(),
+                None => self.start()?,
+            };
+            let logits = self.wait(&exchange)?;
+            self.sent = self.context.len();
+            match logits {
+                Some(logits) => {
+                    self.logits = logits;
+                    return Ok(&self.logits);
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(Error::member(
-                        &name,
-                        format!("no logits from the runtime within {timeout:?}"),
-                    ))
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::member(
-                        &name,
-                        "the runtime stopped (its request or engine is gone)",
-                    ))
-                }
-            }
-            link.waiting = true;
-            if self.queued.is_empty() {
-                return Ok(&self.logits);
+                None => self.request = None,
             }
         }
+        Err(Error::member(
+            &self.name,
+            format!("the runtime let its request go twice (no decision within {:?})", self.timeout),
+        ))
+    }
+
+    fn idle(&mut self) {
+        self.release();
     }
 
     fn finish(&mut self) {
-        // Dropping our end makes the hook answer with the end token at once.
-        self.link = None;
+        self.release();
     }
 }
 
@@ -293,8 +374,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    /// Every token a test runtime appended, per request.
-    type Log = Arc<Mutex<Vec<Vec<u32>>>>;
+    /// Per request: the prompt it started from and every token the runtime appended.
+    type Log = Arc<Mutex<Vec<(Vec<u32>, Vec<u32>)>>>;
 
     /// A runtime that owns its decode loop on its own thread, like an inference engine: it asks
     /// a scripted model for logits, calls the hook, appends what comes back.
@@ -304,19 +385,24 @@ mod tests {
         log: Log,
         /// Stop calling the hook after this many steps, as if the engine were dropped.
         die_after: Option<usize>,
+        /// The length of the test prompt: what a request starts from beyond it was generated
+        /// (the scripted model writes its target after the prompt).
+        prompt_len: usize,
     }
 
     impl Runtime for ThreadRuntime {
         fn start(&mut self, prompt: &[u32], hook: Hook) -> Result<()> {
             let (model, log, die_after) = (self.model.clone(), self.log.clone(), self.die_after);
             let prompt = prompt.to_vec();
+            let prompt_len = self.prompt_len;
             std::thread::spawn(move || {
                 // The model is locked per call only: the tokenizer is used meanwhile.
                 model.lock().unwrap().reset().unwrap();
-                model.lock().unwrap().push(&prompt).unwrap();
+                model.lock().unwrap().push(&prompt[..prompt_len]).unwrap();
+                model.lock().unwrap().push(&prompt[prompt_len..]).unwrap();
                 let request = {
                     let mut log = log.lock().unwrap();
-                    log.push(Vec::new());
+                    log.push((prompt.clone(), Vec::new()));
                     log.len() - 1
                 };
                 for step in 0.. {
@@ -325,7 +411,7 @@ mod tests {
                     }
                     let logits = model.lock().unwrap().logits().unwrap().to_vec();
                     let token = hook.step(logits);
-                    log.lock().unwrap()[request].push(token);
+                    log.lock().unwrap()[request].1.push(token);
                     if token == hook.end_token() {
                         return;
                     }
@@ -353,26 +439,36 @@ mod tests {
         pieces: &'static [&'static str],
         die_after: Option<usize>,
     ) -> (Box<dyn Member>, Log) {
+        bridged_with_timeout(pieces, die_after, Duration::from_secs(5))
+    }
+
+    fn bridged_with_timeout(
+        pieces: &'static [&'static str],
+        die_after: Option<usize>,
+        timeout: Duration,
+    ) -> (Box<dyn Member>, Log) {
         let model = ScriptedMember::new("bridged", pieces, "hello world");
         let vocab = model.vocab().clone();
         let log = Arc::new(Mutex::new(Vec::new()));
+        let prompt_len = model.encode(b"he").unwrap().len();
         let runtime = ThreadRuntime {
             model: Arc::new(Mutex::new(model)),
             log: log.clone(),
             die_after,
+            prompt_len,
         };
         let end = pieces.iter().position(|p| *p == "<end>").unwrap() as u32;
         let member =
-            BridgeMember::new("bridged", vocab, runtime, end, Duration::from_secs(5)).unwrap();
+            BridgeMember::new("bridged", vocab, runtime, end, timeout).unwrap();
         (Box::new(member), log)
     }
 
     /// Waits (up to 5 s) until every runtime request has ended, and returns the log.
-    fn ended(log: &Mutex<Vec<Vec<u32>>>, end: u32) -> std::sync::MutexGuard<'_, Vec<Vec<u32>>> {
+    fn ended(log: &Log, end: u32) -> std::sync::MutexGuard<'_, Vec<(Vec<u32>, Vec<u32>)>> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let guard = log.lock().unwrap();
-            let done = guard.iter().all(|r| r.last() == Some(&end));
+            let done = guard.iter().all(|r| r.1.last() == Some(&end));
             if done || Instant::now() > deadline {
                 return guard;
             }
@@ -398,9 +494,9 @@ mod tests {
         assert_eq!(g.text, "hello world");
         drop(e);
         let log = ended(&log, 0);
-        assert_eq!(spelled(A, &log[0]), "hello world");
+        assert_eq!(spelled(A, &log[0].1), "hello world");
         assert_eq!(
-            *log[0].last().unwrap(),
+            *log[0].1.last().unwrap(),
             0,
             "the request ended with the end token"
         );
@@ -423,37 +519,86 @@ mod tests {
         drop(e);
         let log = ended(&log, 12);
         assert_eq!(log.len(), 2, "one runtime request per generation");
-        assert_eq!(spelled(B, &log[0]), "hello world");
-        assert_eq!(*log[0].last().unwrap(), 12, "ended with the end token");
+        assert_eq!(spelled(B, &log[0].1), "hello world");
+        assert_eq!(*log[0].1.last().unwrap(), 12, "ended with the end token");
     }
 
-    #[test]
-    fn a_skipped_bridged_member_catches_up_one_token_per_runtime_step() {
-        let (member, log) = bridged(B, None);
-        let mut a = ScriptedMember::new("a", A, "hello world");
-        a.unsure_every = Some(3);
-        let gated = Mode::Gated {
+    fn gated() -> Mode {
+        Mode::Gated {
             gate: 0,
             threshold: 0.5,
             when_unsure: WhenUnsure::Average,
-        };
-        let mut e = Ensemble::new(vec![Box::new(a), member], None, gated).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_skipped_bridged_member_lets_its_request_go_and_starts_again_from_its_context() {
+        let (member, log) = bridged(B, None);
+        let mut a = ScriptedMember::new("a", A, "hello world");
+        a.unsure_every = Some(3);
+        let mut e = Ensemble::new(vec![Box::new(a), member], None, gated()).unwrap();
         let g = e
             .generate("he", &GenerateOptions::default(), &mut |_| {})
             .unwrap();
         assert_eq!(g.text, "hello world");
-        assert!(g.stats.ensembled_steps > 0 && g.stats.ensembled_steps < g.stats.steps);
+        assert!(g.stats.ensembled_steps > 1 && g.stats.ensembled_steps < g.stats.steps);
+        assert_eq!(spelled(B, &g.member_ids[1]), "hello world");
         drop(e);
         let log = ended(&log, 12);
-        assert_eq!(log.len(), 1);
-        let (end, forced) = log[0].split_last().unwrap();
-        assert_eq!(*end, 12);
-        assert!(
-            "hello world".starts_with(&spelled(B, forced)),
-            "{:?}",
-            spelled(B, forced)
-        );
-        assert!(forced.len() > 1, "the member caught up over several steps");
+        assert!(log.len() > 1, "a request per run of unsure steps: {log:?}");
+        let prompt = 2; // "he" in vocabulary B
+        for (i, (start, appended)) in log.iter().enumerate() {
+            let (end, forced) = appended.split_last().unwrap();
+            assert_eq!(*end, 12, "request {i} ended with the end token");
+            // Each request starts from the whole context: prompt and every token so far.
+            let so_far = spelled(B, &start[prompt..]) + &spelled(B, forced);
+            assert!("hello world".starts_with(&so_far), "{so_far:?} {log:?}");
+            if i > 0 {
+                assert!(start.len() > log[i - 1].0.len(), "request {i} starts later");
+            }
+        }
+    }
+
+    /// A member that takes `delay` for every evaluation.
+    struct Slow(ScriptedMember, Duration);
+
+    impl Member for Slow {
+        fn vocab(&self) -> &Vocab {
+            self.0.vocab()
+        }
+        fn encode(&self, text: &[u8]) -> Result<Vec<u32>> {
+            self.0.encode(text)
+        }
+        fn reset(&mut self) -> Result<()> {
+            self.0.reset()
+        }
+        fn push(&mut self, ids: &[u32]) -> Result<()> {
+            self.0.push(ids)
+        }
+        fn logits(&mut self) -> Result<&[f32]> {
+            std::thread::sleep(self.1);
+            self.0.logits()
+        }
+    }
+
+    #[test]
+    fn a_bridged_member_outlasts_skips_and_co_members_slower_than_its_timeout() {
+        // The bridged member's timeout is 0.2 s, the gate's evaluations take longer.
+        let slow = Duration::from_millis(300);
+        for mode in [Mode::Average, gated()] {
+            let (member, log) = bridged_with_timeout(B, None, Duration::from_millis(200));
+            let mut a = ScriptedMember::new("a", A, "hello");
+            a.unsure_every = Some(2);
+            let mut e =
+                Ensemble::new(vec![Box::new(Slow(a, slow)), member], None, mode).unwrap();
+            let g = e
+                .generate("he", &GenerateOptions::default(), &mut |_| {})
+                .unwrap();
+            assert_eq!(g.text, "hello", "{mode:?}");
+            assert_eq!(spelled(B, &g.member_ids[1]), "hello");
+            drop(e);
+            assert!(ended(&log, 12).len() > 1, "{mode:?}: requests let go and started again");
+        }
     }
 
     #[test]
@@ -470,22 +615,21 @@ mod tests {
     }
 
     #[test]
-    fn a_hook_whose_member_is_gone_returns_the_end_token() {
-        let (tx, _rx_dropped) = channel::<u32>();
-        drop(tx);
-        let (logits_tx, logits_rx) = channel();
+    fn a_hook_nobody_answers_lets_the_request_go() {
         let hook = Hook {
-            logits: logits_tx,
-            decisions: Mutex::new(channel().1),
+            exchange: Arc::default(),
             timeout: Duration::from_millis(20),
             end_token: 7,
         };
-        // Nobody answers: the hook gives up after the timeout.
+        let exchange = hook.exchange.clone();
+        // Nobody answers: the hook gives up after the timeout and lets the request go.
         assert_eq!(hook.step(vec![0.0]), 7);
-        drop(logits_rx);
-        // The member side is gone: the hook answers at once.
+        assert!(exchange.lock().released && exchange.lock().logits.is_none());
+        // From then on it answers at once.
         let t = Instant::now();
         assert_eq!(hook.step(vec![0.0]), 7);
         assert!(t.elapsed() < Duration::from_millis(20));
+        drop(hook);
+        assert!(exchange.lock().failed.is_some(), "a dropped hook is a stopped runtime");
     }
 }

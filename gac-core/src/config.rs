@@ -6,7 +6,8 @@
 //! weight = 1.0      # optional, default 1
 //! gpu = 0           # optional: pin to this GPU (all layers offloaded unless gpu_layers says)
 //! gpu_layers = 99   # optional
-//! threads = 1       # optional CPU threads
+//! threads = 1       # optional CPU threads (llama.cpp members only)
+//! context = 4096    # optional context window in tokens
 //! runtime = "llamacpp"      # optional: or "mistralrs"
 //!
 //! [[member]]
@@ -76,9 +77,10 @@ pub struct MemberConfig {
     pub weight: f32,
     /// GPU index to pin the member to; none = CPU.
     pub gpu: Option<i32>,
-    /// Layers to offload to the GPU (default: all when `gpu` is set, none otherwise).
+    /// Layers to offload to the GPU (default: all when `gpu` is set, none otherwise;
+    /// llama.cpp only).
     pub gpu_layers: Option<u32>,
-    /// CPU threads for this member.
+    /// CPU threads for this member (llama.cpp only: mistral.rs uses one pool per process).
     pub threads: Option<i32>,
     /// Context window in tokens.
     pub context: Option<u32>,
@@ -164,6 +166,25 @@ impl EnsembleConfig {
                     return Err(Error::config(
                         format!("member[{i}].gpu"),
                         format!("{g} is not >= 0"),
+                    ));
+                }
+            }
+            if m.context == Some(0) {
+                return Err(Error::config(format!("member[{i}].context"), "0 holds no token"));
+            }
+            if m.runtime == RuntimeKind::MistralRs {
+                if m.threads.is_some() {
+                    return Err(Error::config(
+                        format!("member[{i}].threads"),
+                        "mistral.rs members share the process's one CPU thread pool; \
+                         set RAYON_NUM_THREADS instead",
+                    ));
+                }
+                if m.gpu_layers.is_some() {
+                    return Err(Error::config(
+                        format!("member[{i}].gpu_layers"),
+                        "a mistral.rs member runs wholly on its device (`gpu`, or the CPU); \
+                         partial offloading is llama.cpp's",
                     ));
                 }
             }
@@ -293,6 +314,15 @@ mod tests {
             ),
             ("[[member]]\npath='a'\nweigth=1", "weigth"),
             ("[[member]]\npath='a'\nruntime='vllm'", "vllm"),
+            ("[[member]]\npath='a'\ncontext=0", "member[0].context"),
+            (
+                "[[member]]\npath='a'\nruntime='mistralrs'\nthreads=2",
+                "member[0].threads: mistral.rs members share",
+            ),
+            (
+                "[[member]]\npath='a'\nruntime='mistralrs'\ngpu_layers=8",
+                "member[0].gpu_layers: a mistral.rs member runs wholly",
+            ),
         ];
         for (toml, needle) in cases {
             let err = parse(toml).unwrap_err().to_string();

@@ -421,6 +421,9 @@ struct Dist {
 enum Cmd {
     /// Push the pieces, evaluate, and send back the distribution in these buffers.
     Eval(Vec<Piece>, Dist),
+    /// Push the pieces of a step that skipped the member; no reply (an error is kept for the
+    /// next command's reply).
+    Idle(Vec<Piece>),
     /// Push the pieces and send back every id pushed since the prompt.
     Flush(Vec<Piece>),
 }
@@ -444,9 +447,12 @@ struct Timing {
 fn worker(member: &mut dyn Member, rx: Receiver<Cmd>, tx: Sender<Result<Reply>>) {
     let mut generated = Vec::new();
     let name = member.name().to_string();
+    let mut deferred = None;
     for cmd in rx {
-        let reply = catch_unwind(AssertUnwindSafe(|| {
-            handle(member, &name, cmd, &mut generated)
+        let idle = matches!(cmd, Cmd::Idle(_));
+        let reply = catch_unwind(AssertUnwindSafe(|| match deferred.take() {
+            Some(e) => Err(e),
+            None => handle(member, &name, cmd, &mut generated),
         }))
         .unwrap_or_else(|panic| {
             let what = panic
@@ -456,6 +462,10 @@ fn worker(member: &mut dyn Member, rx: Receiver<Cmd>, tx: Sender<Result<Reply>>)
                 .unwrap_or_default();
             Err(Error::member(&name, format!("panicked: {what}")))
         });
+        if idle {
+            deferred = reply.err();
+            continue;
+        }
         let failed = reply.is_err();
         if tx.send(reply).is_err() || failed {
             return;
@@ -471,7 +481,7 @@ fn handle(
 ) -> Result<Reply> {
     let mut timing = Timing::default();
     let pieces = match &cmd {
-        Cmd::Eval(pieces, _) | Cmd::Flush(pieces) => pieces,
+        Cmd::Eval(pieces, _) | Cmd::Idle(pieces) | Cmd::Flush(pieces) => pieces,
     };
     let t = Instant::now();
     let before = generated.len();
@@ -484,6 +494,10 @@ fn handle(
     member.push(&generated[before..])?;
     timing.push = t.elapsed();
     match cmd {
+        Cmd::Idle(_) => {
+            member.idle();
+            Ok(Reply::Flushed(Vec::new()))
+        }
         Cmd::Flush(_) => Ok(Reply::Flushed(std::mem::take(generated))),
         Cmd::Eval(_, mut dist) => {
             let t = Instant::now();
@@ -520,6 +534,14 @@ struct Worker {
 impl Worker {
     fn disconnected(&self) -> Error {
         Error::member(&self.name, "its worker thread stopped")
+    }
+
+    /// Tells a member the gate skipped it, handing over what it has to push.
+    fn send_idle(&mut self) -> Result<()> {
+        let pieces = std::mem::take(&mut self.pending);
+        self.tx
+            .send(Cmd::Idle(pieces))
+            .map_err(|_| self.disconnected())
     }
 
     fn send_eval(&mut self) -> Result<()> {
@@ -727,6 +749,9 @@ impl Run<'_> {
                     (false, WhenUnsure::Defer(k)) => vec![k],
                 };
                 let rest: Vec<usize> = which.iter().copied().filter(|&i| i != gate).collect();
+                for i in all.iter().filter(|i| !which.contains(i)) {
+                    self.workers[*i].send_idle()?;
+                }
                 self.evaluate(&rest)?;
                 (which, !confident, Some(top))
             }

@@ -53,6 +53,11 @@ pub trait Member: Send {
     /// logits (one per vocabulary entry).
     fn logits(&mut self) -> Result<&[f32]>;
 
+    /// The gate skipped this member at this step: its logits are not needed until a later
+    /// [`logits`](Member::logits) call. Members whose runtime is held while they wait (see
+    /// [`crate::bridge`]) let it go here; the default does nothing.
+    fn idle(&mut self) {}
+
     /// The generation is over (the context stays as it is until the next reset). Members that
     /// hold runtime resources for a generation release them here.
     fn finish(&mut self) {}
@@ -85,6 +90,9 @@ impl<M: Member + ?Sized> Member for Box<M> {
     }
     fn logits(&mut self) -> Result<&[f32]> {
         (**self).logits()
+    }
+    fn idle(&mut self) {
+        (**self).idle()
     }
     fn finish(&mut self) {
         (**self).finish()

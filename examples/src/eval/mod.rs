@@ -7,6 +7,6 @@ pub mod results;
 pub mod score;
 pub mod tasks;
 
-pub use results::{sample, Record, Results};
+pub use results::{fingerprint, points, sample, summaries, table, Record, Results, Summary};
 pub use score::{extract, is_correct, Extracted};
-pub use tasks::{load_task, Example, Target, Task, TASKS};
+pub use tasks::{letter_skew, load_task, Example, Target, Task, TASKS};

@@ -1,29 +1,37 @@
 //! Results of an evaluation: one JSON line per example and configuration, appended as they are
-//! finished, so a run that stops can continue without redoing them.
+//! finished, so a run that stops can continue without redoing them. A record is reused only for
+//! the same setup and the same question asked the same way; one run at a time writes a file.
 
-use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use gac_core::pick::SplitMix64;
 use serde::{Deserialize, Serialize};
 
-/// One scored example.
+/// One scored example (or one that failed).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
     /// The configuration (`member:0`, `average`, `gated:0.5`, ...).
     pub config: String,
+    /// Fingerprint of everything besides the question that decides the answer: the members
+    /// (runtime, file, size, placement, threads, context), mode, weights, token limit, cache.
+    #[serde(default)]
+    pub setup: String,
     /// The task name.
     pub task: String,
     /// The example's id within the task.
     pub id: String,
+    /// Fingerprint of the question as asked (the whole few-shot prompt) and its gold answer.
+    #[serde(default)]
+    pub question: String,
     /// The generated text.
     pub output: String,
     /// The extracted answer.
     pub extracted: String,
-    /// Whether it was correct.
+    /// Whether it was correct (never, for a failed generation).
     pub correct: bool,
     /// Tokens generated.
     pub tokens: usize,
@@ -31,26 +39,64 @@ pub struct Record {
     pub ms_per_token: f64,
     /// Fraction of steps ensembled.
     pub ensembled: f64,
+    /// Why the generation failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
-/// The results file: what is done, and an appender for the rest.
+impl Record {
+    /// What identifies the answer: the same key means the same answer would be generated.
+    fn key(&self) -> Key {
+        (
+            self.setup.clone(),
+            self.task.clone(),
+            self.id.clone(),
+            self.question.clone(),
+        )
+    }
+}
+
+/// (setup, task, id, question).
+type Key = (String, String, String, String);
+
+/// A stable 16-hex-digit fingerprint of a text (64-bit FNV-1a).
+pub fn fingerprint(text: &str) -> String {
+    format!("{:016x}", crate::eval::tasks::fnv1a(text.as_bytes()))
+}
+
+/// The results file, locked for as long as this value lives: what is done, and an appender
+/// for the rest.
 pub struct Results {
     path: PathBuf,
     file: File,
-    done: HashSet<(String, String, String)>,
-    /// Every record, those of earlier runs first.
-    pub records: Vec<Record>,
+    done: HashMap<Key, usize>,
+    records: Vec<Record>,
 }
 
 impl Results {
-    /// Opens (or creates) a results file and reads what earlier runs finished. A line that
-    /// cannot be read (a run killed mid-write) is skipped with a warning, never removed.
+    /// Opens (or creates) a results file, locks it against other runs, and reads what earlier
+    /// runs finished. A line that cannot be read (a run killed mid-write) is skipped with a
+    /// warning, never removed.
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = if path.exists() {
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
-        } else {
-            Vec::new()
-        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => bail!(
+                "{} is being written by another `gac eval` run; wait for it to finish or choose another --out",
+                path.display()
+            ),
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let mut records = Vec::new();
         for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
             if line.trim_ascii().is_empty() {
@@ -67,13 +113,9 @@ impl Results {
         }
         let done = records
             .iter()
-            .map(|r| (r.config.clone(), r.task.clone(), r.id.clone()))
+            .enumerate()
+            .map(|(i, r)| (r.key(), i))
             .collect();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
         // After a torn last line, start the next record on a line of its own.
         if bytes.last().is_some_and(|&b| b != b'\n') {
             file.write_all(b"\n")
@@ -87,10 +129,15 @@ impl Results {
         })
     }
 
-    /// Whether this example was already scored in this configuration.
-    pub fn is_done(&self, config: &str, task: &str, id: &str) -> bool {
-        self.done
-            .contains(&(config.to_string(), task.to_string(), id.to_string()))
+    /// The record of this example asked this way in this setup, if an earlier run made it.
+    pub fn get(&self, setup: &str, task: &str, id: &str, question: &str) -> Option<&Record> {
+        let key = (setup.into(), task.into(), id.into(), question.into());
+        self.done.get(&key).map(|&i| &self.records[i])
+    }
+
+    /// Every record in the file, those of other setups and samples included.
+    pub fn records(&self) -> &[Record] {
+        &self.records
     }
 
     /// Appends a record and flushes it to disk.
@@ -101,91 +148,94 @@ impl Results {
             .write_all(line.as_bytes())
             .and_then(|()| self.file.flush())
             .with_context(|| format!("cannot write {}", self.path.display()))?;
-        self.done.insert((
-            record.config.clone(),
-            record.task.clone(),
-            record.id.clone(),
-        ));
+        self.done.insert(record.key(), self.records.len());
         self.records.push(record);
         Ok(())
     }
+}
 
-    /// Per configuration (in the given order): accuracy per task, mean accuracy over tasks,
-    /// token-weighted ms/token and mean fraction ensembled, counting only `tasks`.
-    pub fn summaries(&self, configs: &[String], tasks: &[String]) -> Vec<Summary> {
-        configs
-            .iter()
-            .map(|config| {
-                let rows: Vec<&Record> = self
-                    .records
-                    .iter()
-                    .filter(|r| &r.config == config && tasks.contains(&r.task))
-                    .collect();
-                let per_task: Vec<Option<(f64, usize)>> = tasks
-                    .iter()
-                    .map(|t| {
-                        let of: Vec<&&Record> = rows.iter().filter(|r| &r.task == t).collect();
-                        let right = of.iter().filter(|r| r.correct).count();
-                        (!of.is_empty()).then(|| (100.0 * right as f64 / of.len() as f64, of.len()))
-                    })
-                    .collect();
-                let accuracies: Vec<f64> = per_task.iter().flatten().map(|(a, _)| *a).collect();
-                let tokens: usize = rows.iter().map(|r| r.tokens).sum();
-                Summary {
-                    config: config.clone(),
-                    accuracy: mean(&accuracies),
-                    ms_per_token: rows
-                        .iter()
-                        .map(|r| r.ms_per_token * r.tokens as f64)
-                        .sum::<f64>()
-                        / tokens.max(1) as f64,
-                    ensembled: mean(&rows.iter().map(|r| r.ensembled).collect::<Vec<_>>()),
-                    per_task,
-                }
-            })
-            .collect()
-    }
-
-    /// A markdown table of [`Results::summaries`].
-    pub fn table(&self, configs: &[String], tasks: &[String]) -> String {
-        let mut out = format!(
-            "| configuration | {} | average | ms/token | steps ensembled |\n",
-            tasks.join(" | ")
-        );
-        out.push_str(&format!(
-            "|---|{}---:|---:|---:|\n",
-            "---:|".repeat(tasks.len())
-        ));
-        for s in self.summaries(configs, tasks) {
-            let cells: Vec<String> = s
-                .per_task
+/// Per configuration (in the given order): accuracy per task, mean accuracy over tasks,
+/// token-weighted ms/token, mean fraction ensembled and failed generations, over `records`
+/// (the current sample's) of `tasks`. A failed generation counts as a wrong answer.
+pub fn summaries(records: &[Record], configs: &[String], tasks: &[String]) -> Vec<Summary> {
+    configs
+        .iter()
+        .map(|config| {
+            let rows: Vec<&Record> = records
                 .iter()
-                .map(|c| c.map_or("–".to_string(), |(acc, n)| format!("{acc:.1} (n={n})")))
+                .filter(|r| &r.config == config && tasks.contains(&r.task))
                 .collect();
-            out.push_str(&format!(
-                "| {} | {} | {:.1} | {:.1} | {:.1}% |\n",
-                s.config,
-                cells.join(" | "),
-                s.accuracy,
-                s.ms_per_token,
-                100.0 * s.ensembled
-            ));
-        }
-        out
-    }
+            let per_task: Vec<Option<(f64, usize)>> = tasks
+                .iter()
+                .map(|t| {
+                    let of: Vec<&&Record> = rows.iter().filter(|r| &r.task == t).collect();
+                    let right = of.iter().filter(|r| r.correct).count();
+                    (!of.is_empty()).then(|| (100.0 * right as f64 / of.len() as f64, of.len()))
+                })
+                .collect();
+            let accuracies: Vec<f64> = per_task.iter().flatten().map(|(a, _)| *a).collect();
+            let answered: Vec<&&Record> = rows.iter().filter(|r| r.error.is_none()).collect();
+            let tokens: usize = answered.iter().map(|r| r.tokens).sum();
+            Summary {
+                config: config.clone(),
+                accuracy: mean(&accuracies),
+                ms_per_token: answered
+                    .iter()
+                    .map(|r| r.ms_per_token * r.tokens as f64)
+                    .sum::<f64>()
+                    / tokens.max(1) as f64,
+                ensembled: mean(&answered.iter().map(|r| r.ensembled).collect::<Vec<_>>()),
+                errors: rows.len() - answered.len(),
+                per_task,
+            }
+        })
+        .collect()
+}
 
-    /// One point per configuration with results, for [`crate::eval::plot::svg`].
-    pub fn points(&self, configs: &[String], tasks: &[String]) -> Vec<crate::eval::plot::Point> {
-        self.summaries(configs, tasks)
-            .into_iter()
-            .filter(|s| s.per_task.iter().any(Option::is_some))
-            .map(|s| crate::eval::plot::Point {
-                label: s.config,
-                ms_per_token: s.ms_per_token,
-                accuracy: s.accuracy,
-            })
-            .collect()
+/// A markdown table of [`summaries`].
+pub fn table(records: &[Record], configs: &[String], tasks: &[String]) -> String {
+    let mut out = format!(
+        "| configuration | {} | average | ms/token | steps ensembled | errors |\n",
+        tasks.join(" | ")
+    );
+    out.push_str(&format!(
+        "|---|{}---:|---:|---:|---:|\n",
+        "---:|".repeat(tasks.len())
+    ));
+    for s in summaries(records, configs, tasks) {
+        let cells: Vec<String> = s
+            .per_task
+            .iter()
+            .map(|c| c.map_or("–".to_string(), |(acc, n)| format!("{acc:.1} (n={n})")))
+            .collect();
+        out.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1}% | {} |\n",
+            s.config,
+            cells.join(" | "),
+            s.accuracy,
+            s.ms_per_token,
+            100.0 * s.ensembled,
+            s.errors
+        ));
     }
+    out
+}
+
+/// One point per configuration with results, for [`crate::eval::plot::svg`].
+pub fn points(
+    records: &[Record],
+    configs: &[String],
+    tasks: &[String],
+) -> Vec<crate::eval::plot::Point> {
+    summaries(records, configs, tasks)
+        .into_iter()
+        .filter(|s| s.per_task.iter().any(Option::is_some))
+        .map(|s| crate::eval::plot::Point {
+            label: s.config,
+            ms_per_token: s.ms_per_token,
+            accuracy: s.accuracy,
+        })
+        .collect()
 }
 
 /// Aggregated results of one configuration.
@@ -201,6 +251,8 @@ pub struct Summary {
     pub ms_per_token: f64,
     /// Mean fraction of steps ensembled.
     pub ensembled: f64,
+    /// Generations that failed (counted as wrong answers).
+    pub errors: usize,
 }
 
 fn mean(values: &[f64]) -> f64 {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use gac_core::pick::SplitMix64;
 use serde_json::Value;
 
 /// What a correct answer is.
@@ -86,12 +87,14 @@ pub const TASKS: &[(&str, &str)] = &[
 ];
 
 /// Loads a task by name: a built-in name, `bigbench:TASK` (a BIG-bench `task.json` under the
-/// data folder), or `jsonl:PATH` (the generic format, see [`generic_jsonl`]).
-pub fn load_task(name: &str, data_dir: &Path) -> Result<Task> {
+/// data folder), or `jsonl:PATH` (the generic format, see [`generic_jsonl`]). `seed` orders the
+/// options of BIG-bench questions (see [`bigbench`]).
+pub fn load_task(name: &str, data_dir: &Path, seed: u64) -> Result<Task> {
     if let Some(task) = name.strip_prefix("bigbench:") {
         return bigbench(
             name,
             &data_dir.join("bigbench").join(task).join("task.json"),
+            seed,
         );
     }
     if let Some(path) = name.strip_prefix("jsonl:") {
@@ -349,7 +352,12 @@ fn choice_example(id: String, question: &str, choices: &[&str], answer: &Value) 
 }
 
 /// A BIG-bench `task.json`: multiple choice from `target_scores`, short answers from `target`.
-pub fn bigbench(name: &str, path: &PathBuf) -> Result<Task> {
+///
+/// BIG-bench files keep the correct option in a fixed place in many tasks (first in
+/// date_understanding for 364 of 369 questions, last in the arithmetic tasks), which few-shot
+/// examples would teach. So each question's options are sorted, then shuffled
+/// deterministically from `seed`, the task name and the question's index.
+pub fn bigbench(name: &str, path: &PathBuf, seed: u64) -> Result<Task> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "cannot read {} (run `scripts/fetch-assets data`)",
@@ -371,7 +379,9 @@ pub fn bigbench(name: &str, path: &PathBuf) -> Result<Task> {
             .ok_or_else(|| anyhow!("{}: missing 'input'", at()))?;
         let id = i.to_string();
         if let Some(scores) = row.get("target_scores").and_then(Value::as_object) {
-            let choices: Vec<&str> = scores.keys().map(String::as_str).collect();
+            let mut choices: Vec<&str> = scores.keys().map(String::as_str).collect();
+            choices.sort_unstable();
+            shuffle(&mut choices, seed ^ fnv1a(name.as_bytes()) ^ i as u64);
             let best = scores
                 .iter()
                 .max_by(|a, b| {
@@ -404,4 +414,35 @@ pub fn bigbench(name: &str, path: &PathBuf) -> Result<Task> {
         .and_then(Value::as_str)
         .unwrap_or("Answer each question.");
     finish(name, instruction, examples, path)
+}
+
+/// Fisher-Yates with gac-core's SplitMix64 (the sequence is fixed by `seed`).
+fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut rng = SplitMix64::new(seed);
+    for i in (1..items.len()).rev() {
+        items.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+}
+
+/// The 64-bit FNV-1a hash: stable across runs and platforms, unlike std's hasher.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The share of the most common correct letter among a task's multiple-choice questions, and
+/// the share chance would give it (the mean of 1 / options); `None` without such questions.
+pub fn letter_skew(task: &Task) -> Option<(f64, f64)> {
+    let mut counts = [0usize; 26];
+    let (mut n, mut chance) = (0usize, 0.0f64);
+    for e in &task.examples {
+        if let Target::Choice { answer, options } = e.target {
+            counts[(answer as u8 - b'A') as usize] += 1;
+            n += 1;
+            chance += 1.0 / options as f64;
+        }
+    }
+    let top = *counts.iter().max()?;
+    (n > 0).then(|| (top as f64 / n as f64, chance / n as f64))
 }

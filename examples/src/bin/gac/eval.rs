@@ -6,9 +6,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use gac_core::config::{EnsembleConfig, RuntimeKind};
 use gac_core::{Ensemble, GenerateOptions, Member, Mode, WhenUnsure};
 use gac_examples::eval::plot::svg;
-use gac_examples::eval::{extract, is_correct, load_task, sample, Record, Results, Task};
+use gac_examples::eval::{
+    extract, fingerprint, is_correct, letter_skew, load_task, points, sample, table, Record,
+    Results, Task,
+};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -30,7 +34,8 @@ pub struct EvalArgs {
     /// Seed of the example and shot sample.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
-    /// Gate thresholds to evaluate (gate = member 0); repeatable.
+    /// Gate thresholds to evaluate (gate = member 0); repeatable. A --config with a [gate]
+    /// adds that gated ensemble too.
     #[arg(long = "threshold", value_name = "T")]
     thresholds: Vec<f32>,
     /// Also evaluate the average over each member's K most probable tokens only (the top-k
@@ -43,15 +48,21 @@ pub struct EvalArgs {
     /// Token limit per answer.
     #[arg(long, default_value_t = 16)]
     max_tokens: usize,
-    /// Results file (JSON lines; an existing file is resumed, finished examples are skipped).
+    /// Results file (JSON lines; an existing file is resumed: an example already answered in the
+    /// same setup, asked the same way, is not generated again). One run at a time per file.
     #[arg(long, value_name = "FILE", default_value = "gac-eval.jsonl")]
     out: PathBuf,
     /// Also draw accuracy against ms/token per configuration into this SVG file.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
-    /// CPU threads per member.
+    /// CPU threads per llama.cpp member (mistral.rs members share one pool, sized by
+    /// RAYON_NUM_THREADS).
     #[arg(long, default_value_t = 1)]
     threads: i32,
+    /// Context window per member, in tokens (default: the model's, at most 4096). A question
+    /// that does not fit is recorded as a failed generation.
+    #[arg(long = "ctx", value_name = "TOKENS")]
+    context: Option<u32>,
     /// Let llama.cpp members reuse the cached few-shot prefix of the previous question instead
     /// of evaluating every prompt from scratch: about 3x faster, but a reused prefix can round
     /// differently from a fresh one, so an answer can depend on the question before it.
@@ -71,11 +82,26 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let tasks: Vec<Task> = args
         .tasks
         .iter()
-        .map(|t| load_task(t, &data_dir(&args)))
+        .map(|t| load_task(t, &data_dir(&args), args.seed))
         .collect::<Result<_>>()?;
+    for task in &tasks {
+        if let Some((top, chance)) = letter_skew(task) {
+            if task.examples.len() >= 20 && top > 2.0 * chance {
+                eprintln!(
+                    "gac eval: warning: in {} one letter is the answer to {:.0}% of the questions (chance: {:.0}%); few-shot examples can teach that letter",
+                    task.name,
+                    100.0 * top,
+                    100.0 * chance
+                );
+            }
+        }
+    }
     let mut config = args.members.config()?;
     for m in &mut config.members {
-        m.threads = Some(args.threads);
+        if m.runtime == RuntimeKind::LlamaCpp {
+            m.threads = Some(args.threads);
+        }
+        m.context = args.context.or(m.context);
     }
     config.validate()?;
     for &t in &args.thresholds {
@@ -84,71 +110,42 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         }
     }
     let mut results = Results::open(&args.out)?;
+    let configs = configurations(&config, &args)?;
     let mut slots: Vec<Option<Box<dyn Member>>> =
         super::load_members(&config, false, args.prompt_cache)?
             .into_iter()
             .map(Some)
             .collect();
-    let n = slots.len();
-    let all: Vec<usize> = (0..n).collect();
-    let config = |name: String, members: Vec<usize>, mode, union_top_k| Config {
-        name,
-        members,
-        mode,
-        union_top_k,
-    };
-    let mut configs: Vec<Config> = Vec::new();
-    if !args.no_single || n == 1 {
-        for i in 0..n {
-            configs.push(config(format!("member:{i}"), vec![i], Mode::Average, None));
-        }
-    }
-    if n > 1 {
-        configs.push(config("average".into(), all.clone(), Mode::Average, None));
-        for &k in &args.union_top_ks {
-            configs.push(config(
-                format!("average:top{k}"),
-                all.clone(),
-                Mode::Average,
-                Some(k),
-            ));
-        }
-        for &threshold in &args.thresholds {
-            let mode = Mode::Gated {
-                gate: 0,
-                threshold,
-                when_unsure: WhenUnsure::Average,
-            };
-            configs.push(config(
-                format!("gated:{threshold}"),
-                all.clone(),
-                mode,
-                None,
-            ));
-        }
-    }
-    for config in &configs {
-        let members: Vec<Box<dyn Member>> = config
+    let mut current = Vec::new();
+    for c in &configs {
+        let members: Vec<Box<dyn Member>> = c
             .members
             .iter()
             .map(|&i| slots[i].take().expect("member in its slot"))
             .collect();
-        let mut ensemble = Ensemble::new(members, None, config.mode)?;
-        let outcome = run_config(&mut ensemble, config, &tasks, &args, &mut results);
-        for (&i, m) in config.members.iter().zip(ensemble.into_members()) {
+        let mut ensemble = Ensemble::new(members, c.weights.clone(), c.mode)?;
+        let outcome = run_config(&mut ensemble, c, &tasks, &args, &mut results);
+        for (&i, m) in c.members.iter().zip(ensemble.into_members()) {
             slots[i] = Some(m);
         }
-        outcome?;
+        current.extend(outcome?);
+    }
+    let ignored = results.records().len().saturating_sub(current.len());
+    if ignored > 0 {
+        eprintln!(
+            "gac eval: {ignored} records in {} belong to other setups or samples and are not counted",
+            args.out.display()
+        );
     }
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
     let task_names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
-    println!("{}", results.table(&names, &task_names));
+    println!("{}", table(&current, &names, &task_names));
     if let Some(plot) = &args.plot {
         let title = format!(
             "accuracy (mean over {} tasks) vs ms/token",
             task_names.len()
         );
-        std::fs::write(plot, svg(&title, &results.points(&names, &task_names)))
+        std::fs::write(plot, svg(&title, &points(&current, &names, &task_names)))
             .with_context(|| format!("cannot write {}", plot.display()))?;
         eprintln!("gac eval: plot in {}", plot.display());
     }
@@ -156,62 +153,198 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// One configuration: which members, combined how.
+/// One configuration: which members, combined how, and the fingerprint of its setup.
 struct Config {
     name: String,
     members: Vec<usize>,
+    weights: Option<Vec<f32>>,
     mode: Mode,
     union_top_k: Option<usize>,
+    setup: String,
 }
 
+/// Each member alone, the average (with the configuration's weights), each top-k union, the
+/// gated ensembles of --threshold (gate = member 0) and the configuration's own [gate].
+fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result<Vec<Config>> {
+    let n = config.members.len();
+    let all: Vec<usize> = (0..n).collect();
+    let weights = Some(config.weights());
+    let mut specs: Vec<(String, Vec<usize>, Option<Vec<f32>>, Mode, Option<usize>)> = Vec::new();
+    if !args.no_single || n == 1 {
+        for i in 0..n {
+            specs.push((format!("member:{i}"), vec![i], None, Mode::Average, None));
+        }
+    }
+    if n > 1 {
+        specs.push(("average".into(), all.clone(), weights.clone(), Mode::Average, None));
+        for &k in &args.union_top_ks {
+            specs.push((
+                format!("average:top{k}"),
+                all.clone(),
+                weights.clone(),
+                Mode::Average,
+                Some(k),
+            ));
+        }
+        let mut gated: Vec<Mode> = args
+            .thresholds
+            .iter()
+            .map(|&threshold| Mode::Gated {
+                gate: 0,
+                threshold,
+                when_unsure: WhenUnsure::Average,
+            })
+            .collect();
+        let own = config.mode()?;
+        if own != Mode::Average && !gated.contains(&own) {
+            gated.push(own);
+        }
+        for mode in gated {
+            specs.push((gated_name(mode), all.clone(), weights.clone(), mode, None));
+        }
+    }
+    Ok(specs
+        .into_iter()
+        .map(|(name, members, weights, mode, union_top_k)| {
+            let setup = setup_fingerprint(config, &members, &weights, mode, union_top_k, args);
+            Config {
+                name,
+                members,
+                weights,
+                mode,
+                union_top_k,
+                setup,
+            }
+        })
+        .collect())
+}
+
+/// `gated:T` for gate 0 averaging when unsure, else `gated:T:gate=G[:member=K]`.
+fn gated_name(mode: Mode) -> String {
+    let Mode::Gated {
+        gate,
+        threshold,
+        when_unsure,
+    } = mode
+    else {
+        return "average".into();
+    };
+    match (gate, when_unsure) {
+        (0, WhenUnsure::Average) => format!("gated:{threshold}"),
+        (g, WhenUnsure::Average) => format!("gated:{threshold}:gate={g}"),
+        (g, WhenUnsure::Defer(k)) => format!("gated:{threshold}:gate={g}:member={k}"),
+    }
+}
+
+/// Everything besides the question that decides an answer, as a fingerprint.
+fn setup_fingerprint(
+    config: &EnsembleConfig,
+    members: &[usize],
+    weights: &Option<Vec<f32>>,
+    mode: Mode,
+    union_top_k: Option<usize>,
+    args: &EvalArgs,
+) -> String {
+    let members: Vec<String> = members
+        .iter()
+        .map(|&i| {
+            let m = &config.members[i];
+            let size = std::fs::metadata(&m.path).map_or(0, |md| md.len());
+            let file = m.path.file_name().unwrap_or_default().to_string_lossy();
+            format!(
+                "{:?}:{file}:{size}:gpu={:?}:layers={:?}:threads={:?}:ctx={:?}",
+                m.runtime, m.gpu, m.gpu_layers, m.threads, m.context
+            )
+        })
+        .collect();
+    fingerprint(&format!(
+        "members=[{}] weights={weights:?} mode={mode:?} union_top_k={union_top_k:?} max_tokens={} prompt_cache={} stop={STOPS:?}",
+        members.join(", "),
+        args.max_tokens,
+        args.prompt_cache,
+    ))
+}
+
+/// Where an answer ends.
+const STOPS: [&str; 2] = ["\n\n", "Question:"];
+
+/// Evaluates one configuration on every task's sample; returns the sample's records, those of
+/// earlier runs of the same setup reused. A failed generation is recorded as such and the run
+/// goes on.
 fn run_config(
     ensemble: &mut Ensemble,
     config: &Config,
     tasks: &[Task],
     args: &EvalArgs,
     results: &mut Results,
-) -> Result<()> {
+) -> Result<Vec<Record>> {
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
-        stop: vec!["\n\n".into(), "Question:".into()],
+        stop: STOPS.iter().map(|s| s.to_string()).collect(),
         union_top_k: config.union_top_k,
         ..GenerateOptions::default()
     };
-    let config = config.name.as_str();
+    let (name, setup) = (config.name.as_str(), config.setup.as_str());
+    let mut current = Vec::new();
     for task in tasks {
         let (chosen, shot_ids) = sample(task.examples.len(), args.limit, args.shots, args.seed);
         let shots: Vec<_> = shot_ids.iter().map(|&i| &task.examples[i]).collect();
-        let todo: Vec<usize> = chosen
-            .into_iter()
-            .filter(|&i| !results.is_done(config, &task.name, &task.examples[i].id))
-            .collect();
-        let (total, start) = (todo.len(), Instant::now());
-        let (mut right, mut seen) = (0usize, 0usize);
-        for (k, i) in todo.into_iter().enumerate() {
+        let mut todo = Vec::new();
+        for i in chosen {
             let example = &task.examples[i];
             let prompt = task.prompt(&shots, example);
-            let g = ensemble.generate(&prompt, &options, &mut |_| {})?;
-            let extracted = extract(&g.text, &example.target);
-            let correct = is_correct(&extracted, &example.target);
-            (right, seen) = (right + usize::from(correct), seen + 1);
-            results.add(Record {
-                config: config.to_string(),
+            let question = fingerprint(&format!("{prompt}\n{:?}", example.target));
+            match results.get(setup, &task.name, &example.id, &question) {
+                Some(done) => current.push(done.clone()),
+                None => todo.push((example, prompt, question)),
+            }
+        }
+        let (total, start) = (todo.len(), Instant::now());
+        let (mut right, mut failed) = (0usize, 0usize);
+        for (k, (example, prompt, question)) in todo.into_iter().enumerate() {
+            let mut record = Record {
+                config: name.to_string(),
+                setup: setup.to_string(),
                 task: task.name.clone(),
                 id: example.id.clone(),
-                output: g.text.clone(),
-                extracted: extracted.to_string(),
-                correct,
-                tokens: g.stats.tokens,
-                ms_per_token: g.stats.ms_per_token(),
-                ensembled: g.stats.ensembled_fraction(),
-            })?;
+                question,
+                output: String::new(),
+                extracted: String::new(),
+                correct: false,
+                tokens: 0,
+                ms_per_token: 0.0,
+                ensembled: 0.0,
+                error: None,
+            };
+            match ensemble.generate(&prompt, &options, &mut |_| {}) {
+                Ok(g) => {
+                    let extracted = extract(&g.text, &example.target);
+                    record.correct = is_correct(&extracted, &example.target);
+                    record.extracted = extracted.to_string();
+                    record.output = g.text;
+                    record.tokens = g.stats.tokens;
+                    record.ms_per_token = g.stats.ms_per_token();
+                    record.ensembled = g.stats.ensembled_fraction();
+                }
+                Err(e) => {
+                    eprintln!(
+                        "\ngac eval: {name} {} example {}: {e}",
+                        task.name, example.id
+                    );
+                    record.error = Some(e.to_string());
+                    failed += 1;
+                }
+            }
+            right += usize::from(record.correct);
+            results.add(record.clone())?;
+            current.push(record);
             let elapsed = start.elapsed().as_secs_f64();
             let eta = elapsed / (k + 1) as f64 * (total - k - 1) as f64;
             eprint!(
-                "\rgac eval: {config} {} {}/{total} accuracy {:.1}% ETA {:.0}m{:02.0}s   ",
+                "\rgac eval: {name} {} {}/{total} accuracy {:.1}% errors {failed} ETA {:.0}m{:02.0}s   ",
                 task.name,
                 k + 1,
-                100.0 * right as f64 / seen as f64,
+                100.0 * right as f64 / (k + 1) as f64,
                 (eta / 60.0).floor(),
                 eta % 60.0
             );
@@ -221,5 +354,5 @@ fn run_config(
             eprintln!();
         }
     }
-    Ok(())
+    Ok(current)
 }

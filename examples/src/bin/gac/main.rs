@@ -112,7 +112,8 @@ struct GenerateArgs {
     /// Print one JSON object with the text and the statistics instead of streaming.
     #[arg(long)]
     json: bool,
-    /// CPU threads per member (default: the cores divided among the members).
+    /// CPU threads per llama.cpp member (default: the cores divided among the members;
+    /// mistral.rs members share one pool, sized by RAYON_NUM_THREADS).
     #[arg(long, value_name = "N")]
     threads: Option<i32>,
     /// Pin members to GPUs, in member order (repeatable; needs a build with --features cuda).
@@ -135,10 +136,6 @@ struct VocabArgs {
 }
 
 impl MemberArgs {
-    fn paths(&self) -> Result<Vec<PathBuf>> {
-        Ok(self.config()?.members.into_iter().map(|m| m.path).collect())
-    }
-
     /// The members as a configuration: from the TOML file, or from the --model flags.
     pub(crate) fn config(&self) -> Result<EnsembleConfig> {
         match &self.config {
@@ -200,10 +197,12 @@ impl TryFrom<&GenerateArgs> for EnsembleConfig {
         }
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as i32;
         for m in &mut config.members {
-            m.threads = args
-                .threads
-                .or(m.threads)
-                .or(Some((cores / n.max(1) as i32).max(1)));
+            if m.runtime == RuntimeKind::LlamaCpp {
+                m.threads = args
+                    .threads
+                    .or(m.threads)
+                    .or(Some((cores / n.max(1) as i32).max(1)));
+            }
             m.context = args.context.or(m.context);
         }
         if let Some(member) = args.gate {
@@ -267,6 +266,7 @@ pub(crate) fn load_members(
             RuntimeKind::MistralRs => {
                 let options = gac_mistralrs::MistralOptions {
                     gpu: m.gpu.map(|g| g as usize),
+                    context: m.context.map(|c| c as usize),
                     ..gac_mistralrs::MistralOptions::default()
                 };
                 let member = gac_mistralrs::load_gguf(&m.path, &options)
@@ -429,13 +429,30 @@ fn generation_json(g: &Generation, union: &Union, config: &EnsembleConfig) -> se
 }
 
 fn vocab(args: VocabArgs) -> Result<()> {
-    let paths = args.members.paths()?;
-    if paths.is_empty() {
+    let config = args.members.config()?;
+    if config.members.is_empty() {
         bail!("give at least one --model (or --config)");
     }
-    let vocabs = paths
+    let paths: Vec<PathBuf> = config.members.iter().map(|m| m.path.clone()).collect();
+    // Each vocabulary as its own runtime reads it: llama.cpp from the GGUF alone (no weights),
+    // mistral.rs from the tokenizer it converts while loading the model.
+    let vocabs = config
+        .members
         .iter()
-        .map(|p| gac_llamacpp::load_vocab(p).map_err(anyhow::Error::from))
+        .enumerate()
+        .map(|(i, m)| match m.runtime {
+            RuntimeKind::LlamaCpp => gac_llamacpp::load_vocab(&m.path).map_err(anyhow::Error::from),
+            RuntimeKind::MistralRs => {
+                let one = EnsembleConfig {
+                    members: vec![m.clone()],
+                    gate: None,
+                };
+                let member = load_members(&one, true, false)
+                    .with_context(|| format!("member {i}"))?
+                    .remove(0);
+                Ok(member.vocab().clone())
+            }
+        })
         .collect::<Result<Vec<_>>>()?;
     let union = Union::build(&vocabs.iter().collect::<Vec<_>>())?;
     let n = vocabs.len();
