@@ -375,12 +375,14 @@ impl Member for LlamaMember {
         Ok(ids.into_iter().map(|t| t.0 as u32).collect())
     }
 
-    fn chat_prompt(&self, user: &str) -> Option<String> {
+    fn encode_chat(&self, user: &str) -> Option<gac_core::Result<Vec<u32>>> {
         let template = self.model.chat_template(None).ok()?;
         let message = LlamaChatMessage::new("user".into(), user.into()).ok()?;
-        self.model
+        let text = self
+            .model
             .apply_chat_template(&template, &[message], true)
-            .ok()
+            .ok()?;
+        Some(self.encode_prompt(&text))
     }
 
     fn context_size(&self) -> Option<usize> {

@@ -327,7 +327,7 @@ impl Runtime for MistralRuntime {
         Ok(encoding.get_ids().to_vec())
     }
 
-    fn chat_prompt(&self, user: &str) -> Option<String> {
+    fn encode_chat(&self, user: &str) -> Option<Result<Vec<u32>>> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let mut message = IndexMap::new();
         message.insert("role".to_string(), Either::Left("user".to_string()));
@@ -341,9 +341,18 @@ impl Runtime for MistralRuntime {
             reasoning_effort: None,
             response: tx,
         };
-        self.send(Request::Tokenize(request)).ok()?;
-        let ids = rx.blocking_recv()?.ok()?;
-        self.tokenizer.decode(&ids, false).ok()
+        if let Err(e) = self.send(Request::Tokenize(request)) {
+            return Some(Err(e));
+        }
+        match rx.blocking_recv() {
+            Some(Ok(ids)) => Some(Ok(ids)),
+            // mistral.rs answers with an error when the model has no chat template.
+            Some(Err(_)) => None,
+            None => Some(Err(Error::member(
+                self.vocab.name(),
+                "the engine stopped before it applied the chat template",
+            ))),
+        }
     }
 
     fn context_size(&self) -> Option<usize> {

@@ -288,6 +288,62 @@ fn mistralrs_members_from_the_command_line() {
         err.contains("text.gguf") && err.contains("not a GGUF file"),
         "{err}"
     );
+    // llama.cpp-only settings on a mistral.rs member are refused with the reason; --threads
+    // applies to llama.cpp members only; --ctx caps the mistral.rs member's context.
+    for (key, needle) in [
+        ("threads = 2", "member[0].threads: mistral.rs members share"),
+        (
+            "gpu_layers = 4",
+            "member[0].gpu_layers: a mistral.rs member runs wholly",
+        ),
+    ] {
+        let config = scratch(
+            "refused.toml",
+            format!("[[member]]\npath = {smollm:?}\nruntime = \"mistralrs\"\n{key}\n"),
+        );
+        let err = fails(&["generate", "--config", config.to_str().unwrap(), "hi"]);
+        assert!(err.contains(needle), "{key}: {err}");
+    }
+    let long = "word ".repeat(100);
+    let err = fails(&[
+        "generate",
+        "--model",
+        &mistral,
+        "--threads",
+        "1",
+        "--ctx",
+        "32",
+        &long,
+    ]);
+    assert!(err.contains("longer than its context of 32"), "{err}");
+    // `gac vocab` reads a mistral.rs member's vocabulary through mistral.rs.
+    let out = succeeds(&["vocab", "--model", &mistral, "--model", &gemma, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["members"][0]["vocab_size"], 49_152);
+}
+
+#[test]
+fn chat_runs_for_both_runtimes() {
+    let smollm = path(SMOLLM);
+    for model in [smollm.clone(), format!("mistralrs:{smollm}")] {
+        let out = succeeds(&[
+            "generate",
+            "--model",
+            &model,
+            "--chat",
+            "--max-tokens",
+            "8",
+            "--json",
+            "Name a colour.",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(!v["text"].as_str().unwrap().is_empty(), "{model}: {v}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("no usable chat template"),
+            "{model}: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -202,7 +202,9 @@ fn results_resume_and_survive_a_torn_line() {
     bytes.push("о".as_bytes()[0]);
     std::fs::write(&path, &bytes).unwrap();
     let results = Results::open(&path).unwrap();
-    assert!(results.get("s1", "t", "1", "q").is_some() && results.get("s1", "t", "2", "q").is_some());
+    assert!(
+        results.get("s1", "t", "1", "q").is_some() && results.get("s1", "t", "2", "q").is_some()
+    );
     assert!(results.get("s1", "t", "3", "q").is_none());
     let table = table(results.records(), &["average".into()], &["t".into()]);
     assert!(
@@ -248,13 +250,19 @@ fn results_are_keyed_by_setup_and_question_and_locked() {
         .add(record("s1", "q2", Some("prompt too long")))
         .unwrap();
     assert!(results.get("s2", "t", "1", "q1").is_none(), "other setup");
-    assert!(results.get("s1", "t", "1", "q2").is_some(), "other question");
+    assert!(
+        results.get("s1", "t", "1", "q2").is_some(),
+        "other question"
+    );
     drop(results);
     let results = Results::open(&path).unwrap();
     let failed = results.get("s1", "t", "1", "q2").unwrap();
     assert_eq!(failed.error.as_deref(), Some("prompt too long"));
     let table = table(&[failed.clone()], &["average".into()], &["t".into()]);
-    assert!(table.contains("| 0.0 (n=1) |") && table.ends_with("| 1 |\n"), "{table}");
+    assert!(
+        table.contains("| 0.0 (n=1) |") && table.ends_with("| 1 |\n"),
+        "{table}"
+    );
     // Records of earlier versions (no setup, no question) are read but never match.
     std::fs::write(
         &path,
@@ -276,15 +284,24 @@ fn no_task_teaches_one_letter() {
         .filter(|(n, _)| ["mmlu", "piqa", "commonsenseqa", "openbookqa"].contains(n))
         .map(|(n, f)| (n.to_string(), f))
         .chain(
-            ["date_understanding", "logical_deduction_three_objects", "navigate", "causal_judgment", "sports_understanding"]
-                .map(|t| (format!("bigbench:{t}"), &"")),
+            [
+                "date_understanding",
+                "logical_deduction_three_objects",
+                "navigate",
+                "causal_judgment",
+                "sports_understanding",
+            ]
+            .map(|t| (format!("bigbench:{t}"), &"")),
         )
     {
         let task = load_task(&name, &data(), SEED).unwrap();
         let Some((top, chance)) = letter_skew(&task) else {
             continue;
         };
-        assert!(top < 1.35 * chance, "{name}: top letter {top:.3}, chance {chance:.3}");
+        assert!(
+            top < 1.35 * chance,
+            "{name}: top letter {top:.3}, chance {chance:.3}"
+        );
         // The options are the same set, only reordered, under another seed.
         let other = load_task(&name, &data(), SEED + 1).unwrap();
         assert_eq!(other.examples.len(), task.examples.len());
@@ -442,11 +459,16 @@ fn a_failing_question_is_recorded_and_the_run_goes_on() {
         "--model", &smollm, "--task", "boolq", "--limit", "2", "--shots", "1", "--ctx", "64",
     ];
     let (stdout, stderr) = eval_cli(&args, &out);
-    assert!(stdout.contains("| member:0 | 0.0 (n=2) |") && stdout.contains("| 2 |"), "{stdout}");
+    assert!(
+        stdout.contains("| member:0 | 0.0 (n=2) |") && stdout.contains("| 2 |"),
+        "{stdout}"
+    );
     assert!(stderr.contains("context"), "{stderr}");
     let records = lines(&out);
     assert_eq!(records.len(), 2);
-    assert!(records.iter().all(|r| r["error"].as_str().is_some_and(|e| !e.is_empty())));
+    assert!(records
+        .iter()
+        .all(|r| r["error"].as_str().is_some_and(|e| !e.is_empty())));
     eval_cli(&args, &out);
     assert_eq!(lines(&out).len(), 2, "failed questions are results too");
 }
@@ -494,5 +516,8 @@ fn a_config_files_weights_and_gate_are_evaluated_and_setups_never_mix() {
     // Another token limit is another setup: all answered anew, the table counts only these.
     let (stdout, _) = eval_cli(&args("5").each_ref().map(String::as_str), &out);
     assert_eq!(lines(&out).len(), 2 * 4 * 3);
-    assert!(stdout.contains("(n=3)") && !stdout.contains("(n=6)"), "{stdout}");
+    assert!(
+        stdout.contains("(n=3)") && !stdout.contains("(n=6)"),
+        "{stdout}"
+    );
 }

@@ -40,8 +40,9 @@ pub trait Runtime: Send {
     /// [`Member::encode_prompt`].
     fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>>;
 
-    /// The prompt in the model's chat template, if it has one.
-    fn chat_prompt(&self, _user: &str) -> Option<String> {
+    /// One user message in the model's chat template, as the runtime's own ids; see
+    /// [`Member::encode_chat`].
+    fn encode_chat(&self, _user: &str) -> Option<Result<Vec<u32>>> {
         None
     }
 
@@ -231,7 +232,10 @@ impl<R: Runtime> BridgeMember<R> {
 
     fn start(&mut self) -> Result<Arc<Exchange>> {
         if self.context.is_empty() {
-            return Err(Error::member(&self.name, "evaluated before a prompt was pushed"));
+            return Err(Error::member(
+                &self.name,
+                "evaluated before a prompt was pushed",
+            ));
         }
         let exchange = Arc::new(Exchange::default());
         let hook = Hook {
@@ -267,7 +271,10 @@ impl<R: Runtime> BridgeMember<R> {
                 return Ok(None); // let go by a stalled hook: start again
             }
             if let Some(message) = &state.failed {
-                return Err(Error::member(&self.name, format!("runtime error: {message}")));
+                return Err(Error::member(
+                    &self.name,
+                    format!("runtime error: {message}"),
+                ));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -302,8 +309,8 @@ impl<R: Runtime> Member for BridgeMember<R> {
         self.runtime.encode_prompt(prompt)
     }
 
-    fn chat_prompt(&self, user: &str) -> Option<String> {
-        self.runtime.chat_prompt(user)
+    fn encode_chat(&self, user: &str) -> Option<Result<Vec<u32>>> {
+        self.runtime.encode_chat(user)
     }
 
     fn context_size(&self) -> Option<usize> {
@@ -353,7 +360,10 @@ impl<R: Runtime> Member for BridgeMember<R> {
         }
         Err(Error::member(
             &self.name,
-            format!("the runtime let its request go twice (no decision within {:?})", self.timeout),
+            format!(
+                "the runtime let its request go twice (no decision within {:?})",
+                self.timeout
+            ),
         ))
     }
 
@@ -458,8 +468,7 @@ mod tests {
             prompt_len,
         };
         let end = pieces.iter().position(|p| *p == "<end>").unwrap() as u32;
-        let member =
-            BridgeMember::new("bridged", vocab, runtime, end, timeout).unwrap();
+        let member = BridgeMember::new("bridged", vocab, runtime, end, timeout).unwrap();
         (Box::new(member), log)
     }
 
@@ -589,15 +598,17 @@ mod tests {
             let (member, log) = bridged_with_timeout(B, None, Duration::from_millis(200));
             let mut a = ScriptedMember::new("a", A, "hello");
             a.unsure_every = Some(2);
-            let mut e =
-                Ensemble::new(vec![Box::new(Slow(a, slow)), member], None, mode).unwrap();
+            let mut e = Ensemble::new(vec![Box::new(Slow(a, slow)), member], None, mode).unwrap();
             let g = e
                 .generate("he", &GenerateOptions::default(), &mut |_| {})
                 .unwrap();
             assert_eq!(g.text, "hello", "{mode:?}");
             assert_eq!(spelled(B, &g.member_ids[1]), "hello");
             drop(e);
-            assert!(ended(&log, 12).len() > 1, "{mode:?}: requests let go and started again");
+            assert!(
+                ended(&log, 12).len() > 1,
+                "{mode:?}: requests let go and started again"
+            );
         }
     }
 
@@ -630,6 +641,9 @@ mod tests {
         assert_eq!(hook.step(vec![0.0]), 7);
         assert!(t.elapsed() < Duration::from_millis(20));
         drop(hook);
-        assert!(exchange.lock().failed.is_some(), "a dropped hook is a stopped runtime");
+        assert!(
+            exchange.lock().failed.is_some(),
+            "a dropped hook is a stopped runtime"
+        );
     }
 }

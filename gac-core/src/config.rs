@@ -170,7 +170,10 @@ impl EnsembleConfig {
                 }
             }
             if m.context == Some(0) {
-                return Err(Error::config(format!("member[{i}].context"), "0 holds no token"));
+                return Err(Error::config(
+                    format!("member[{i}].context"),
+                    "0 holds no token",
+                ));
             }
             if m.runtime == RuntimeKind::MistralRs {
                 if m.threads.is_some() {

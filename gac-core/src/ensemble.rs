@@ -26,7 +26,8 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// How to pick each token.
     pub pick: PickConfig,
-    /// Wrap the prompt in each member's own chat template (where it has one).
+    /// Wrap the prompt in each member's own chat template (where it has one); see
+    /// [`Member::encode_chat`].
     pub chat: bool,
     /// Combine only each member's k most probable tokens (the top-k union of Yao et al.,
     /// "Determine-Then-Ensemble" / UniTE, 2024) instead of the full distributions; tokens below
@@ -258,13 +259,10 @@ impl Ensemble {
         let start = Instant::now();
         let mut prompt_lens = Vec::with_capacity(self.members.len());
         for member in &mut self.members {
-            let text = match options.chat {
-                true => member
-                    .chat_prompt(prompt)
-                    .unwrap_or_else(|| prompt.to_string()),
-                false => prompt.to_string(),
+            let ids = match options.chat.then(|| member.encode_chat(prompt)).flatten() {
+                Some(ids) => ids?,
+                None => member.encode_prompt(prompt)?,
             };
-            let ids = member.encode_prompt(&text)?;
             if ids.is_empty() {
                 return Err(Error::EmptyPrompt);
             }
@@ -1119,7 +1117,9 @@ mod tests {
             ..Default::default()
         };
         let mut streamed = String::new();
-        let g = e.generate("he", &opts, &mut |s| streamed.push_str(s)).unwrap();
+        let g = e
+            .generate("he", &opts, &mut |s| streamed.push_str(s))
+            .unwrap();
         assert_eq!((g.text.as_str(), g.finish), ("hello", Finish::MaxTokens));
         assert_eq!(streamed, "hello");
         assert!(g.member_ids[0].is_empty());
@@ -1170,8 +1170,12 @@ mod tests {
     fn huge_weights_do_not_overflow_to_nothing() {
         let a = ScriptedMember::new("a", A, "hello world");
         let b = ScriptedMember::new("b", B, "hello world");
-        let mut e =
-            Ensemble::new(vec![boxed(a), boxed(b)], Some(vec![3e38, 3e38]), Mode::Average).unwrap();
+        let mut e = Ensemble::new(
+            vec![boxed(a), boxed(b)],
+            Some(vec![3e38, 3e38]),
+            Mode::Average,
+        )
+        .unwrap();
         let g = e
             .generate("hello", &GenerateOptions::default(), &mut |_| {})
             .unwrap();

@@ -31,8 +31,10 @@ pub trait Member: Send {
         self.encode(prompt.as_bytes())
     }
 
-    /// The prompt wrapped in this member's own chat template for one user message, if it has one.
-    fn chat_prompt(&self, _user: &str) -> Option<String> {
+    /// The ids of one user message in this member's own chat template, ready to generate the
+    /// answer (BOS and the assistant's turn included, as the runtime itself would make them),
+    /// or `None` when it has no chat template.
+    fn encode_chat(&self, _user: &str) -> Option<Result<Vec<u32>>> {
         None
     }
 
@@ -76,8 +78,8 @@ impl<M: Member + ?Sized> Member for Box<M> {
     fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
         (**self).encode_prompt(prompt)
     }
-    fn chat_prompt(&self, user: &str) -> Option<String> {
-        (**self).chat_prompt(user)
+    fn encode_chat(&self, user: &str) -> Option<Result<Vec<u32>>> {
+        (**self).encode_chat(user)
     }
     fn context_size(&self) -> Option<usize> {
         (**self).context_size()

@@ -190,7 +190,11 @@ mod tests {
         assert_eq!(u.bytes(UnionId(3)), b" dog");
         assert_eq!(u.overlap(0, 1), 1);
         assert_eq!(u.member_text_tokens(1), 2);
-        assert_eq!((u.max_fold(0), u.max_fold(1)), (1, 2), "b's two End tokens fold");
+        assert_eq!(
+            (u.max_fold(0), u.max_fold(1)),
+            (1, 2),
+            "b's two End tokens fold"
+        );
     }
 
     #[test]
@@ -209,7 +213,11 @@ mod tests {
         let u = Union::build(&[&a]).unwrap();
         assert_eq!(u.projection(0), &[0, 1, 1]);
         assert_eq!(u.member_token(0, UnionId(1)), Some(2));
-        assert_eq!(u.max_fold(0), 2, "the byte piece and the text token share one union id");
+        assert_eq!(
+            u.max_fold(0),
+            2,
+            "the byte piece and the text token share one union id"
+        );
     }
 
     #[test]

@@ -160,8 +160,8 @@ impl Member for Recording {
     fn encode_prompt(&self, prompt: &str) -> gac_core::Result<Vec<u32>> {
         self.inner.encode_prompt(prompt)
     }
-    fn chat_prompt(&self, user: &str) -> Option<String> {
-        self.inner.chat_prompt(user)
+    fn encode_chat(&self, user: &str) -> Option<gac_core::Result<Vec<u32>>> {
+        self.inner.encode_chat(user)
     }
     fn context_size(&self) -> Option<usize> {
         self.inner.context_size()
@@ -200,13 +200,45 @@ pub fn mistral_reference_greedy(
     prompt: &str,
     max_tokens: usize,
 ) -> Vec<u32> {
-    use mistralrs_core::{NormalRequest, Request, RequestMessage, Response, SamplingParams};
-    use std::sync::{Arc, Mutex};
     let prompt_ids = member.encode_prompt(prompt).unwrap();
-    let contexts: Arc<Mutex<Vec<u32>>> = Arc::default();
-    let record = contexts.clone();
+    let messages = mistralrs_core::RequestMessage::CompletionTokens(prompt_ids);
+    mistral_greedy(member, messages, max_tokens).1
+}
+
+/// mistral.rs's own greedy answer to one user message in a chat request (its chat template, no
+/// gac involved): the prompt ids mistral.rs made, and the generated ids (end token excluded).
+pub fn mistral_reference_chat(
+    member: &gac_mistralrs::MistralMember,
+    user: &str,
+    max_tokens: usize,
+) -> (Vec<u32>, Vec<u32>) {
+    use either::Either;
+    let mut message = indexmap::IndexMap::new();
+    message.insert("role".to_string(), Either::Left("user".to_string()));
+    message.insert("content".to_string(), Either::Left(user.to_string()));
+    let messages = mistralrs_core::RequestMessage::Chat {
+        messages: vec![message],
+        enable_thinking: None,
+        reasoning_effort: None,
+    };
+    mistral_greedy(member, messages, max_tokens)
+}
+
+fn mistral_greedy(
+    member: &gac_mistralrs::MistralMember,
+    messages: mistralrs_core::RequestMessage,
+    max_tokens: usize,
+) -> (Vec<u32>, Vec<u32>) {
+    use mistralrs_core::{NormalRequest, Request, Response, SamplingParams};
+    use std::sync::{Arc, Mutex};
+    // (the context at the first step = the prompt, the context at the last step)
+    type Seen = (Option<Vec<u32>>, Vec<u32>);
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let record = seen.clone();
     let processor = move |logits: &candle_core::Tensor, context: &[u32]| {
-        *record.lock().unwrap() = context.to_vec();
+        let mut seen = record.lock().unwrap();
+        seen.0.get_or_insert_with(|| context.to_vec());
+        seen.1 = context.to_vec();
         Ok(logits.clone())
     };
     let engine = member.runtime().engine();
@@ -215,7 +247,6 @@ pub fn mistral_reference_greedy(
         max_len: Some(max_tokens + 1),
         ..SamplingParams::deterministic()
     };
-    let messages = RequestMessage::CompletionTokens(prompt_ids.clone());
     let mut request =
         NormalRequest::new_simple(messages, sampling, tx, engine.next_request_id(), None, None);
     request.logits_processors = Some(vec![Arc::new(processor)]);
@@ -227,16 +258,20 @@ pub fn mistral_reference_greedy(
         .unwrap();
     loop {
         match rx.blocking_recv().expect("a response") {
-            Response::CompletionDone(_) => break,
+            Response::CompletionDone(_) | Response::Done(_) => break,
             Response::InternalError(e) | Response::ValidationError(e) => panic!("mistral.rs: {e}"),
-            Response::CompletionModelError(m, _) => panic!("mistral.rs: {m}"),
+            Response::CompletionModelError(m, _) | Response::ModelError(m, _) => {
+                panic!("mistral.rs: {m}")
+            }
             _ => {}
         }
     }
-    let context = contexts.lock().unwrap().clone();
-    context[prompt_ids.len()..]
+    let (prompt, context) = seen.lock().unwrap().clone();
+    let prompt = prompt.expect("mistral.rs called the processor");
+    let generated = context[prompt.len()..]
         .iter()
         .copied()
         .take(max_tokens)
-        .collect()
+        .collect();
+    (prompt, generated)
 }

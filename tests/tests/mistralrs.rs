@@ -1,11 +1,14 @@
 //! mistral.rs members (through gac-core's bridge), alone and mixed with llama.cpp members.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gac_core::{Ensemble, GenerateOptions, Member, Mode, WhenUnsure};
 use gac_tests::{
-    member, mistral_member, mistral_reference_greedy, reference_greedy, GEMMA, PROMPTS, SMOLLM,
+    asset, member, mistral_member, mistral_reference_greedy, reference_greedy, GEMMA, PROMPTS,
+    SMOLLM,
 };
+use mistralrs_core::{MistralRs, NormalRequest, Request, RequestMessage, Response, SamplingParams};
 
 const TOKENS: usize = 24;
 
@@ -115,4 +118,138 @@ fn a_dropped_engine_ends_the_generation_with_an_error_in_bounded_time() {
         "took {:?}",
         t.elapsed()
     );
+}
+
+/// A llama.cpp gate whose confidence follows a script: its logits are sharpened (sure) or
+/// flattened (unsure) per evaluation, and `before` runs before each evaluation.
+struct ScriptedGate {
+    inner: gac_llamacpp::LlamaMember,
+    evals: usize,
+    unsure: fn(usize) -> bool,
+    before: Box<dyn FnMut(usize) + Send>,
+    logits: Vec<f32>,
+}
+
+impl Member for ScriptedGate {
+    fn vocab(&self) -> &gac_core::Vocab {
+        self.inner.vocab()
+    }
+    fn encode(&self, text: &[u8]) -> gac_core::Result<Vec<u32>> {
+        self.inner.encode(text)
+    }
+    fn encode_prompt(&self, prompt: &str) -> gac_core::Result<Vec<u32>> {
+        self.inner.encode_prompt(prompt)
+    }
+    fn reset(&mut self) -> gac_core::Result<()> {
+        self.evals = 0;
+        self.inner.reset()
+    }
+    fn push(&mut self, ids: &[u32]) -> gac_core::Result<()> {
+        self.inner.push(ids)
+    }
+    fn logits(&mut self) -> gac_core::Result<&[f32]> {
+        (self.before)(self.evals);
+        let scale = if (self.unsure)(self.evals) {
+            0.01
+        } else {
+            100.0
+        };
+        self.evals += 1;
+        let logits = self.inner.logits()?;
+        self.logits.clear();
+        self.logits.extend(logits.iter().map(|l| l * scale));
+        Ok(&self.logits)
+    }
+}
+
+/// Serves an ordinary 4-token request on `engine`; the time it took, or `None` past `bound`.
+fn plain_request(engine: Arc<MistralRs>, prompt: Vec<u32>, bound: Duration) -> Option<Duration> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let t = Instant::now();
+    std::thread::spawn(move || {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let sampling = SamplingParams {
+            max_len: Some(4),
+            ..SamplingParams::deterministic()
+        };
+        let messages = RequestMessage::CompletionTokens(prompt);
+        let request =
+            NormalRequest::new_simple(messages, sampling, tx, engine.next_request_id(), None, None);
+        let sender = engine.get_sender(None).unwrap();
+        if sender
+            .blocking_send(Request::Normal(Box::new(request)))
+            .is_ok()
+        {
+            while let Some(response) = rx.blocking_recv() {
+                if matches!(response, Response::CompletionDone(_)) {
+                    let _ = done_tx.send(());
+                    return;
+                }
+            }
+        }
+    });
+    done_rx.recv_timeout(bound).ok().map(|()| t.elapsed())
+}
+
+#[test]
+fn a_skipped_mistralrs_member_frees_its_engine_and_survives_a_long_skip() {
+    // Member 1 (SmolLM2 in mistral.rs, timeout 10 s) is needed at the gate's unsure steps 0-1
+    // and from 9 on, and skipped at steps 2-8. During the skip, a plain request on its engine
+    // must be served at once (a request held by a waiting member would block the engine for
+    // the whole timeout), and the skip outlasts the timeout.
+    let timeout = Duration::from_secs(10);
+    let unsure: fn(usize) -> bool = |e| e < 2 || e >= 9;
+    let run = |before: Box<dyn FnMut(usize) + Send>, m: gac_mistralrs::MistralMember| {
+        let gate = ScriptedGate {
+            inner: member(SMOLLM),
+            evals: 0,
+            unsure,
+            before,
+            logits: Vec::new(),
+        };
+        let gated = Mode::Gated {
+            gate: 0,
+            threshold: 0.5,
+            when_unsure: WhenUnsure::Average,
+        };
+        let mut e = Ensemble::new(vec![Box::new(gate), Box::new(m)], None, gated).unwrap();
+        let g = e.generate(PROMPTS[0], &options(16), &mut |_| {}).unwrap();
+        let member_1 = e.members()[1].vocab().decode(&g.member_ids[1]);
+        (g, member_1)
+    };
+    let options = gac_mistralrs::MistralOptions {
+        timeout,
+        ..Default::default()
+    };
+    let load = || gac_mistralrs::load_gguf(&asset(SMOLLM), &options).unwrap();
+    let (want, _) = run(Box::new(|_| {}), load());
+    let m = load();
+    let engine = m.runtime().engine().clone();
+    let prompt = m.encode_prompt("The sky is").unwrap();
+    let served: Arc<Mutex<Option<Option<Duration>>>> = Arc::default();
+    let record = served.clone();
+    let before = move |eval: usize| match eval {
+        4 => {
+            let took = plain_request(
+                engine.clone(),
+                prompt.clone(),
+                timeout - Duration::from_secs(2),
+            );
+            *record.lock().unwrap() = Some(took);
+        }
+        6 => std::thread::sleep(timeout + Duration::from_secs(1)),
+        _ => {}
+    };
+    let (g, member_1) = run(Box::new(before), m);
+    let took = served.lock().unwrap().expect("the gate reached step 4");
+    assert!(
+        took.is_some(),
+        "the plain request waited while the member was skipped"
+    );
+    eprintln!("plain request during the skip served in {took:?}");
+    let ensembled: Vec<bool> = g.stats.per_step.iter().map(|s| s.ensembled).collect();
+    assert!(ensembled.len() > 9, "{:?}", g.text);
+    assert!(ensembled[..2].iter().all(|&x| x) && ensembled[2..9].iter().all(|&x| !x));
+    assert_eq!(g.tokens, want.tokens, "{:?} vs {:?}", g.text, want.text);
+    assert_eq!(member_1, g.bytes, "member 1's context spells the output");
 }

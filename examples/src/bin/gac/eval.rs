@@ -176,7 +176,13 @@ fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result<Vec<Config
         }
     }
     if n > 1 {
-        specs.push(("average".into(), all.clone(), weights.clone(), Mode::Average, None));
+        specs.push((
+            "average".into(),
+            all.clone(),
+            weights.clone(),
+            Mode::Average,
+            None,
+        ));
         for &k in &args.union_top_ks {
             specs.push((
                 format!("average:top{k}"),

@@ -325,7 +325,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let members = load_members(&config, args.json, false)?;
     if args.chat {
         for m in &members {
-            if m.chat_prompt("").is_none() {
+            if m.encode_chat("").is_none() {
                 eprintln!(
                     "gac: warning: member {} has no usable chat template; it gets the raw prompt",
                     m.name()
