@@ -228,18 +228,8 @@ fn results_resume_and_survive_a_torn_line() {
 fn results_are_keyed_by_setup_and_question_and_locked() {
     let path = scratch("keyed.jsonl", "");
     let record = |setup: &str, question: &str, error: Option<&str>| Record {
-        config: "average".into(),
-        setup: setup.into(),
-        task: "t".into(),
-        id: "1".into(),
-        question: question.into(),
-        output: String::new(),
-        extracted: String::new(),
-        correct: false,
-        tokens: 0,
-        ms_per_token: 0.0,
-        ensembled: 0.0,
         error: error.map(str::to_string),
+        ..Record::unanswered("average", setup, "t", "1", question)
     };
     let mut results = Results::open(&path).unwrap();
     results.add(record("s1", "q1", None)).unwrap();

@@ -45,6 +45,24 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record of this example with no answer yet (nothing generated, not correct).
+    pub fn unanswered(config: &str, setup: &str, task: &str, id: &str, question: &str) -> Self {
+        Self {
+            config: config.into(),
+            setup: setup.into(),
+            task: task.into(),
+            id: id.into(),
+            question: question.into(),
+            output: String::new(),
+            extracted: String::new(),
+            correct: false,
+            tokens: 0,
+            ms_per_token: 0.0,
+            ensembled: 0.0,
+            error: None,
+        }
+    }
+
     /// What identifies the answer: the same key means the same answer would be generated.
     fn key(&self) -> Key {
         (

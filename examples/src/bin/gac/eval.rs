@@ -308,20 +308,7 @@ fn run_config(
         let (total, start) = (todo.len(), Instant::now());
         let (mut right, mut failed) = (0usize, 0usize);
         for (k, (example, prompt, question)) in todo.into_iter().enumerate() {
-            let mut record = Record {
-                config: name.to_string(),
-                setup: setup.to_string(),
-                task: task.name.clone(),
-                id: example.id.clone(),
-                question,
-                output: String::new(),
-                extracted: String::new(),
-                correct: false,
-                tokens: 0,
-                ms_per_token: 0.0,
-                ensembled: 0.0,
-                error: None,
-            };
+            let mut record = Record::unanswered(name, setup, &task.name, &example.id, &question);
             match ensemble.generate(&prompt, &options, &mut |_| {}) {
                 Ok(g) => {
                     let extracted = extract(&g.text, &example.target);
