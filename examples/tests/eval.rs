@@ -248,7 +248,11 @@ fn results_are_keyed_by_setup_and_question_and_locked() {
     let results = Results::open(&path).unwrap();
     let failed = results.get("s1", "t", "1", "q2").unwrap();
     assert_eq!(failed.error.as_deref(), Some("prompt too long"));
-    let table = table(&[failed.clone()], &["average".into()], &["t".into()]);
+    let table = table(
+        std::slice::from_ref(failed),
+        &["average".into()],
+        &["t".into()],
+    );
     assert!(
         table.contains("| 0.0 (n=1) |") && table.ends_with("| 1 |\n"),
         "{table}"

@@ -198,7 +198,7 @@ fn a_skipped_mistralrs_member_frees_its_engine_and_survives_a_long_skip() {
     // must be served at once (a request held by a waiting member would block the engine for
     // the whole timeout), and the skip outlasts the timeout.
     let timeout = Duration::from_secs(10);
-    let unsure: fn(usize) -> bool = |e| e < 2 || e >= 9;
+    let unsure: fn(usize) -> bool = |e| !(2..9).contains(&e);
     let run = |before: Box<dyn FnMut(usize) + Send>, m: gac_mistralrs::MistralMember| {
         let gate = ScriptedGate {
             inner: member(SMOLLM),

@@ -169,14 +169,31 @@ fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result<Vec<Config
     let n = config.members.len();
     let all: Vec<usize> = (0..n).collect();
     let weights = Some(config.weights());
-    let mut specs: Vec<(String, Vec<usize>, Option<Vec<f32>>, Mode, Option<usize>)> = Vec::new();
+    let make = |name: String, members: Vec<usize>, weights: Option<Vec<f32>>, mode, top_k| {
+        let setup = setup_fingerprint(config, &members, &weights, mode, top_k, args);
+        Config {
+            name,
+            members,
+            weights,
+            mode,
+            union_top_k: top_k,
+            setup,
+        }
+    };
+    let mut configs = Vec::new();
     if !args.no_single || n == 1 {
         for i in 0..n {
-            specs.push((format!("member:{i}"), vec![i], None, Mode::Average, None));
+            configs.push(make(
+                format!("member:{i}"),
+                vec![i],
+                None,
+                Mode::Average,
+                None,
+            ));
         }
     }
     if n > 1 {
-        specs.push((
+        configs.push(make(
             "average".into(),
             all.clone(),
             weights.clone(),
@@ -184,8 +201,9 @@ fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result<Vec<Config
             None,
         ));
         for &k in &args.union_top_ks {
-            specs.push((
-                format!("average:top{k}"),
+            let name = format!("average:top{k}");
+            configs.push(make(
+                name,
                 all.clone(),
                 weights.clone(),
                 Mode::Average,
@@ -206,23 +224,16 @@ fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result<Vec<Config
             gated.push(own);
         }
         for mode in gated {
-            specs.push((gated_name(mode), all.clone(), weights.clone(), mode, None));
+            configs.push(make(
+                gated_name(mode),
+                all.clone(),
+                weights.clone(),
+                mode,
+                None,
+            ));
         }
     }
-    Ok(specs
-        .into_iter()
-        .map(|(name, members, weights, mode, union_top_k)| {
-            let setup = setup_fingerprint(config, &members, &weights, mode, union_top_k, args);
-            Config {
-                name,
-                members,
-                weights,
-                mode,
-                union_top_k,
-                setup,
-            }
-        })
-        .collect())
+    Ok(configs)
 }
 
 /// `gated:T` for gate 0 averaging when unsure, else `gated:T:gate=G[:member=K]`.
