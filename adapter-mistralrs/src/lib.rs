@@ -41,6 +41,11 @@ pub struct MistralOptions {
     pub timeout: Duration,
     /// Context window in tokens (default, and at most: the model's own).
     pub context: Option<usize>,
+    /// For engines gac builds: keep mistral.rs's prefix cache (mistral.rs's own default), so
+    /// that a request started again after a gated skip evaluates only the new tokens (default:
+    /// on). A reused prefix can round differently from a fresh evaluation, so with it an output
+    /// can depend on earlier requests; off, every request evaluates its whole context.
+    pub prefix_cache: bool,
 }
 
 impl Default for MistralOptions {
@@ -49,6 +54,7 @@ impl Default for MistralOptions {
             gpu: None,
             timeout: Duration::from_secs(30),
             context: None,
+            prefix_cache: true,
         }
     }
 }
@@ -97,8 +103,12 @@ fn model_name(path: &Path) -> String {
 }
 
 /// Loads a local GGUF file into a new mistral.rs engine (no hub access), on the CPU or on CUDA
-/// device `gpu`.
-pub fn build_gguf_engine(path: &Path, gpu: Option<usize>) -> Result<GgufEngine> {
+/// device `gpu`, with or without mistral.rs's prefix cache (see [`MistralOptions::prefix_cache`]).
+pub fn build_gguf_engine(
+    path: &Path,
+    gpu: Option<usize>,
+    prefix_cache: bool,
+) -> Result<GgufEngine> {
     let source = path.display().to_string();
     let bad = |message: String| Error::config(&source, message);
     let mut magic = [0u8; 4];
@@ -164,7 +174,7 @@ pub fn build_gguf_engine(path: &Path, gpu: Option<usize>) -> Result<GgufEngine> 
         false,
         None,
     )
-    .with_no_prefix_cache(true);
+    .with_no_prefix_cache(!prefix_cache);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -179,7 +189,7 @@ pub fn build_gguf_engine(path: &Path, gpu: Option<usize>) -> Result<GgufEngine> 
 
 /// Loads a local GGUF file into its own mistral.rs engine and wraps it as a member.
 pub fn load_gguf(path: &Path, options: &MistralOptions) -> Result<MistralMember> {
-    let e = build_gguf_engine(path, options.gpu)?;
+    let e = build_gguf_engine(path, options.gpu, options.prefix_cache)?;
     wrap_engine(
         &model_name(path),
         e.engine,

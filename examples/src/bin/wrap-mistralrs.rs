@@ -26,7 +26,7 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| "The capital of France is".to_string());
 
     // Your program's engine.
-    let engine = build_gguf_engine(&mistral_model, None)?;
+    let engine = build_gguf_engine(&mistral_model, None, true)?;
     let served = Arc::clone(&engine.engine);
 
     // gac: the engine as a member, plus a llama.cpp member, averaged token by token.

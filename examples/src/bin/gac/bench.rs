@@ -240,7 +240,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         );
     }
     let mut members = ensemble.into_members();
-    println!("\nCatch-up of a member that skipped k steps (llama.cpp keeps its KV cache and evaluates the k tokens in one batch; a skipped mistral.rs member's request ends, and a new one evaluates its whole context) against recomputing its whole prefix (the paper's approach):\n");
+    println!("\nCatch-up of a member that skipped k steps (llama.cpp keeps its KV cache and evaluates the k tokens in one batch; a skipped mistral.rs member's request ends, and a new one takes the prefix from mistral.rs's prefix cache) against recomputing its whole prefix (the paper's approach):\n");
     println!("| member | prefix tokens | k | catch-up ms | recompute ms | speed-up |");
     println!("|---|---:|---:|---:|---:|---:|");
     for m in &mut members {
