@@ -61,6 +61,8 @@ pub enum LoadError {
     NoGpu(PathBuf, i32),
     /// The model's vocabulary cannot be used.
     Vocab(PathBuf, gac_core::Error),
+    /// The llama.cpp library found at run time is another version than gac was built against.
+    Version(String),
 }
 
 impl fmt::Display for LoadError {
@@ -80,6 +82,11 @@ impl fmt::Display for LoadError {
                 p.display()
             ),
             LoadError::Vocab(p, e) => write!(f, "{}: {e}", p.display()),
+            LoadError::Version(v) => write!(
+                f,
+                "the llama.cpp library found at run time is version {v}, but gac was built against {LLAMA_CPP_VERSION} \
+                 (llama-cpp-sys-2 0.1.161's vendored source): build that source as shared libraries and put them first on LD_LIBRARY_PATH"
+            ),
         }
     }
 }
@@ -103,6 +110,48 @@ pub fn backend() -> &'static LlamaBackend {
         }
         backend
     })
+}
+
+/// The llama.cpp that gac runs on: its version string, how it is linked, and the devices its
+/// backends see.
+#[derive(Debug, Clone)]
+pub struct RuntimeInfo {
+    /// `llama_version()` of the loaded library.
+    pub version: String,
+    /// Whether llama.cpp is linked as shared libraries (the `dynamic-link` feature), so that the
+    /// libraries found at run time are used.
+    pub dynamic: bool,
+    /// Whether layers can be offloaded to a GPU.
+    pub gpu_offload: bool,
+    /// Each device: backend, name, description and total memory in bytes.
+    pub devices: Vec<(String, String, String, usize)>,
+}
+
+/// The llama.cpp version gac is built against (the source llama-cpp-sys-2 0.1.161 vendors). A
+/// llama.cpp loaded as shared libraries (the `dynamic-link` feature) must report it; llama.cpp
+/// does not bump it on every change of its C API, so build exactly that source.
+pub const LLAMA_CPP_VERSION: &str = "0.6.0";
+
+/// `llama_version()` of the llama.cpp this process runs on.
+pub fn llama_version() -> String {
+    // SAFETY: llama_version returns a pointer to a static NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_version()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Describes the llama.cpp that this process runs on.
+pub fn runtime_info() -> RuntimeInfo {
+    let backend = backend();
+    RuntimeInfo {
+        version: llama_version(),
+        dynamic: cfg!(feature = "dynamic-link"),
+        gpu_offload: backend.supports_gpu_offload(),
+        devices: llama_cpp_2::list_llama_ggml_backend_devices()
+            .into_iter()
+            .map(|d| (d.backend, d.name, d.description, d.memory_total))
+            .collect(),
+    }
 }
 
 /// Loads a GGUF model with these placement options, after checking the file.
@@ -133,6 +182,10 @@ pub fn load_vocab(path: &Path) -> Result<Vocab, LoadError> {
 }
 
 fn load_checked(path: &Path, params: &LlamaModelParams) -> Result<LlamaModel, LoadError> {
+    let version = llama_version();
+    if !version.starts_with(LLAMA_CPP_VERSION) {
+        return Err(LoadError::Version(version));
+    }
     LlamaModel::load_from_file(backend(), path, params)
         .map_err(|_| LoadError::Rejected(path.to_path_buf()))
 }

@@ -160,7 +160,8 @@ fn bench_prints_every_table() {
         "SmolLM2-135M-Instruct.Q4_1 alone",
         "gemma-3-270m-q4_k_m alone",
         "average ensemble",
-        "gated ensemble",
+        "gated ensemble (lazy)",
+        "gated ensemble (eager)",
     ] {
         assert_eq!(rows(&table, name).len(), 1, "{name} in {table}");
     }
@@ -227,11 +228,11 @@ fn bad_settings_are_named() {
             &["--gate", "0", "--when-unsure", "member:7", "hi"],
             "when_unsure",
         ),
+        (&["--weight", "-1", "hi"], "member[1].weight"),
         (
-            &["--weight", "1", "--weight", "-1", "hi"],
-            "member[1].weight",
+            &["--weight", "1", "--weight", "2", "hi"],
+            "--weight: given twice for member 1",
         ),
-        (&["--weight", "1", "hi"], "weight"),
         (&["--temperature", "-1", "hi"], "temperature"),
         (&["--top-p", "0", "hi"], "top_p"),
         (&[""], "prompt is empty"),
@@ -241,6 +242,36 @@ fn bad_settings_are_named() {
         let err = m(args);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+    let early = fails(&["generate", "--gpu", "0", "--model", &smollm, "hi"]);
+    assert!(
+        early.contains("--gpu: it comes before the first --model"),
+        "{early}"
+    );
+    // Per-member flags bind to the --model they follow.
+    let gemma = path(GEMMA);
+    let out = succeeds(&[
+        "generate",
+        "--model",
+        &smollm,
+        "--model",
+        &gemma,
+        "--weight",
+        "0",
+        "--threads",
+        "1",
+        "--max-tokens",
+        "2",
+        "--json",
+        "hi",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            v["members"][0]["weight"].as_f64(),
+            v["members"][1]["weight"].as_f64()
+        ),
+        (Some(1.0), Some(0.0))
+    );
     let none = fails(&["generate", "hi"]);
     assert!(none.contains("at least one member"), "{none}");
     let long = "word ".repeat(100);
@@ -288,8 +319,8 @@ fn mistralrs_members_from_the_command_line() {
         err.contains("text.gguf") && err.contains("not a GGUF file"),
         "{err}"
     );
-    // llama.cpp-only settings on a mistral.rs member are refused with the reason; --threads
-    // applies to llama.cpp members only; --ctx caps the mistral.rs member's context.
+    // llama.cpp-only settings on a mistral.rs member are refused with the reason, in a config
+    // or as flags after its --model; --ctx caps the mistral.rs member's context.
     for (key, needle) in [
         ("threads = 2", "member[0].threads: mistral.rs members share"),
         (
@@ -304,17 +335,13 @@ fn mistralrs_members_from_the_command_line() {
         let err = fails(&["generate", "--config", config.to_str().unwrap(), "hi"]);
         assert!(err.contains(needle), "{key}: {err}");
     }
+    let threads = fails(&["generate", "--model", &mistral, "--threads", "1", "hi"]);
+    assert!(
+        threads.contains("member[0].threads: mistral.rs members share"),
+        "{threads}"
+    );
     let long = "word ".repeat(100);
-    let err = fails(&[
-        "generate",
-        "--model",
-        &mistral,
-        "--threads",
-        "1",
-        "--ctx",
-        "32",
-        &long,
-    ]);
+    let err = fails(&["generate", "--model", &mistral, "--ctx", "32", &long]);
     assert!(err.contains("longer than its context of 32"), "{err}");
     // `gac vocab` reads a mistral.rs member's vocabulary through mistral.rs.
     let out = succeeds(&["vocab", "--model", &mistral, "--model", &gemma, "--json"]);

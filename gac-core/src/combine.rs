@@ -149,6 +149,19 @@ pub enum WhenUnsure {
     Defer(usize),
 }
 
+/// When gated mode evaluates the members other than the gate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Schedule {
+    /// Only at the steps where the gate is unsure; a skipped member catches up on everything it
+    /// missed in one batch. Right when members share a device with the gate.
+    #[default]
+    Lazy,
+    /// Every step, beside the gate, one token at a time; their distributions are used only where
+    /// the gate is unsure. The latency of the average without catch-up spikes, for members with
+    /// devices of their own.
+    Eager,
+}
+
 /// How members are combined at each step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {

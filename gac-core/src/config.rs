@@ -17,13 +17,14 @@
 //! member = 0
 //! threshold = 0.5
 //! when_unsure = "average"   # or "member:1"
+//! schedule = "lazy"         # or "eager" (default: eager when each member has its own GPU)
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::combine::{Mode, WhenUnsure};
+use crate::combine::{Mode, Schedule, WhenUnsure};
 use crate::{Error, Result};
 
 /// A whole ensemble: its members and, optionally, a gate.
@@ -101,6 +102,8 @@ pub struct GateConfig {
     /// `average` (default) or `member:K`.
     #[serde(default = "average")]
     pub when_unsure: String,
+    /// `lazy` or `eager` (default: eager when every member has a GPU of its own, else lazy).
+    pub schedule: Option<String>,
 }
 
 fn average() -> String {
@@ -195,7 +198,31 @@ impl EnsembleConfig {
         if self.members.iter().all(|m| m.weight == 0.0) {
             return Err(Error::config("weights", "all weights are 0"));
         }
+        self.schedule()?;
         self.mode().map(|_| ())
+    }
+
+    /// When gated mode evaluates the non-gate members: the `[gate]`'s `schedule`, or by default
+    /// eager when every member is pinned to a GPU of its own (they decode in parallel), lazy
+    /// otherwise (members that share a device would only slow the gate down).
+    pub fn schedule(&self) -> Result<Schedule> {
+        match self.gate.as_ref().and_then(|g| g.schedule.as_deref()) {
+            Some("lazy") => Ok(Schedule::Lazy),
+            Some("eager") => Ok(Schedule::Eager),
+            Some(other) => Err(Error::config(
+                "schedule",
+                format!("'{other}' is neither 'lazy' nor 'eager'"),
+            )),
+            None => {
+                let mut gpus: Vec<i32> = self.members.iter().filter_map(|m| m.gpu).collect();
+                gpus.sort_unstable();
+                gpus.dedup();
+                Ok(match gpus.len() == self.members.len() {
+                    true => Schedule::Eager,
+                    false => Schedule::Lazy,
+                })
+            }
+        }
     }
 
     /// The member weights, in order.
@@ -286,6 +313,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.weights(), [1.0, 0.5]);
+        assert_eq!(c.schedule().unwrap(), Schedule::Lazy, "member 1 has no GPU");
+        let mut c2 = c.clone();
+        c2.members[1].gpu = Some(1);
+        assert_eq!(c2.schedule().unwrap(), Schedule::Eager, "a GPU each");
+        c2.members[1].gpu = Some(0);
+        assert_eq!(c2.schedule().unwrap(), Schedule::Lazy, "one shared GPU");
+        c2.gate.as_mut().unwrap().schedule = Some("eager".into());
+        assert_eq!(c2.schedule().unwrap(), Schedule::Eager);
         assert_eq!(c.members[0].runtime, RuntimeKind::LlamaCpp);
         assert_eq!(c.members[1].runtime, RuntimeKind::MistralRs);
         assert_eq!(
@@ -314,6 +349,10 @@ mod tests {
             (
                 "[[member]]\npath='a'\n[gate]\nmember=0\nthreshold=0.5\nwhen_unsure='x'",
                 "when_unsure",
+            ),
+            (
+                "[[member]]\npath='a'\n[gate]\nmember=0\nthreshold=0.5\nschedule='soon'",
+                "schedule: 'soon'",
             ),
             ("[[member]]\npath='a'\nweigth=1", "weigth"),
             ("[[member]]\npath='a'\nruntime='vllm'", "vllm"),

@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
-use crate::combine::{scatter_add, softmax, Mode, WhenUnsure};
+use crate::combine::{scatter_add, softmax, Mode, Schedule, WhenUnsure};
 use crate::member::Member;
 use crate::pick::{PickConfig, Picker};
 use crate::text::{find_stop, held_back, Utf8Stream};
@@ -33,6 +33,8 @@ pub struct GenerateOptions {
     /// "Determine-Then-Ensemble" / UniTE, 2024) instead of the full distributions; tokens below
     /// probability 1e-4 never enter. `None` combines everything.
     pub union_top_k: Option<usize>,
+    /// When gated mode evaluates the non-gate members (ignored in average mode).
+    pub schedule: Schedule,
 }
 
 impl Default for GenerateOptions {
@@ -43,6 +45,7 @@ impl Default for GenerateOptions {
             pick: PickConfig::default(),
             chat: false,
             union_top_k: None,
+            schedule: Schedule::Lazy,
         }
     }
 }
@@ -310,6 +313,7 @@ impl Ensemble {
                 top: Vec::new(),
                 step_weights: Vec::new(),
                 union_top_k: options.union_top_k,
+                schedule: options.schedule,
                 picker: Picker::new(options.pick),
                 stats: Stats::default(),
             };
@@ -585,6 +589,8 @@ struct Run<'a> {
     top: Vec<(f32, u32)>,
     /// Combine only each member's k most probable tokens.
     union_top_k: Option<usize>,
+    /// When gated mode evaluates the non-gate members.
+    schedule: Schedule,
     /// This step's normalized weights, parallel to the members combined.
     step_weights: Vec<f32>,
     picker: Picker,
@@ -738,7 +744,9 @@ impl Run<'_> {
                 threshold,
                 when_unsure,
             } => {
-                self.evaluate(&[gate])?;
+                let eager = self.schedule == Schedule::Eager;
+                let gate_only = [gate];
+                self.evaluate(if eager { all } else { &gate_only })?;
                 let top = self.workers[gate].top;
                 let confident = top > threshold;
                 let which: Vec<usize> = match (confident, when_unsure) {
@@ -746,11 +754,13 @@ impl Run<'_> {
                     (false, WhenUnsure::Average) => all.to_vec(),
                     (false, WhenUnsure::Defer(k)) => vec![k],
                 };
-                let rest: Vec<usize> = which.iter().copied().filter(|&i| i != gate).collect();
-                for i in all.iter().filter(|i| !which.contains(i)) {
-                    self.workers[*i].send_idle()?;
+                if !eager {
+                    let rest: Vec<usize> = which.iter().copied().filter(|&i| i != gate).collect();
+                    for i in all.iter().filter(|i| !which.contains(i)) {
+                        self.workers[*i].send_idle()?;
+                    }
+                    self.evaluate(&rest)?;
                 }
-                self.evaluate(&rest)?;
                 (which, !confident, Some(top))
             }
         };
@@ -1046,6 +1056,36 @@ mod tests {
             // Member b was skipped (or not) but its context still spells everything.
             let spelled: String = g.member_ids[1].iter().map(|&id| B[id as usize]).collect();
             assert_eq!(spelled, "hello world");
+        }
+    }
+
+    #[test]
+    fn eager_gated_evaluates_every_member_each_step_and_uses_them_when_unsure() {
+        for threshold in [0.0, 0.5, 1.0] {
+            let mode = Mode::Gated {
+                gate: 0,
+                threshold,
+                when_unsure: WhenUnsure::Average,
+            };
+            let [lazy, eager] = [Schedule::Lazy, Schedule::Eager].map(|schedule| {
+                let mut a = ScriptedMember::new("a", A, "hello world");
+                a.unsure_every = Some(2);
+                let b = ScriptedMember::new("b", B, "hello world");
+                let opts = GenerateOptions {
+                    schedule,
+                    ..Default::default()
+                };
+                run(vec![boxed(a), boxed(b)], mode, &opts).unwrap().0
+            });
+            assert_eq!(eager.text, "hello world");
+            assert_eq!(eager.tokens, lazy.tokens, "t = {threshold}");
+            assert_eq!(eager.stats.ensembled_steps, lazy.stats.ensembled_steps);
+            // Eager: member b is evaluated at every step, lazily only where the gate is unsure.
+            assert_eq!(eager.stats.members[1].decode_evals + 1, eager.stats.steps);
+            assert!(
+                lazy.stats.members[1].decode_evals < eager.stats.members[1].decode_evals
+                    || threshold == 1.0
+            );
         }
     }
 

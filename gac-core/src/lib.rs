@@ -29,7 +29,7 @@ pub mod tokenizer_json;
 pub mod union;
 pub mod vocab;
 
-pub use combine::{Mode, WhenUnsure};
+pub use combine::{Mode, Schedule, WhenUnsure};
 pub use ensemble::{Ensemble, Finish, GenerateOptions, Generation, Stats, StepStats};
 pub use error::{Error, Result};
 pub use member::Member;

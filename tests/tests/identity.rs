@@ -1,7 +1,7 @@
 //! Ensembles that must reproduce a single model's greedy output exactly, token for token.
 
 use gac_core::vocab::Token;
-use gac_core::{Ensemble, GenerateOptions, Member, Mode, WhenUnsure};
+use gac_core::{Ensemble, GenerateOptions, Generation, Member, Mode, Schedule, WhenUnsure};
 use gac_llamacpp::{LlamaMember, LlamaOptions};
 use gac_tests::{argmax_logit, asset, boxed, member, reference_greedy, GEMMA, PROMPTS, SMOLLM};
 
@@ -15,10 +15,18 @@ fn options() -> GenerateOptions {
 }
 
 fn ensemble_ids(models: &[&str], mode: Mode, prompt: &str) -> (Vec<Vec<u32>>, Vec<u8>) {
+    let g = generate(models, mode, Schedule::Lazy, prompt);
+    (g.member_ids, g.bytes)
+}
+
+fn generate(models: &[&str], mode: Mode, schedule: Schedule, prompt: &str) -> Generation {
     let members = boxed(models.iter().map(|m| member(m)).collect());
     let mut ensemble = Ensemble::new(members, None, mode).unwrap();
-    let g = ensemble.generate(prompt, &options(), &mut |_| {}).unwrap();
-    (g.member_ids, g.bytes)
+    let options = GenerateOptions {
+        schedule,
+        ..options()
+    };
+    ensemble.generate(prompt, &options, &mut |_| {}).unwrap()
 }
 
 fn one_member_is_the_model_itself(model: &str) {
@@ -73,6 +81,42 @@ fn gate_threshold_zero_is_the_gate_and_one_is_the_average() {
             String::from_utf8_lossy(&average),
             "{prompt:?}"
         );
+    }
+}
+
+#[test]
+fn eager_gated_is_the_gate_at_zero_and_the_average_at_one() {
+    // The eager schedule evaluates every member at every step, one token at a time: at t = 0
+    // the gate alone decides (its own greedy output), at t = 1 it is exactly the average.
+    let gated = |threshold| Mode::Gated {
+        gate: 1,
+        threshold,
+        when_unsure: WhenUnsure::Average,
+    };
+    for prompt in &PROMPTS[..3] {
+        let g = generate(&[SMOLLM, GEMMA], gated(0.0), Schedule::Eager, prompt);
+        assert_eq!(
+            g.member_ids[1],
+            reference_greedy(GEMMA, prompt, TOKENS),
+            "{prompt:?}"
+        );
+        assert_eq!(
+            g.stats.members[0].decode_evals + 1,
+            g.stats.steps,
+            "SmolLM2 ran every step"
+        );
+        let average = generate(&[SMOLLM, GEMMA], Mode::Average, Schedule::Lazy, prompt);
+        let all = generate(&[SMOLLM, GEMMA], gated(1.0), Schedule::Eager, prompt);
+        assert_eq!(all.tokens, average.tokens, "{prompt:?}");
+        let half = generate(&[SMOLLM, GEMMA], gated(0.5), Schedule::Eager, prompt);
+        assert_eq!(
+            half.tokens,
+            generate(&[SMOLLM, GEMMA], gated(0.5), Schedule::Eager, prompt).tokens
+        );
+        for (i, ids) in half.member_ids.iter().enumerate() {
+            let vocab = gac_llamacpp::load_vocab(&asset([SMOLLM, GEMMA][i])).unwrap();
+            assert_eq!(vocab.decode(ids), half.bytes, "member {i} on {prompt:?}");
+        }
     }
 }
 

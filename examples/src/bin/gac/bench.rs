@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use gac_core::config::RuntimeKind;
-use gac_core::{Ensemble, GenerateOptions, Member, Mode, Stats, WhenUnsure};
+use gac_core::{Ensemble, GenerateOptions, Member, Mode, Schedule, Stats, WhenUnsure};
 use gac_llamacpp::{LlamaMember, LlamaOptions};
 use mistralrs_core::{MistralRs, NormalRequest, Request, RequestMessage, Response, SamplingParams};
 
@@ -108,9 +108,16 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-fn run(ensemble: &mut Ensemble, name: &str, prompts: &[String], tokens: usize) -> Result<Row> {
+fn run(
+    ensemble: &mut Ensemble,
+    name: &str,
+    prompts: &[String],
+    tokens: usize,
+    schedule: Schedule,
+) -> Result<Row> {
     let options = GenerateOptions {
         max_tokens: tokens,
+        schedule,
         ..GenerateOptions::default()
     };
     eprintln!("gac bench: {name} ...");
@@ -180,6 +187,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             &format!("{} alone", names[i]),
             &prompts,
             args.tokens,
+            Schedule::Lazy,
         )?);
         alone.extend(e.into_members());
     }
@@ -190,6 +198,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "average ensemble",
             &prompts,
             args.tokens,
+            Schedule::Lazy,
         )?);
         for &t in &args.thresholds {
             ensemble.set_mode(Mode::Gated {
@@ -197,12 +206,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 threshold: t,
                 when_unsure: WhenUnsure::Average,
             })?;
-            rows.push(run(
-                &mut ensemble,
-                &format!("gated ensemble, gate {}, t = {t}", names[0]),
-                &prompts,
-                args.tokens,
-            )?);
+            for (schedule, label) in [(Schedule::Lazy, "lazy"), (Schedule::Eager, "eager")] {
+                rows.push(run(
+                    &mut ensemble,
+                    &format!("gated ensemble ({label}), gate {}, t = {t}", names[0]),
+                    &prompts,
+                    args.tokens,
+                    schedule,
+                )?);
+            }
         }
     }
     let slowest_alone = rows[..names.len()]

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gac_core::config::{EnsembleConfig, RuntimeKind};
-use gac_core::{Ensemble, GenerateOptions, Member, Mode, WhenUnsure};
+use gac_core::{Ensemble, GenerateOptions, Member, Mode, Schedule, WhenUnsure};
 use gac_examples::eval::plot::svg;
 use gac_examples::eval::{
     extract, fingerprint, is_correct, letter_skew, load_task, points, sample, table, Record,
@@ -159,6 +159,7 @@ struct Config {
     members: Vec<usize>,
     weights: Option<Vec<f32>>,
     mode: Mode,
+    schedule: Schedule,
     union_top_k: Option<usize>,
     setup: String,
 }
@@ -169,13 +170,19 @@ fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result<Vec<Config
     let n = config.members.len();
     let all: Vec<usize> = (0..n).collect();
     let weights = Some(config.weights());
+    let (own, own_schedule) = (config.mode()?, config.schedule()?);
     let make = |name: String, members: Vec<usize>, weights: Option<Vec<f32>>, mode, top_k| {
-        let setup = setup_fingerprint(config, &members, &weights, mode, top_k, args);
+        let schedule = match mode == own {
+            true => own_schedule,
+            false => Schedule::Lazy,
+        };
+        let setup = setup_fingerprint(config, &members, &weights, (mode, schedule), top_k, args);
         Config {
             name,
             members,
             weights,
             mode,
+            schedule,
             union_top_k: top_k,
             setup,
         }
@@ -219,7 +226,6 @@ fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result<Vec<Config
                 when_unsure: WhenUnsure::Average,
             })
             .collect();
-        let own = config.mode()?;
         if own != Mode::Average && !gated.contains(&own) {
             gated.push(own);
         }
@@ -258,7 +264,7 @@ fn setup_fingerprint(
     config: &EnsembleConfig,
     members: &[usize],
     weights: &Option<Vec<f32>>,
-    mode: Mode,
+    mode: (Mode, Schedule),
     union_top_k: Option<usize>,
     args: &EvalArgs,
 ) -> String {
@@ -299,6 +305,7 @@ fn run_config(
         max_tokens: args.max_tokens,
         stop: STOPS.iter().map(|s| s.to_string()).collect(),
         union_top_k: config.union_top_k,
+        schedule: config.schedule,
         ..GenerateOptions::default()
     };
     let (name, setup) = (config.name.as_str(), config.setup.as_str());

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use gac_core::config::{parse_when_unsure, EnsembleConfig, GateConfig, MemberConfig, RuntimeKind};
 use gac_core::{Ensemble, GenerateOptions, Generation, Member, PickConfig, Union};
 use gac_llamacpp::{LlamaMember, LlamaOptions};
@@ -39,6 +39,9 @@ enum Command {
     /// Few-shot generative evaluation (accuracy per task) of each member alone, the average and
     /// gated ensembles; results are resumable JSON lines plus a markdown table.
     Eval(eval::EvalArgs),
+    /// Show the llama.cpp that gac runs on (version, static or shared libraries) and the devices
+    /// it sees.
+    Info,
 }
 
 #[derive(Args, Debug)]
@@ -61,7 +64,7 @@ pub(crate) struct MemberArgs {
 struct GenerateArgs {
     #[command(flatten)]
     members: MemberArgs,
-    /// Weight of each member in the average, in member order (default: equal).
+    /// Weight of the member whose --model it follows, in the average (default: equal).
     #[arg(
         long = "weight",
         value_name = "W",
@@ -84,6 +87,11 @@ struct GenerateArgs {
     /// What to do when the gate is unsure: `average` all members, or `member:K` alone.
     #[arg(long, value_name = "HOW", default_value = "average", requires = "gate")]
     when_unsure: String,
+    /// When the other members are evaluated: `lazy` (only where the gate is unsure, catching up
+    /// in one batch) or `eager` (every step, beside the gate). Default: eager when every member
+    /// has a GPU of its own, else lazy.
+    #[arg(long, value_name = "WHEN", requires = "gate")]
+    schedule: Option<String>,
     /// Sampling temperature; 0 picks the most probable token (greedy).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
@@ -112,16 +120,21 @@ struct GenerateArgs {
     /// Print one JSON object with the text and the statistics instead of streaming.
     #[arg(long)]
     json: bool,
-    /// CPU threads per llama.cpp member (default: the cores divided among the members;
-    /// mistral.rs members share one pool, sized by RAYON_NUM_THREADS).
-    #[arg(long, value_name = "N")]
-    threads: Option<i32>,
-    /// Pin members to GPUs, in member order (repeatable; needs a build with --features cuda).
+    /// CPU threads of the llama.cpp member whose --model it follows (default: the cores divided
+    /// among the members; mistral.rs members share one pool, sized by RAYON_NUM_THREADS).
+    #[arg(long = "threads", value_name = "N", conflicts_with = "config")]
+    threads: Vec<i32>,
+    /// Pin the member whose --model it follows to this GPU (needs a GPU build of llama.cpp).
     #[arg(long = "gpu", value_name = "INDEX", conflicts_with = "config")]
     gpus: Vec<i32>,
-    /// Context window per member, in tokens (default: the model's, at most 4096).
-    #[arg(long = "ctx", value_name = "TOKENS")]
-    context: Option<u32>,
+    /// Layers of the llama.cpp member whose --model it follows to offload to its GPU (default:
+    /// all).
+    #[arg(long = "gpu-layers", value_name = "N", conflicts_with = "config")]
+    gpu_layers: Vec<u32>,
+    /// Context window of the member whose --model it follows, in tokens (default: the model's,
+    /// at most 4096).
+    #[arg(long = "ctx", value_name = "TOKENS", conflicts_with = "config")]
+    contexts: Vec<u32>,
     /// The prompt; `-` reads it from stdin.
     prompt: String,
 }
@@ -166,51 +179,68 @@ pub(crate) fn member_flag(flag: &Path) -> Result<MemberConfig> {
     Ok(MemberConfig::new(flag))
 }
 
-impl TryFrom<&GenerateArgs> for EnsembleConfig {
-    type Error = anyhow::Error;
+/// Which member each occurrence of a per-member flag belongs to: the last `--model` before it.
+/// `positions` are the command-line indices of the `--model` flags, in order.
+fn owners(flag: &str, at: &[usize], positions: &[usize]) -> Result<Vec<usize>> {
+    let mut owners: Vec<usize> = Vec::with_capacity(at.len());
+    for &i in at {
+        let Some(member) = positions.iter().rposition(|&m| m < i) else {
+            bail!("invalid {flag}: it comes before the first --model (per-member flags follow the model they apply to)");
+        };
+        if owners.contains(&member) {
+            bail!("invalid {flag}: given twice for member {member}");
+        }
+        owners.push(member);
+    }
+    Ok(owners)
+}
 
+/// The command-line positions of a flag's values (empty when it is not given).
+fn indices(matches: &clap::ArgMatches, id: &str) -> Vec<usize> {
+    matches
+        .indices_of(id)
+        .map_or_else(Vec::new, Iterator::collect)
+}
+
+impl GenerateArgs {
     /// All validation of the generate flags happens here, before any model is loaded.
-    fn try_from(args: &GenerateArgs) -> Result<Self> {
-        let mut config = args.members.config()?;
+    /// `matches` are the subcommand's, for the positions of per-member flags.
+    fn ensemble_config(&self, matches: &clap::ArgMatches) -> Result<EnsembleConfig> {
+        let mut config = self.members.config()?;
+        let models = indices(matches, "models");
+        let bind = |flag: &str, id: &str| owners(flag, &indices(matches, id), &models);
+        for (m, w) in bind("--weight", "weights")?.into_iter().zip(&self.weights) {
+            config.members[m].weight = *w;
+        }
+        for (m, g) in bind("--gpu", "gpus")?.into_iter().zip(&self.gpus) {
+            config.members[m].gpu = Some(*g);
+        }
+        for (m, l) in bind("--gpu-layers", "gpu_layers")?
+            .into_iter()
+            .zip(&self.gpu_layers)
+        {
+            config.members[m].gpu_layers = Some(*l);
+        }
+        for (m, t) in bind("--threads", "threads")?.into_iter().zip(&self.threads) {
+            config.members[m].threads = Some(*t);
+        }
+        for (m, c) in bind("--ctx", "contexts")?.into_iter().zip(&self.contexts) {
+            config.members[m].context = Some(*c);
+        }
         let n = config.members.len();
-        if !args.weights.is_empty() {
-            if args.weights.len() != n {
-                bail!(
-                    "invalid --weight: {} weights given for {n} members",
-                    args.weights.len()
-                );
-            }
-            for (m, w) in config.members.iter_mut().zip(&args.weights) {
-                m.weight = *w;
-            }
-        }
-        if !args.gpus.is_empty() {
-            if args.gpus.len() > n {
-                bail!(
-                    "invalid --gpu: {} GPUs given for {n} members",
-                    args.gpus.len()
-                );
-            }
-            for (m, g) in config.members.iter_mut().zip(&args.gpus) {
-                m.gpu = Some(*g);
-            }
-        }
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as i32;
         for m in &mut config.members {
-            if m.runtime == RuntimeKind::LlamaCpp {
-                m.threads = args
-                    .threads
-                    .or(m.threads)
-                    .or(Some((cores / n.max(1) as i32).max(1)));
+            if m.runtime == RuntimeKind::LlamaCpp && m.threads.is_none() {
+                m.threads = Some((cores / n.max(1) as i32).max(1));
             }
-            m.context = args.context.or(m.context);
         }
-        if let Some(member) = args.gate {
-            parse_when_unsure(&args.when_unsure, n)?;
+        if let Some(member) = self.gate {
+            parse_when_unsure(&self.when_unsure, n)?;
             config.gate = Some(GateConfig {
                 member,
-                threshold: args.threshold,
-                when_unsure: args.when_unsure.clone(),
+                threshold: self.threshold,
+                when_unsure: self.when_unsure.clone(),
+                schedule: self.schedule.clone(),
             });
         }
         config.validate()?;
@@ -219,12 +249,26 @@ impl TryFrom<&GenerateArgs> for EnsembleConfig {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
-        Command::Generate(args) => generate(args),
+        Command::Generate(args) => {
+            let sub = matches
+                .subcommand_matches("generate")
+                .expect("the generate subcommand");
+            args.ensemble_config(sub)
+                .and_then(|config| generate(args, config))
+        }
         Command::Vocab(args) => vocab(args),
         Command::Bench(args) => bench::bench(args),
         Command::Eval(args) => eval::eval(args),
+        Command::Info => {
+            info();
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -233,6 +277,32 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn info() {
+    let info = gac_llamacpp::runtime_info();
+    let link = match info.dynamic {
+        true => "shared libraries (the ones found at run time)",
+        false => "built into gac",
+    };
+    println!("gac {}", env!("CARGO_PKG_VERSION"));
+    let matches = match info.version.starts_with(gac_llamacpp::LLAMA_CPP_VERSION) {
+        true => "matches the version gac was built against",
+        false => "NOT the version gac was built against",
+    };
+    println!(
+        "llama.cpp {} ({link}; {matches}, {})",
+        info.version,
+        gac_llamacpp::LLAMA_CPP_VERSION
+    );
+    println!(
+        "GPU offload: {}",
+        if info.gpu_offload { "yes" } else { "no" }
+    );
+    for (backend, name, description, memory) in &info.devices {
+        let gib = *memory as f64 / (1u64 << 30) as f64;
+        println!("device {name}: {description} ({backend}, {gib:.1} GiB)");
     }
 }
 
@@ -303,8 +373,7 @@ fn read_prompt(prompt: &str) -> Result<String> {
     Ok(text)
 }
 
-fn generate(args: GenerateArgs) -> Result<()> {
-    let config = EnsembleConfig::try_from(&args)?;
+fn generate(args: GenerateArgs, config: EnsembleConfig) -> Result<()> {
     let prompt = read_prompt(&args.prompt)?;
     if prompt.is_empty() {
         bail!("the prompt is empty");
@@ -320,6 +389,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         },
         chat: args.chat,
         union_top_k: args.union_top_k,
+        schedule: config.schedule()?,
     };
     options.pick.validate()?;
     let members = load_members(&config, args.json, false)?;
