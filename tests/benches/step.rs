@@ -10,57 +10,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use gac_core::combine::softmax;
 use gac_core::tokenizer_json::vocab_from_file;
 use gac_core::{Ensemble, GenerateOptions, Member, Mode, Union, Vocab};
-use gac_tests::{asset, GEMMA, SMOLLM};
-
-/// A member with a real vocabulary whose logits are fixed pseudo-random numbers.
-struct FixedMember {
-    vocab: Vocab,
-    logits: Vec<f32>,
-}
-
-impl FixedMember {
-    /// Uniform logits in [-10, 10]; `peaked` adds a head of 8 tokens well above the rest, the
-    /// shape of a language model's next-token distribution (a flat one is the worst case: no
-    /// head, so every step combines the full distributions).
-    fn new(vocab: Vocab, seed: u64, peaked: bool) -> Self {
-        let mut state = seed;
-        let mut logits: Vec<f32> = (0..vocab.len())
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 20.0 - 10.0
-            })
-            .collect();
-        if peaked {
-            let n = logits.len();
-            for k in 0..8 {
-                logits[(k * 7919 + 1000) % n] = 22.0 - k as f32;
-            }
-        }
-        Self { vocab, logits }
-    }
-}
-
-impl Member for FixedMember {
-    fn vocab(&self) -> &Vocab {
-        &self.vocab
-    }
-    fn encode(&self, text: &[u8]) -> gac_core::Result<Vec<u32>> {
-        let mut ids = Vec::new();
-        self.vocab.encode_bytes(text, &mut ids)?;
-        Ok(ids)
-    }
-    fn reset(&mut self) -> gac_core::Result<()> {
-        Ok(())
-    }
-    fn push(&mut self, _ids: &[u32]) -> gac_core::Result<()> {
-        Ok(())
-    }
-    fn logits(&mut self) -> gac_core::Result<&[f32]> {
-        Ok(&self.logits)
-    }
-}
+use gac_tests::{asset, FixedMember, GEMMA, SMOLLM};
 
 fn vocabs() -> Vec<Vocab> {
     vec![

@@ -275,3 +275,80 @@ fn mistral_greedy(
         .collect();
     (prompt, generated)
 }
+
+/// A member with a real vocabulary whose "model" costs nothing: its logits are pseudo-random
+/// numbers fixed by a seed (and, with `vary`, by the context length, so that every step differs).
+/// Used by the step benchmark and the pinned-selection test.
+pub struct FixedMember {
+    vocab: Vocab,
+    /// The logits at the start (uniform in [-10, 10], with a head of 8 tokens if peaked).
+    pub logits: Vec<f32>,
+    varied: Vec<f32>,
+    vary: bool,
+    context: usize,
+}
+
+impl FixedMember {
+    /// Uniform logits in [-10, 10]; `peaked` adds a head of 8 tokens well above the rest, the
+    /// shape of a language model's next-token distribution (a flat one is the worst case: no
+    /// head, so every step combines the full distributions).
+    pub fn new(vocab: Vocab, seed: u64, peaked: bool) -> Self {
+        let mut state = seed;
+        let mut logits: Vec<f32> = (0..vocab.len())
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 20.0 - 10.0
+            })
+            .collect();
+        if peaked {
+            let n = logits.len();
+            for k in 0..8 {
+                logits[(k * 7919 + 1000) % n] = 22.0 - k as f32;
+            }
+        }
+        Self {
+            vocab,
+            varied: logits.clone(),
+            logits,
+            vary: false,
+            context: 0,
+        }
+    }
+
+    /// Rotates the logits by the context length at every evaluation.
+    pub fn varying(mut self) -> Self {
+        self.vary = true;
+        self
+    }
+}
+
+impl Member for FixedMember {
+    fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+    fn encode(&self, text: &[u8]) -> gac_core::Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        self.vocab.encode_bytes(text, &mut ids)?;
+        Ok(ids)
+    }
+    fn reset(&mut self) -> gac_core::Result<()> {
+        self.context = 0;
+        Ok(())
+    }
+    fn push(&mut self, ids: &[u32]) -> gac_core::Result<()> {
+        self.context += ids.len();
+        Ok(())
+    }
+    fn logits(&mut self) -> gac_core::Result<&[f32]> {
+        if !self.vary {
+            return Ok(&self.logits);
+        }
+        let n = self.logits.len();
+        let shift = (self.context * 7_919) % n;
+        self.varied[..n - shift].copy_from_slice(&self.logits[shift..]);
+        self.varied[n - shift..].copy_from_slice(&self.logits[..shift]);
+        Ok(&self.varied)
+    }
+}
