@@ -1,0 +1,245 @@
+//! The generation loop: prompt, steps, stop rules, streaming and per-step statistics.
+//!
+//! Each member lives on its own thread for the length of a generation. A step sends "evaluate"
+//! to the members it needs (all of them, or the gate first), each worker evaluates its pending
+//! tokens and computes its softmax while the others run, and the loop combines, picks, and queues
+//! the chosen token for every member in that member's own ids. A member that fails or panics
+//! ends the generation with its error; the others see their channel close and stop.
+mod run;
+#[cfg(test)]
+mod tests;
+mod types;
+mod worker;
+
+use std::sync::mpsc::channel;
+use std::time::Instant;
+
+use crate::combine::{Mode, WhenUnsure};
+use crate::member::Member;
+use crate::pick::Picker;
+use crate::union::Union;
+use crate::{Error, Result};
+
+pub use types::{Finish, GenerateOptions, Generation, MemberStats, Stats, StepStats};
+
+use run::Run;
+use worker::{worker, Dist, Worker};
+
+/// Members, their union vocabulary and how they are combined.
+pub struct Ensemble {
+    members: Vec<Box<dyn Member>>,
+    weights: Vec<f32>,
+    mode: Mode,
+    union: Union,
+}
+
+impl Ensemble {
+    /// Builds an ensemble. `weights` (one per member, >= 0, not all 0) default to equal.
+    pub fn new(
+        members: Vec<Box<dyn Member>>,
+        weights: Option<Vec<f32>>,
+        mode: Mode,
+    ) -> Result<Self> {
+        if members.is_empty() {
+            return Err(Error::NoMembers);
+        }
+        let n = members.len();
+        let weights = weights.unwrap_or_else(|| vec![1.0; n]);
+        validate_weights(&weights, n)?;
+        validate_mode(&mode, n)?;
+        let vocabs: Vec<_> = members.iter().map(|m| m.vocab()).collect();
+        let union = Union::build(&vocabs)?;
+        Ok(Self {
+            members,
+            weights,
+            mode,
+            union,
+        })
+    }
+
+    /// The union vocabulary.
+    pub fn union(&self) -> &Union {
+        &self.union
+    }
+
+    /// The members, in order.
+    pub fn members(&self) -> &[Box<dyn Member>] {
+        &self.members
+    }
+
+    /// Takes the members back (to reuse them in another ensemble).
+    pub fn into_members(self) -> Vec<Box<dyn Member>> {
+        self.members
+    }
+
+    /// How members are combined.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Changes how members are combined (validated).
+    pub fn set_mode(&mut self, mode: Mode) -> Result<()> {
+        validate_mode(&mode, self.members.len())?;
+        self.mode = mode;
+        Ok(())
+    }
+
+    /// Generates from `prompt`, calling `on_text` with each piece of text as it becomes final.
+    pub fn generate(
+        &mut self,
+        prompt: &str,
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
+        options.pick.validate()?;
+        if options.union_top_k == Some(0) {
+            return Err(Error::config(
+                "union_top_k",
+                "0 keeps no token (use at least 1)",
+            ));
+        }
+        if prompt.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let start = Instant::now();
+        let mut prompt_lens = Vec::with_capacity(self.members.len());
+        for member in &mut self.members {
+            let ids = match options.chat.then(|| member.encode_chat(prompt)).flatten() {
+                Some(ids) => ids?,
+                None => member.encode_prompt(prompt)?,
+            };
+            if ids.is_empty() {
+                return Err(Error::EmptyPrompt);
+            }
+            if let Some(context) = member.context_size() {
+                if ids.len() >= context {
+                    return Err(Error::PromptTooLong {
+                        member: member.name().to_string(),
+                        tokens: ids.len(),
+                        context,
+                    });
+                }
+            }
+            member.reset()?;
+            member.push(&ids)?;
+            prompt_lens.push(ids.len());
+        }
+        let (weights, mode, union) = (&self.weights, self.mode, &self.union);
+        let result = std::thread::scope(|scope| {
+            let mut workers = Vec::with_capacity(self.members.len());
+            for member in self.members.iter_mut() {
+                let (cmd_tx, cmd_rx) = channel();
+                let (reply_tx, reply_rx) = channel();
+                let name = member.name().to_string();
+                let vocab_len = member.vocab().len();
+                scope.spawn(move || worker(member.as_mut(), cmd_rx, reply_tx));
+                workers.push(Worker {
+                    name,
+                    tx: cmd_tx,
+                    rx: reply_rx,
+                    dist: Some(Dist {
+                        probs: vec![0.0; vocab_len],
+                        head: Vec::new(),
+                    }),
+                    top: 0.0,
+                    pending: Vec::new(),
+                });
+            }
+            let mut run = Run {
+                workers,
+                weights,
+                mode,
+                union,
+                acc: vec![0.0; union.len() + 1],
+                touched: Vec::new(),
+                top: Vec::new(),
+                step_weights: Vec::new(),
+                union_top_k: options.union_top_k,
+                schedule: options.schedule,
+                picker: Picker::new(options.pick),
+                stats: Stats::default(),
+            };
+            let result = run.generate(options, on_text);
+            // After an error or a full context there is nothing consistent to flush.
+            let member_ids = match &result {
+                Ok((.., Finish::ContextFull)) | Err(_) => Ok(vec![Vec::new(); run.workers.len()]),
+                Ok(_) => run.flush(),
+            };
+            // Dropping the workers' channels ends their threads.
+            let Run {
+                workers, mut stats, ..
+            } = run;
+            drop(workers);
+            let (text, bytes, tokens, finish) = result?;
+            let member_ids = member_ids?;
+            stats.total_time = start.elapsed();
+            for (s, len) in stats.members.iter_mut().zip(&prompt_lens) {
+                s.prompt_tokens = *len;
+            }
+            Ok(Generation {
+                text,
+                bytes,
+                tokens,
+                member_ids,
+                finish,
+                stats,
+            })
+        });
+        for member in &mut self.members {
+            member.finish();
+        }
+        result
+    }
+}
+
+fn validate_weights(weights: &[f32], n: usize) -> Result<()> {
+    if weights.len() != n {
+        return Err(Error::config(
+            "weights",
+            format!("{} weights given for {n} members", weights.len()),
+        ));
+    }
+    for (i, w) in weights.iter().enumerate() {
+        if !w.is_finite() || *w < 0.0 {
+            return Err(Error::config(
+                format!("member[{i}].weight"),
+                format!("{w} is not a number >= 0"),
+            ));
+        }
+    }
+    if weights.iter().sum::<f32>() <= 0.0 {
+        return Err(Error::config("weights", "all weights are 0"));
+    }
+    Ok(())
+}
+
+fn validate_mode(mode: &Mode, n: usize) -> Result<()> {
+    if let Mode::Gated {
+        gate,
+        threshold,
+        when_unsure,
+    } = *mode
+    {
+        if gate >= n {
+            return Err(Error::config(
+                "gate",
+                format!("member {gate} does not exist (members are 0..{})", n - 1),
+            ));
+        }
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(Error::config(
+                "threshold",
+                format!("{threshold} is outside [0, 1]"),
+            ));
+        }
+        if let WhenUnsure::Defer(k) = when_unsure {
+            if k >= n {
+                return Err(Error::config(
+                    "when_unsure",
+                    format!("member {k} does not exist (members are 0..{})", n - 1),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,382 @@
+//! Unit tests of the step loop on scripted members.
+
+use super::*;
+use crate::combine::Schedule;
+use crate::pick::PickConfig;
+use crate::testutil::ScriptedMember;
+
+const A: &[&str] = &[
+    "<end>",
+    "h",
+    "e",
+    "l",
+    "o",
+    " ",
+    "w",
+    "r",
+    "d",
+    "he",
+    "llo",
+    " world",
+    "<special>",
+];
+const B: &[&str] = &[
+    "<special>",
+    "h",
+    "e",
+    "l",
+    "o",
+    " ",
+    "w",
+    "r",
+    "d",
+    "hel",
+    "lo",
+    " wor",
+    "ld",
+    "<end>",
+];
+
+/// Two members over different vocabularies with pseudo-random logits (near-ties common).
+fn noisy_pair(seed: u64) -> Vec<Box<dyn Member>> {
+    let mut a = ScriptedMember::new("a", A, "");
+    a.noise = Some(seed);
+    let mut b = ScriptedMember::new("b", B, "");
+    b.noise = Some(seed + 100);
+    vec![boxed(a), boxed(b)]
+}
+
+fn boxed(m: ScriptedMember) -> Box<dyn Member> {
+    Box::new(m)
+}
+
+/// Both options pick the same tokens on `seeds` noisy member pairs.
+fn assert_same_tokens_on_noisy_pairs(seeds: u64, a: &GenerateOptions, b: &GenerateOptions) {
+    for seed in 0..seeds {
+        let (g1, _) = run(noisy_pair(seed), Mode::Average, a).unwrap();
+        let (g2, _) = run(noisy_pair(seed), Mode::Average, b).unwrap();
+        assert_eq!(g1.tokens, g2.tokens, "seed {seed}");
+    }
+}
+
+fn run(
+    members: Vec<Box<dyn Member>>,
+    mode: Mode,
+    opts: &GenerateOptions,
+) -> Result<(Generation, String)> {
+    let mut e = Ensemble::new(members, None, mode)?;
+    let mut streamed = String::new();
+    let g = e.generate("hello", opts, &mut |s| streamed.push_str(s))?;
+    Ok((g, streamed))
+}
+
+#[test]
+fn two_vocabularies_spell_the_target_and_contexts_agree() {
+    let a = ScriptedMember::new("a", A, "hello world");
+    let b = ScriptedMember::new("b", B, "hello world");
+    let (g, streamed) = run(
+        vec![boxed(a), boxed(b)],
+        Mode::Average,
+        &GenerateOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(g.text, "hello world");
+    assert_eq!(streamed, "hello world");
+    assert_eq!(g.finish, Finish::End);
+    assert_eq!(g.bytes, b"hello world");
+    for (i, ids) in g.member_ids.iter().enumerate() {
+        let vocab = if i == 0 { A } else { B };
+        let spelled: String = ids.iter().map(|&id| vocab[id as usize]).collect();
+        assert_eq!(spelled, "hello world", "member {i}");
+    }
+    assert_eq!(g.stats.steps, g.stats.tokens + 1);
+    assert_eq!(g.stats.ensembled_steps, g.stats.steps);
+}
+
+#[test]
+fn greedy_on_heads_equals_dense_argmax() {
+    // Sampling with top-k 1 always takes the dense path and picks the same argmax.
+    let greedy = GenerateOptions {
+        max_tokens: 30,
+        ..Default::default()
+    };
+    let dense = GenerateOptions {
+        pick: PickConfig {
+            temperature: 1.0,
+            top_k: 1,
+            ..PickConfig::default()
+        },
+        ..greedy.clone()
+    };
+    assert_same_tokens_on_noisy_pairs(20, &greedy, &dense);
+}
+
+#[test]
+fn top_k_union_of_one_is_each_members_own_top_token_voted() {
+    // With k = 1 only each member's favourite enters; two members who agree on the target
+    // still write it, and k = 0 is rejected.
+    let a = ScriptedMember::new("a", A, "hello world");
+    let b = ScriptedMember::new("b", B, "hello world");
+    let opts = GenerateOptions {
+        union_top_k: Some(1),
+        ..Default::default()
+    };
+    let (g, _) = run(vec![boxed(a), boxed(b)], Mode::Average, &opts).unwrap();
+    assert_eq!(g.text, "hello world");
+    let a = ScriptedMember::new("a", A, "hello world");
+    let opts = GenerateOptions {
+        union_top_k: Some(0),
+        ..Default::default()
+    };
+    assert!(run(vec![boxed(a)], Mode::Average, &opts).is_err());
+    // On noisy members, top-k with k >= the vocabulary equals the full union's argmax.
+    let full = GenerateOptions {
+        max_tokens: 20,
+        ..Default::default()
+    };
+    let topk = GenerateOptions {
+        union_top_k: Some(64),
+        ..full.clone()
+    };
+    assert_same_tokens_on_noisy_pairs(10, &full, &topk);
+}
+
+#[test]
+fn stop_string_and_max_tokens() {
+    let a = ScriptedMember::new("a", A, "hello world");
+    let opts = GenerateOptions {
+        stop: vec![" wo".into()],
+        ..Default::default()
+    };
+    let (g, streamed) = run(vec![boxed(a)], Mode::Average, &opts).unwrap();
+    assert_eq!(
+        (g.text.as_str(), streamed.as_str(), g.finish),
+        ("hello", "hello", Finish::Stop)
+    );
+    let a = ScriptedMember::new("a", A, "hello world");
+    let opts = GenerateOptions {
+        max_tokens: 2,
+        ..Default::default()
+    };
+    let (g, _) = run(vec![boxed(a)], Mode::Average, &opts).unwrap();
+    assert_eq!((g.text.as_str(), g.finish), ("hello", Finish::MaxTokens));
+}
+
+#[test]
+fn gate_threshold_zero_never_ensembles_and_one_always_does() {
+    for threshold in [0.0, 1.0] {
+        let a = ScriptedMember::new("a", A, "hello world");
+        let b = ScriptedMember::new("b", B, "hello world");
+        let mode = Mode::Gated {
+            gate: 0,
+            threshold,
+            when_unsure: WhenUnsure::Average,
+        };
+        let (g, _) = run(vec![boxed(a), boxed(b)], mode, &GenerateOptions::default()).unwrap();
+        assert_eq!(g.text, "hello world");
+        let want = if threshold == 0.0 { 0 } else { g.stats.steps };
+        assert_eq!(g.stats.ensembled_steps, want);
+        // Member b was skipped (or not) but its context still spells everything.
+        let spelled: String = g.member_ids[1].iter().map(|&id| B[id as usize]).collect();
+        assert_eq!(spelled, "hello world");
+    }
+}
+
+#[test]
+fn eager_gated_evaluates_every_member_each_step_and_uses_them_when_unsure() {
+    for threshold in [0.0, 0.5, 1.0] {
+        let mode = Mode::Gated {
+            gate: 0,
+            threshold,
+            when_unsure: WhenUnsure::Average,
+        };
+        let [lazy, eager] = [Schedule::Lazy, Schedule::Eager].map(|schedule| {
+            let mut a = ScriptedMember::new("a", A, "hello world");
+            a.unsure_every = Some(2);
+            let b = ScriptedMember::new("b", B, "hello world");
+            let opts = GenerateOptions {
+                schedule,
+                ..Default::default()
+            };
+            run(vec![boxed(a), boxed(b)], mode, &opts).unwrap().0
+        });
+        assert_eq!(eager.text, "hello world");
+        assert_eq!(eager.tokens, lazy.tokens, "t = {threshold}");
+        assert_eq!(eager.stats.ensembled_steps, lazy.stats.ensembled_steps);
+        // Eager: member b is evaluated at every step, lazily only where the gate is unsure.
+        assert_eq!(eager.stats.members[1].decode_evals + 1, eager.stats.steps);
+        assert!(
+            lazy.stats.members[1].decode_evals < eager.stats.members[1].decode_evals
+                || threshold == 1.0
+        );
+    }
+}
+
+#[test]
+fn failing_or_panicking_member_ends_with_its_error() {
+    for panic in [false, true] {
+        let a = ScriptedMember::new("a", A, "hello world");
+        let mut b = ScriptedMember::new("b", B, "hello world");
+        if panic {
+            b.panic_at = Some(1);
+        } else {
+            b.fail_at = Some(1);
+        }
+        let err = run(
+            vec![boxed(a), boxed(b)],
+            Mode::Average,
+            &GenerateOptions::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::Member { member, .. } if member == "b"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_rejected() {
+    let mk = || boxed(ScriptedMember::new("a", A, "hi"));
+    assert_eq!(
+        Ensemble::new(vec![], None, Mode::Average).err(),
+        Some(Error::NoMembers)
+    );
+    let e = Ensemble::new(vec![mk()], Some(vec![-1.0]), Mode::Average)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("member[0].weight"), "{e}");
+    let gated = |gate, threshold| Mode::Gated {
+        gate,
+        threshold,
+        when_unsure: WhenUnsure::Average,
+    };
+    assert!(Ensemble::new(vec![mk()], None, gated(1, 0.5)).is_err());
+    assert!(Ensemble::new(vec![mk()], None, gated(0, 1.5)).is_err());
+    let mut e = Ensemble::new(vec![mk()], None, Mode::Average).unwrap();
+    assert_eq!(
+        e.generate("", &GenerateOptions::default(), &mut |_| {})
+            .err(),
+        Some(Error::EmptyPrompt)
+    );
+    let mut small = ScriptedMember::new("s", A, "hi");
+    small.context_size = Some(3);
+    let mut e = Ensemble::new(vec![boxed(small)], None, Mode::Average).unwrap();
+    let err = e
+        .generate("hello world", &GenerateOptions::default(), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, Error::PromptTooLong { .. }), "{err}");
+}
+
+#[test]
+fn a_context_too_full_for_the_last_token_keeps_the_generation() {
+    // The prompt "he" and "llo" fill the context of 2; the last token, " world", is picked
+    // but only pushed at the final flush, which no longer fits.
+    let mut a = ScriptedMember::new("a", A, "hello world");
+    a.context_size = Some(2);
+    let mut e = Ensemble::new(vec![boxed(a)], None, Mode::Average).unwrap();
+    let opts = GenerateOptions {
+        max_tokens: 2,
+        ..Default::default()
+    };
+    let mut streamed = String::new();
+    let g = e
+        .generate("he", &opts, &mut |s| streamed.push_str(s))
+        .unwrap();
+    assert_eq!((g.text.as_str(), g.finish), ("hello", Finish::MaxTokens));
+    assert_eq!(streamed, "hello");
+    assert!(g.member_ids[0].is_empty());
+}
+
+/// A member over `pieces` that always returns these logits.
+fn fixed(name: &str, pieces: &[&str], logits: Vec<f32>) -> Box<dyn Member> {
+    let mut m = ScriptedMember::new(name, pieces, "");
+    m.fixed_logits = Some(logits);
+    boxed(m)
+}
+
+fn three_tokens() -> GenerateOptions {
+    GenerateOptions {
+        max_tokens: 3,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn top_k_union_skips_special_tokens_in_a_members_head() {
+    // Both members put most mass on their special token; "h" is next.
+    let mut a = vec![0.0; A.len()];
+    (a[12], a[1]) = (12.0, 10.0);
+    let mut b = vec![0.0; B.len()];
+    (b[0], b[1]) = (12.0, 10.0);
+    for k in [1, 2] {
+        let members = vec![fixed("a", A, a.clone()), fixed("b", B, b.clone())];
+        let opts = GenerateOptions {
+            union_top_k: Some(k),
+            ..three_tokens()
+        };
+        let (g, _) = run(members, Mode::Average, &opts).unwrap();
+        assert_eq!(g.text, "hhh", "k = {k}");
+    }
+    // Only special tokens in the head: the full distributions decide.
+    let mut a = vec![0.0; A.len()];
+    (a[12], a[1]) = (30.0, 10.0);
+    let opts = GenerateOptions {
+        union_top_k: Some(1),
+        ..three_tokens()
+    };
+    let (g, _) = run(vec![fixed("a", A, a)], Mode::Average, &opts).unwrap();
+    assert_eq!(g.text, "hhh");
+}
+
+#[test]
+fn huge_weights_do_not_overflow_to_nothing() {
+    let a = ScriptedMember::new("a", A, "hello world");
+    let b = ScriptedMember::new("b", B, "hello world");
+    let mut e = Ensemble::new(
+        vec![boxed(a), boxed(b)],
+        Some(vec![3e38, 3e38]),
+        Mode::Average,
+    )
+    .unwrap();
+    let g = e
+        .generate("hello", &GenerateOptions::default(), &mut |_| {})
+        .unwrap();
+    assert_eq!(g.text, "hello world");
+}
+
+#[test]
+fn a_negative_infinite_logit_is_no_member_error() {
+    let mut a = vec![0.0; A.len()];
+    (a[1], a[2]) = (5.0, f32::NEG_INFINITY);
+    let (g, _) = run(vec![fixed("a", A, a)], Mode::Average, &three_tokens()).unwrap();
+    assert_eq!(g.text, "hhh");
+}
+
+#[test]
+fn greedy_on_heads_counts_every_end_token_outside_the_head() {
+    // 5,000 End tokens just under the head floor hold 0.495 together; "x" (0.3) and "y"
+    // (0.205) are the only head tokens. The End class is the true argmax.
+    let mut pieces = vec!["<end>"; 5000];
+    pieces.extend(["x", "y", "hello"]);
+    let mut logits = vec![0.99e-4f32.ln(); 5000];
+    logits.extend([0.3f32.ln(), 0.205f32.ln(), f32::NEG_INFINITY]);
+    let (g, _) = run(
+        vec![fixed("a", &pieces, logits)],
+        Mode::Average,
+        &three_tokens(),
+    )
+    .unwrap();
+    assert_eq!((g.text.as_str(), g.finish), ("", Finish::End));
+}
+
+#[test]
+fn full_context_finishes_cleanly() {
+    let mut a = ScriptedMember::new("a", A, "hello world");
+    a.context_size = Some(2);
+    let mut e = Ensemble::new(vec![boxed(a)], None, Mode::Average).unwrap();
+    let g = e
+        .generate("he", &GenerateOptions::default(), &mut |_| {})
+        .unwrap();
+    assert_eq!(g.finish, Finish::ContextFull);
+}

@@ -1,0 +1,176 @@
+//! What a generation takes and gives: options, the result, and its statistics.
+
+use std::time::Duration;
+
+use crate::combine::Schedule;
+use crate::pick::PickConfig;
+use crate::union::UnionId;
+
+/// Options of one generation.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Stop after this many generated tokens.
+    pub max_tokens: usize,
+    /// Stop when the text contains one of these; the text is cut before it.
+    pub stop: Vec<String>,
+    /// How to pick each token.
+    pub pick: PickConfig,
+    /// Wrap the prompt in each member's own chat template (where it has one); see
+    /// [`Member::encode_chat`].
+    pub chat: bool,
+    /// Combine only each member's k most probable tokens (the top-k union of Yao et al.,
+    /// "Determine-Then-Ensemble" / UniTE, 2024) instead of the full distributions; tokens below
+    /// probability 1e-4 never enter. `None` combines everything.
+    pub union_top_k: Option<usize>,
+    /// When gated mode evaluates the non-gate members (ignored in average mode).
+    pub schedule: Schedule,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 128,
+            stop: Vec::new(),
+            pick: PickConfig::default(),
+            chat: false,
+            union_top_k: None,
+            schedule: Schedule::Lazy,
+        }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The End class was picked.
+    End,
+    /// A stop string appeared.
+    Stop,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// A member's context window is full.
+    ContextFull,
+}
+
+impl Finish {
+    /// A short lower-case name (`end`, `stop`, `max_tokens`, `context_full`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::End => "end",
+            Finish::Stop => "stop",
+            Finish::MaxTokens => "max_tokens",
+            Finish::ContextFull => "context_full",
+        }
+    }
+}
+
+/// Time and work of one member in a generation.
+#[derive(Debug, Clone, Default)]
+pub struct MemberStats {
+    /// The member's name.
+    pub name: String,
+    /// Prompt length in this member's tokens.
+    pub prompt_tokens: usize,
+    /// Time of the first evaluation (the prompt, plus any catch-up).
+    pub prompt_time: Duration,
+    /// Evaluations after the first one.
+    pub decode_evals: usize,
+    /// Time of the evaluations after the first one.
+    pub decode_time: Duration,
+    /// Time spent in softmax (on the member's thread).
+    pub softmax_time: Duration,
+    /// Time spent re-encoding chosen tokens and pushing them.
+    pub push_time: Duration,
+}
+
+impl MemberStats {
+    /// Mean time of one decode evaluation.
+    pub fn ms_per_eval(&self) -> f64 {
+        ms(self.decode_time) / self.decode_evals.max(1) as f64
+    }
+}
+
+/// Statistics of one generation.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Tokens generated (the final End not counted).
+    pub tokens: usize,
+    /// Steps taken (tokens plus a final End step, if any).
+    pub steps: usize,
+    /// Steps whose distribution combined more than one member, or deferred to another member.
+    pub ensembled_steps: usize,
+    /// Time in the loop's own work: combining, picking, bookkeeping (softmax and re-encoding are
+    /// in the member statistics).
+    pub combine_time: Duration,
+    /// The part of `combine_time` spent picking the token (the rest is projecting into the
+    /// union and bookkeeping).
+    pub pick_time: Duration,
+    /// Wall time of the whole generation, prompt included.
+    pub total_time: Duration,
+    /// Wall time of the first step (prompt evaluation).
+    pub first_step_time: Duration,
+    /// Per member.
+    pub members: Vec<MemberStats>,
+    /// Per step, in order.
+    pub per_step: Vec<StepStats>,
+}
+
+/// What happened at one step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// The picked union token.
+    pub token: UnionId,
+    /// Whether more than one member (or a deferred-to member) decided it.
+    pub ensembled: bool,
+    /// The gate's top probability (gated mode only).
+    pub gate_confidence: Option<f32>,
+    /// Wall time of the step, evaluations included.
+    pub time: Duration,
+}
+
+impl Stats {
+    /// Fraction of steps that were ensembled.
+    pub fn ensembled_fraction(&self) -> f64 {
+        self.ensembled_steps as f64 / self.steps.max(1) as f64
+    }
+
+    /// Generated tokens per second after the first step.
+    pub fn tokens_per_sec(&self) -> f64 {
+        let t = (self.total_time - self.first_step_time).as_secs_f64();
+        if self.steps > 1 && t > 0.0 {
+            (self.steps - 1) as f64 / t
+        } else {
+            0.0
+        }
+    }
+
+    /// Milliseconds per step after the first one.
+    pub fn ms_per_token(&self) -> f64 {
+        ms(self.total_time - self.first_step_time) / (self.steps.max(2) - 1) as f64
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The generated text, cut before a stop string.
+    pub text: String,
+    /// Every generated byte (a stop string and what followed it in its token included); each
+    /// member's context after the prompt spells exactly these bytes.
+    pub bytes: Vec<u8>,
+    /// The picked union tokens.
+    pub tokens: Vec<UnionId>,
+    /// Per member: the ids pushed after the prompt (empty when the context filled up).
+    pub member_ids: Vec<Vec<u32>>,
+    /// Why it ended.
+    pub finish: Finish,
+    /// Timing and counts.
+    pub stats: Stats,
+}
+
+/// What the step loop hands back: text, bytes, tokens and why it ended.
+pub(super) type Outcome = (String, Vec<u8>, Vec<UnionId>, Finish);

@@ -1,0 +1,184 @@
+//! The member side of the step loop: one thread per member, driven by commands, replying with
+//! the member's distribution after each evaluation (softmax computed on the member's thread).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant};
+
+use crate::combine::softmax;
+use crate::member::Member;
+use crate::{Error, Result};
+
+use super::MemberStats;
+
+/// A token queued for a member: its own id, or text it must encode itself.
+pub(super) enum Piece {
+    Id(u32),
+    Text(Box<[u8]>),
+}
+
+/// Probabilities below this are left out of a member's head (see [`softmax`]); a greedy pick is
+/// decided on the heads alone whenever its margin over the runner-up exceeds the mass that the
+/// left-out tails could add, and falls back to the full distributions otherwise.
+pub(super) const HEAD_FLOOR: f32 = 1e-4;
+
+/// A member's distribution after an evaluation; the buffers travel between threads and are
+/// reused, so the loop allocates nothing proportional to a vocabulary.
+pub(super) struct Dist {
+    pub(super) probs: Vec<f32>,
+    pub(super) head: Vec<u32>,
+}
+
+pub(super) enum Cmd {
+    /// Push the pieces, evaluate, and send back the distribution in these buffers.
+    Eval(Vec<Piece>, Dist),
+    /// Push the pieces of a step that skipped the member; no reply (an error is kept for the
+    /// next command's reply).
+    Idle(Vec<Piece>),
+    /// Push the pieces and send back every id pushed since the prompt.
+    Flush(Vec<Piece>),
+}
+
+pub(super) enum Reply {
+    Evaluated {
+        dist: Dist,
+        top: f32,
+        timing: Timing,
+    },
+    Flushed(Vec<u32>),
+}
+
+#[derive(Default)]
+pub(super) struct Timing {
+    push: Duration,
+    eval: Duration,
+    softmax: Duration,
+}
+
+pub(super) fn worker(member: &mut dyn Member, rx: Receiver<Cmd>, tx: Sender<Result<Reply>>) {
+    let mut generated = Vec::new();
+    let name = member.name().to_string();
+    let mut deferred = None;
+    for cmd in rx {
+        let idle = matches!(cmd, Cmd::Idle(_));
+        let reply = catch_unwind(AssertUnwindSafe(|| match deferred.take() {
+            Some(e) => Err(e),
+            None => handle(member, &name, cmd, &mut generated),
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Error::member(&name, format!("panicked: {what}")))
+        });
+        if idle {
+            deferred = reply.err();
+            continue;
+        }
+        let failed = reply.is_err();
+        if tx.send(reply).is_err() || failed {
+            return;
+        }
+    }
+}
+
+pub(super) fn handle(
+    member: &mut dyn Member,
+    name: &str,
+    cmd: Cmd,
+    generated: &mut Vec<u32>,
+) -> Result<Reply> {
+    let mut timing = Timing::default();
+    let pieces = match &cmd {
+        Cmd::Eval(pieces, _) | Cmd::Idle(pieces) | Cmd::Flush(pieces) => pieces,
+    };
+    let t = Instant::now();
+    let before = generated.len();
+    for piece in pieces {
+        match piece {
+            Piece::Id(id) => generated.push(*id),
+            Piece::Text(bytes) => generated.extend(member.encode(bytes)?),
+        }
+    }
+    member.push(&generated[before..])?;
+    timing.push = t.elapsed();
+    match cmd {
+        Cmd::Idle(_) => {
+            member.idle();
+            Ok(Reply::Flushed(Vec::new()))
+        }
+        Cmd::Flush(_) => Ok(Reply::Flushed(std::mem::take(generated))),
+        Cmd::Eval(_, mut dist) => {
+            let t = Instant::now();
+            let logits = member.logits()?;
+            timing.eval = t.elapsed();
+            let t = Instant::now();
+            if logits.len() != dist.probs.len() {
+                return Err(Error::member(
+                    name,
+                    format!(
+                        "{} logits for a vocabulary of {}",
+                        logits.len(),
+                        dist.probs.len()
+                    ),
+                ));
+            }
+            let top = softmax(logits, &mut dist.probs, HEAD_FLOOR, &mut dist.head)
+                .ok_or_else(|| Error::member(name, "logits are not finite (NaN or inf)"))?;
+            timing.softmax = t.elapsed();
+            Ok(Reply::Evaluated { dist, top, timing })
+        }
+    }
+}
+
+pub(super) struct Worker {
+    pub(super) name: String,
+    pub(super) tx: Sender<Cmd>,
+    pub(super) rx: Receiver<Result<Reply>>,
+    pub(super) dist: Option<Dist>,
+    pub(super) top: f32,
+    pub(super) pending: Vec<Piece>,
+}
+
+impl Worker {
+    pub(super) fn disconnected(&self) -> Error {
+        Error::member(&self.name, "its worker thread stopped")
+    }
+
+    /// Tells a member the gate skipped it, handing over what it has to push.
+    pub(super) fn send_idle(&mut self) -> Result<()> {
+        let pieces = std::mem::take(&mut self.pending);
+        self.tx
+            .send(Cmd::Idle(pieces))
+            .map_err(|_| self.disconnected())
+    }
+
+    pub(super) fn send_eval(&mut self) -> Result<()> {
+        let dist = self.dist.take().expect("one evaluation at a time");
+        let pieces = std::mem::take(&mut self.pending);
+        self.tx
+            .send(Cmd::Eval(pieces, dist))
+            .map_err(|_| self.disconnected())
+    }
+
+    pub(super) fn receive(&mut self, stats: &mut MemberStats) -> Result<()> {
+        match self.rx.recv().map_err(|_| self.disconnected())?? {
+            Reply::Evaluated { dist, top, timing } => {
+                self.dist = Some(dist);
+                self.top = top;
+                if stats.prompt_time.is_zero() && stats.decode_evals == 0 {
+                    stats.prompt_time = timing.eval;
+                } else {
+                    stats.decode_evals += 1;
+                    stats.decode_time += timing.eval;
+                }
+                stats.softmax_time += timing.softmax;
+                stats.push_time += timing.push;
+                Ok(())
+            }
+            Reply::Flushed(_) => unreachable!("flush replies are read in flush()"),
+        }
+    }
+}
