@@ -22,6 +22,7 @@ pub mod ensemble;
 mod error;
 pub mod member;
 pub mod pick;
+pub mod select;
 pub mod testutil;
 pub mod text;
 #[cfg(feature = "tokenizers")]

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::combine::{Mode, WhenUnsure};
 use crate::member::Member;
-use crate::pick::Picker;
+use crate::select::{Candidates, Chain};
 use crate::union::Union;
 use crate::{Error, Result};
 
@@ -150,13 +150,9 @@ impl Ensemble {
                 weights,
                 mode,
                 union,
-                acc: vec![0.0; union.len() + 1],
-                touched: Vec::new(),
-                top: Vec::new(),
-                step_weights: Vec::new(),
-                union_top_k: options.union_top_k,
+                candidates: Candidates::new(union.len()),
+                chain: Chain::for_pick(&options.pick, options.union_top_k),
                 schedule: options.schedule,
-                picker: Picker::new(options.pick),
                 stats: Stats::default(),
             };
             let result = run.generate(options, on_text);

@@ -3,14 +3,14 @@
 
 use std::time::Instant;
 
-use crate::combine::{scatter_add, Mode, Schedule, WhenUnsure};
-use crate::pick::Picker;
+use crate::combine::{Mode, Schedule, WhenUnsure};
+use crate::select::{Candidates, Chain, Input};
 use crate::text::{find_stop, held_back, Utf8Stream};
 use crate::union::{Union, UnionId, END};
 use crate::{Error, Result};
 
 use super::types::Outcome;
-use super::worker::{Cmd, Piece, Reply, Worker, HEAD_FLOOR};
+use super::worker::{Cmd, Piece, Reply, Worker};
 use super::{Finish, GenerateOptions, MemberStats, Stats, StepStats};
 
 pub(super) struct Run<'a> {
@@ -18,19 +18,12 @@ pub(super) struct Run<'a> {
     pub(super) weights: &'a [f32],
     pub(super) mode: Mode,
     pub(super) union: &'a Union,
-    /// Union-space accumulator (plus the sink slot); all zero between steps.
-    pub(super) acc: Vec<f32>,
-    /// Union ids written in `acc` by the sparse paths.
-    pub(super) touched: Vec<u32>,
-    /// A member's top-k (probability, token) pairs, for the top-k union.
-    pub(super) top: Vec<(f32, u32)>,
-    /// Combine only each member's k most probable tokens.
-    pub(super) union_top_k: Option<usize>,
+    /// This step's candidates (allocated once, at union size).
+    pub(super) candidates: Candidates,
+    /// How a token is chosen from them.
+    pub(super) chain: Chain,
     /// When gated mode evaluates the non-gate members.
     pub(super) schedule: Schedule,
-    /// This step's normalized weights, parallel to the members combined.
-    pub(super) step_weights: Vec<f32>,
-    pub(super) picker: Picker,
     pub(super) stats: Stats,
 }
 
@@ -50,122 +43,29 @@ impl Run<'_> {
     fn choose(&mut self, which: &[usize], step: usize) -> Result<UnionId> {
         // In f64: large f32 weights must not overflow their sum and normalize to 0.
         let total: f64 = which.iter().map(|&i| f64::from(self.weights[i])).sum();
-        self.step_weights.clear();
-        self.step_weights
-            .extend(which.iter().map(|&i| match total > 0.0 {
-                true => (f64::from(self.weights[i]) / total) as f32,
-                false => 1.0 / which.len() as f32,
-            }));
-        if let Some(k) = self.union_top_k {
-            if let Some(x) = self.choose_top_k(which, k) {
-                return Ok(x);
-            }
-            // Every member's head was special tokens only: fall back to the full distributions.
-        } else if self.picker.is_greedy() {
-            if let Some(x) = self.greedy_on_heads(which) {
-                return Ok(x);
-            }
-        }
-        for (&i, &w) in which.iter().zip(&self.step_weights) {
-            let probs = &self.workers[i].dist.as_ref().expect("evaluated").probs;
-            scatter_add(&mut self.acc, self.union.projection(i), probs, w);
-        }
-        let t = Instant::now();
-        let x = self.picker.pick(&self.acc[..self.union.len()]);
-        self.stats.pick_time += t.elapsed();
-        self.acc.fill(0.0);
-        x.ok_or(Error::ZeroMass { step })
-    }
-
-    /// The top-k union: each member's k most probable tokens that can be written (from its
-    /// head; special tokens carry no mass and do not take a place), weighted and summed in
-    /// union space; the pick sees nothing else. `None` when no member has such a token.
-    fn choose_top_k(&mut self, which: &[usize], k: usize) -> Option<UnionId> {
-        let sink = self.union.sink() as u32;
-        self.touched.clear();
-        for (&i, &w) in which.iter().zip(&self.step_weights) {
-            let dist = self.workers[i].dist.as_ref().expect("evaluated");
-            let projection = self.union.projection(i);
-            self.top.clear();
-            self.top.extend(
-                dist.head
-                    .iter()
-                    .filter(|&&j| projection[j as usize] != sink)
-                    .map(|&j| (dist.probs[j as usize], j)),
-            );
-            if self.top.len() > k {
-                self.top
-                    .select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                self.top.truncate(k);
-            }
-            for &(p, j) in &self.top {
-                let u = projection[j as usize];
-                if self.acc[u as usize] == 0.0 {
-                    self.touched.push(u);
-                }
-                self.acc[u as usize] += w * p;
-            }
-        }
-        let t = Instant::now();
-        let x = if self.picker.is_greedy() {
-            let best = self.touched.iter().copied().max_by(|&a, &b| {
-                self.acc[a as usize]
-                    .total_cmp(&self.acc[b as usize])
-                    .then(b.cmp(&a))
-            });
-            best.map(UnionId)
-        } else {
-            self.picker.pick(&self.acc[..self.union.len()])
-        };
-        self.stats.pick_time += t.elapsed();
-        for &u in &self.touched {
-            self.acc[u as usize] = 0.0;
-        }
-        x
-    }
-
-    /// The exact greedy pick computed from the members' heads only, or `None` when the margin
-    /// is too thin to be sure (then the caller combines the full distributions).
-    fn greedy_on_heads(&mut self, which: &[usize]) -> Option<UnionId> {
-        let sink = self.union.sink() as u32;
-        self.touched.clear();
-        for (&i, &w) in which.iter().zip(&self.step_weights) {
-            let dist = self.workers[i].dist.as_ref().expect("evaluated");
-            let projection = self.union.projection(i);
-            for &j in &dist.head {
-                let u = projection[j as usize];
-                if u == sink {
-                    continue;
-                }
-                let slot = &mut self.acc[u as usize];
-                if *slot == 0.0 {
-                    self.touched.push(u);
-                }
-                *slot += w * dist.probs[j as usize];
-            }
-        }
-        let t = Instant::now();
-        let (mut best, mut best_p, mut second_p) = (0u32, 0.0f32, 0.0f32);
-        for &u in &self.touched {
-            let p = self.acc[u as usize];
-            if p > best_p || (p == best_p && u < best) {
-                second_p = best_p;
-                best_p = p;
-                best = u;
-            } else if p > second_p {
-                second_p = p;
-            }
-            self.acc[u as usize] = 0.0;
-        }
-        self.stats.pick_time += t.elapsed();
-        // A union token's true mass exceeds its head mass by at most this much: each member
-        // adds less than HEAD_FLOOR for every one of its ids outside the head that maps to it.
-        let tails: f32 = which
+        let inputs: Vec<Input> = which
             .iter()
-            .zip(&self.step_weights)
-            .map(|(&i, w)| w * HEAD_FLOOR * self.union.max_fold(i) as f32)
-            .sum();
-        (best_p - second_p > tails && best_p > tails).then_some(UnionId(best))
+            .map(|&i| {
+                let dist = self.workers[i].dist.as_ref().expect("evaluated");
+                Input {
+                    probs: &dist.probs,
+                    head: &dist.head,
+                    projection: self.union.projection(i),
+                    weight: match total > 0.0 {
+                        true => (f64::from(self.weights[i]) / total) as f32,
+                        false => 1.0 / which.len() as f32,
+                    },
+                    max_fold: self.union.max_fold(i),
+                }
+            })
+            .collect();
+        if !self.chain.scatter(&mut self.candidates, &inputs) {
+            return Err(Error::ZeroMass { step });
+        }
+        let t = Instant::now();
+        let x = self.chain.choose(&mut self.candidates);
+        self.stats.pick_time += t.elapsed();
+        x.ok_or(Error::ZeroMass { step })
     }
 
     /// One step: evaluates the members it needs and picks a token; returns it, whether the

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::combine::softmax;
 use crate::member::Member;
+use crate::select::HEAD_FLOOR;
 use crate::{Error, Result};
 
 use super::MemberStats;
@@ -16,11 +17,6 @@ pub(super) enum Piece {
     Id(u32),
     Text(Box<[u8]>),
 }
-
-/// Probabilities below this are left out of a member's head (see [`softmax`]); a greedy pick is
-/// decided on the heads alone whenever its margin over the runner-up exceeds the mass that the
-/// left-out tails could add, and falls back to the full distributions otherwise.
-pub(super) const HEAD_FLOOR: f32 = 1e-4;
 
 /// A member's distribution after an evaluation; the buffers travel between threads and are
 /// reused, so the loop allocates nothing proportional to a vocabulary.

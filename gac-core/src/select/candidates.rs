@@ -1,0 +1,240 @@
+//! The candidates buffer: one union-space accumulator, allocated once per generation, and the
+//! list of tokens still in the running that the stages narrow.
+
+use crate::combine::scatter_add;
+
+/// Probabilities below this are left out of a member's head (see [`crate::combine::softmax`]).
+pub const HEAD_FLOOR: f32 = 1e-4;
+
+/// One member's distribution as the scatter reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// Probabilities over the member's vocabulary.
+    pub probs: &'a [f32],
+    /// The ids whose probability is at least [`HEAD_FLOOR`].
+    pub head: &'a [u32],
+    /// Member id → union id (special tokens → `sink`).
+    pub projection: &'a [u32],
+    /// The member's weight in this step (the weights of a step sum to 1).
+    pub weight: f32,
+    /// The most member ids that map to one union token.
+    pub max_fold: usize,
+}
+
+/// How the members' distributions enter the candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scatter {
+    /// Every token of every member, weighted (paper Eq. 3).
+    Full,
+    /// Only the heads, when they prove which token is the full distribution's argmax (greedy
+    /// picks only); otherwise [`Scatter::Full`].
+    Heads,
+    /// Each member's k most probable writable tokens (the top-k union); [`Scatter::Full`] when
+    /// no member has one.
+    TopK(usize),
+}
+
+/// The tokens of one step and their (unnormalized) mass; see the module doc.
+#[derive(Debug)]
+pub struct Candidates {
+    /// Union-space mass (plus the sink slot); all zero between steps.
+    acc: Vec<f32>,
+    /// Union ids with mass in `acc`, when only some were written.
+    touched: Vec<u32>,
+    /// `acc` holds every member's whole distribution and the list is not built yet.
+    dense: bool,
+    /// Every slot of `acc` may have been written (by a full scatter) since the last clear.
+    written_all: bool,
+    /// (mass, union id) of the tokens still in the running.
+    list: Vec<(f32, u32)>,
+    /// Whether `list` is in [`descending`] order.
+    sorted: bool,
+    /// A member's top-k, for the top-k union.
+    top: Vec<(f32, u32)>,
+    union_len: usize,
+}
+
+/// Descending mass; on equal mass the lower union id first. The one order (and tie rule) of
+/// every ranking in the selection.
+pub fn descending(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+impl Candidates {
+    /// A buffer for a union of `union_len` tokens (the sink slot is added).
+    pub fn new(union_len: usize) -> Self {
+        Self {
+            acc: vec![0.0; union_len + 1],
+            touched: Vec::new(),
+            dense: false,
+            written_all: false,
+            list: Vec::new(),
+            sorted: false,
+            top: Vec::new(),
+            union_len,
+        }
+    }
+
+    /// Fills the candidates from the members' distributions; returns false when no token got
+    /// any mass.
+    pub fn scatter(&mut self, how: Scatter, members: &[Input]) -> bool {
+        self.clear();
+        let sparse = match how {
+            Scatter::Full => false,
+            Scatter::Heads => self.heads_decide(members),
+            Scatter::TopK(k) => self.top_k_union(members, k),
+        };
+        if !sparse {
+            self.clear();
+            for m in members {
+                scatter_add(&mut self.acc, m.projection, m.probs, m.weight);
+            }
+            self.dense = true;
+            self.written_all = true;
+        }
+        self.dense || !self.list.is_empty()
+    }
+
+    /// The tokens still in the running, as (mass, union id); built from the dense buffer on
+    /// first use.
+    pub fn list(&mut self) -> &mut Vec<(f32, u32)> {
+        if self.dense && self.list.is_empty() {
+            let acc = &self.acc[..self.union_len];
+            self.list.extend(
+                acc.iter()
+                    .enumerate()
+                    .filter(|(_, &p)| p > 0.0)
+                    .map(|(i, &p)| (p, i as u32)),
+            );
+            self.dense = false;
+        }
+        &mut self.list
+    }
+
+    /// The list in [`descending`] order.
+    pub fn sorted(&mut self) -> &mut Vec<(f32, u32)> {
+        if !self.sorted {
+            self.list().sort_unstable_by(descending);
+            self.sorted = true;
+        }
+        &mut self.list
+    }
+
+    /// Marks the list as reordered (a stage moved entries).
+    pub fn unsorted(&mut self) {
+        self.sorted = false;
+    }
+
+    /// The most massive token (the lower union id on ties, as in [`descending`]), if any has
+    /// mass.
+    pub fn best(&self) -> Option<u32> {
+        if self.dense {
+            // The same rule as `descending`, as a plain loop over the whole union.
+            let mut best = (0.0f32, 0u32);
+            for (i, &p) in self.acc[..self.union_len].iter().enumerate() {
+                if p > best.0 {
+                    best = (p, i as u32);
+                }
+            }
+            return (best.0 > 0.0).then_some(best.1);
+        }
+        match self.sorted {
+            true => self.list.first(),
+            false => self.list.iter().min_by(|a, b| descending(a, b)),
+        }
+        .filter(|x| x.0 > 0.0)
+        .map(|x| x.1)
+    }
+
+    /// Zeroes what the last step wrote.
+    fn clear(&mut self) {
+        if self.written_all {
+            self.acc.fill(0.0);
+        } else {
+            for &u in &self.touched {
+                self.acc[u as usize] = 0.0;
+            }
+        }
+        self.touched.clear();
+        self.list.clear();
+        self.dense = false;
+        self.written_all = false;
+        self.sorted = false;
+    }
+
+    /// Adds `mass` to union token `u` (never the sink), remembering which were written.
+    fn add(&mut self, u: u32, mass: f32) {
+        if mass > 0.0 {
+            let slot = &mut self.acc[u as usize];
+            if *slot == 0.0 {
+                self.touched.push(u);
+            }
+            *slot += mass;
+        }
+    }
+
+    fn list_touched(&mut self) {
+        self.list.clear();
+        for &u in &self.touched {
+            self.list.push((self.acc[u as usize], u));
+        }
+    }
+
+    /// The top-k union: each member's k most probable tokens that can be written (special
+    /// tokens carry no mass and take no place). False when no member has one.
+    fn top_k_union(&mut self, members: &[Input], k: usize) -> bool {
+        let sink = self.union_len as u32;
+        for m in members {
+            let mut top = std::mem::take(&mut self.top);
+            top.clear();
+            top.extend(
+                m.head
+                    .iter()
+                    .filter(|&&j| m.projection[j as usize] != sink)
+                    .map(|&j| (m.probs[j as usize], j)),
+            );
+            if top.len() > k {
+                top.select_nth_unstable_by(k - 1, descending);
+                top.truncate(k);
+            }
+            for &(p, j) in &top {
+                self.add(m.projection[j as usize], m.weight * p);
+            }
+            self.top = top;
+        }
+        self.list_touched();
+        !self.list.is_empty()
+    }
+
+    /// Greedy on the heads alone: true (with the winner as the only candidate) when its margin
+    /// over the runner-up exceeds what the tokens outside the heads could add, so it is the
+    /// argmax of the full distributions.
+    fn heads_decide(&mut self, members: &[Input]) -> bool {
+        let sink = self.union_len as u32;
+        for m in members {
+            for &j in m.head {
+                let u = m.projection[j as usize];
+                if u != sink {
+                    self.add(u, m.weight * m.probs[j as usize]);
+                }
+            }
+        }
+        self.list_touched();
+        self.list.sort_unstable_by(descending);
+        let best = self.list.first().copied().unwrap_or((0.0, 0));
+        let second = self.list.get(1).map_or(0.0, |x| x.0);
+        // A union token's true mass exceeds its head mass by less than HEAD_FLOOR for every one
+        // of a member's ids outside the head that maps to it.
+        let tails: f32 = members
+            .iter()
+            .map(|m| m.weight * HEAD_FLOOR * m.max_fold as f32)
+            .sum();
+        if best.0 - second > tails && best.0 > tails {
+            self.list.truncate(1);
+            self.sorted = true;
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Choosing one union token from the members' distributions, as a chain of small stages over
+//! one candidates buffer (the way llama.cpp's sampler chain is built): a scatter puts the
+//! members' weighted distributions into union space (all of them, only the heads when they
+//! decide a greedy pick exactly, or the top-k union); stages narrow the candidates (top-k,
+//! top-p, temperature); one chooser ends the chain (greedy, or a seeded draw). Everything is
+//! reused from step to step: nothing proportional to a vocabulary is allocated per step.
+
+mod candidates;
+mod stages;
+
+pub use candidates::{descending, Candidates, Input, Scatter, HEAD_FLOOR};
+pub use stages::{Chooser, Stage, Stages, Temperature, TopK, TopP};
+
+use crate::pick::{PickConfig, SplitMix64};
+use crate::union::UnionId;
+
+/// A whole selection: how the members enter, the stages, and the chooser that ends it.
+#[derive(Debug)]
+pub struct Chain {
+    scatter: Scatter,
+    stages: Stages,
+    chooser: Chooser,
+}
+
+impl Chain {
+    /// A chain of these parts.
+    pub fn new(scatter: Scatter, stages: Stages, chooser: Chooser) -> Self {
+        Self {
+            scatter,
+            stages,
+            chooser,
+        }
+    }
+
+    /// gac's chain for a pick configuration: greedy (exact, deciding on the heads where it can)
+    /// or top-k, top-p, temperature and a seeded draw, in that order (llama.cpp's default
+    /// order); `union_top_k` combines only each member's k most probable tokens.
+    pub fn for_pick(pick: &PickConfig, union_top_k: Option<usize>) -> Self {
+        let greedy = pick.is_greedy();
+        let scatter = match (union_top_k, greedy) {
+            (Some(k), _) => Scatter::TopK(k),
+            (None, true) => Scatter::Heads,
+            (None, false) => Scatter::Full,
+        };
+        if greedy {
+            return Self::new(scatter, Stages::default(), Chooser::Greedy);
+        }
+        let stages: Vec<Box<dyn Stage>> = vec![
+            Box::new(TopK(pick.top_k)),
+            Box::new(TopP(pick.top_p)),
+            Box::new(Temperature(pick.temperature)),
+        ];
+        Self::new(
+            scatter,
+            Stages(stages),
+            Chooser::Draw(SplitMix64::new(pick.seed)),
+        )
+    }
+
+    /// Runs the chain on this step's member distributions; `None` when no token has mass.
+    pub fn select(&mut self, candidates: &mut Candidates, members: &[Input]) -> Option<UnionId> {
+        match self.scatter(candidates, members) {
+            true => self.choose(candidates),
+            false => None,
+        }
+    }
+
+    /// The first part of [`Chain::select`]: fills the candidates; false when no token got any
+    /// mass.
+    pub fn scatter(&self, candidates: &mut Candidates, members: &[Input]) -> bool {
+        candidates.scatter(self.scatter, members)
+    }
+
+    /// The rest of [`Chain::select`]: the stages, then the chooser.
+    pub fn choose(&mut self, candidates: &mut Candidates) -> Option<UnionId> {
+        self.stages.apply(candidates);
+        self.chooser.choose(candidates).map(UnionId)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(seed: u64) -> PickConfig {
+        PickConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed,
+        }
+    }
+
+    /// Runs `chain` on one member whose vocabulary is the union itself.
+    fn pick(chain: &mut Chain, candidates: &mut Candidates, probs: &[f32]) -> Option<u32> {
+        let projection: Vec<u32> = (0..probs.len() as u32).collect();
+        let head: Vec<u32> = projection
+            .iter()
+            .copied()
+            .filter(|&i| probs[i as usize] >= HEAD_FLOOR)
+            .collect();
+        let input = Input {
+            probs,
+            head: &head,
+            projection: &projection,
+            weight: 1.0,
+            max_fold: 1,
+        };
+        chain.select(candidates, &[input]).map(|u| u.0)
+    }
+
+    fn draws(config: PickConfig, probs: &[f32], n: usize) -> Vec<u32> {
+        let mut chain = Chain::for_pick(&config, None);
+        let mut candidates = Candidates::new(probs.len());
+        (0..n)
+            .map(|_| pick(&mut chain, &mut candidates, probs).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax_lowest_on_ties() {
+        for union_top_k in [None, Some(2)] {
+            let mut chain = Chain::for_pick(&PickConfig::default(), union_top_k);
+            let mut c = Candidates::new(4);
+            assert_eq!(pick(&mut chain, &mut c, &[0.1, 0.4, 0.4, 0.1]), Some(1));
+            assert_eq!(pick(&mut chain, &mut c, &[0.0, 0.0, 0.0, 0.0]), None);
+        }
+        // Too flat for the heads to decide: the full distributions do, with the same rule.
+        let flat = vec![1.0 / 5000.0; 5000];
+        let mut chain = Chain::for_pick(&PickConfig::default(), None);
+        assert_eq!(pick(&mut chain, &mut Candidates::new(5000), &flat), Some(0));
+    }
+
+    #[test]
+    fn same_seed_same_draws() {
+        let probs = [0.1, 0.2, 0.3, 0.4];
+        let first = draws(sampling(7), &probs, 20);
+        assert_eq!(first, draws(sampling(7), &probs, 20));
+        assert_ne!(first, draws(sampling(8), &probs, 20));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let config = PickConfig {
+            top_k: 1,
+            ..sampling(3)
+        };
+        assert!(draws(config, &[0.3, 0.1, 0.6], 50).iter().all(|&x| x == 2));
+    }
+
+    #[test]
+    fn top_p_cuts_the_tail() {
+        let config = PickConfig {
+            top_p: 0.5,
+            ..sampling(3)
+        };
+        assert!(draws(config, &[0.05, 0.55, 0.4], 50)
+            .iter()
+            .all(|&x| x == 1));
+    }
+
+    #[test]
+    fn frequencies_follow_the_distribution() {
+        let probs = [0.1, 0.2, 0.7];
+        let n = 20_000;
+        let mut counts = [0usize; 3];
+        for x in draws(sampling(42), &probs, n) {
+            counts[x as usize] += 1;
+        }
+        for (c, want) in counts.iter().zip(probs) {
+            assert!((*c as f32 / n as f32 - want).abs() < 0.02, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn low_temperature_concentrates_mass() {
+        let config = PickConfig {
+            temperature: 0.05,
+            ..sampling(1)
+        };
+        let hits = draws(config, &[0.4, 0.6], 200)
+            .iter()
+            .filter(|&&x| x == 1)
+            .count();
+        assert!(hits > 190, "{hits}");
+    }
+
+    #[test]
+    fn a_chain_of_stages_is_a_stage() {
+        // Top-k 2 inside a nested chain, then top-p: the same as both in one chain.
+        let probs = [0.5, 0.3, 0.15, 0.05];
+        let mut c = Candidates::new(4);
+        let projection = [0, 1, 2, 3];
+        let input = Input {
+            probs: &probs,
+            head: &projection,
+            projection: &projection,
+            weight: 1.0,
+            max_fold: 1,
+        };
+        let nested = Stages(vec![Box::new(TopK(2))]);
+        let mut chain = Chain::new(
+            Scatter::Full,
+            Stages(vec![Box::new(nested), Box::new(TopP(0.7))]),
+            Chooser::Greedy,
+        );
+        assert_eq!(chain.select(&mut c, &[input]), Some(UnionId(0)));
+        assert_eq!(c.list().iter().map(|x| x.1).collect::<Vec<_>>(), [0, 1]);
+    }
+}
