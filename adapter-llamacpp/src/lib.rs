@@ -11,11 +11,11 @@
 //! llama.cpp's own log is silenced unless `GAC_LLAMA_LOG` is set.
 
 use std::fmt;
-use std::io::Read;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use gac_core::gguf::{model_name, GgufError};
 use gac_core::vocab::{Token, Vocab};
 use gac_core::Member;
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -178,7 +178,7 @@ pub fn load_vocab(path: &Path) -> Result<Vocab, LoadError> {
         .with_n_gpu_layers(0)
         .with_vocab_only(true);
     let model = load_checked(path, &params)?;
-    vocab_of(&model, &name_of(path)).map_err(|e| LoadError::Vocab(path.to_path_buf(), e))
+    vocab_of(&model, &model_name(path)).map_err(|e| LoadError::Vocab(path.to_path_buf(), e))
 }
 
 fn load_checked(path: &Path, params: &LlamaModelParams) -> Result<LlamaModel, LoadError> {
@@ -190,25 +190,11 @@ fn load_checked(path: &Path, params: &LlamaModelParams) -> Result<LlamaModel, Lo
         .map_err(|_| LoadError::Rejected(path.to_path_buf()))
 }
 
-fn name_of(path: &Path) -> String {
-    path.file_stem().map_or_else(
-        || path.display().to_string(),
-        |s| s.to_string_lossy().into_owned(),
-    )
-}
-
 fn check_gguf(path: &Path) -> Result<(), LoadError> {
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => LoadError::NotGguf(path.to_path_buf()),
-            _ => LoadError::Unreadable(path.to_path_buf(), e),
-        })?;
-    if &magic != b"GGUF" {
-        return Err(LoadError::NotGguf(path.to_path_buf()));
-    }
-    Ok(())
+    gac_core::gguf::check(path).map_err(|e| match e {
+        GgufError::Unreadable(e) => LoadError::Unreadable(path.to_path_buf(), e),
+        GgufError::NotGguf => LoadError::NotGguf(path.to_path_buf()),
+    })
 }
 
 /// An ensemble member backed by one llama.cpp context.
@@ -249,7 +235,7 @@ impl LlamaMember {
     /// Loads a GGUF model and opens a context for it.
     pub fn load(path: &Path, options: &LlamaOptions) -> Result<Self, LoadError> {
         let model = load_model(path, options)?;
-        Self::with_model(name_of(path), model, path, options)
+        Self::with_model(model_name(path), model, path, options)
     }
 
     /// Opens a new context on an already loaded model (several members may share one model).
@@ -406,21 +392,10 @@ impl Member for LlamaMember {
     }
 
     fn encode(&self, text: &[u8]) -> gac_core::Result<Vec<u32>> {
-        if std::str::from_utf8(text).is_ok() {
-            let ids: Vec<u32> = self
-                .model
-                .vocab()
-                .tokenize(text, false, false)
-                .into_iter()
-                .map(|t| t.0 as u32)
-                .collect();
-            if self.vocab.spells(&ids, text) {
-                return Ok(ids);
-            }
-        }
-        let mut ids = Vec::with_capacity(text.len());
-        self.vocab.encode_bytes(text, &mut ids)?;
-        Ok(ids)
+        self.vocab.encode_checked(text, |s| {
+            let ids = self.model.vocab().tokenize(s.as_bytes(), false, false);
+            Some(ids.into_iter().map(|t| t.0 as u32).collect())
+        })
     }
 
     fn encode_prompt(&self, prompt: &str) -> gac_core::Result<Vec<u32>> {

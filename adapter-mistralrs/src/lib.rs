@@ -19,6 +19,7 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use either::Either;
 use gac_core::bridge::{BridgeMember, Hook, Runtime};
+use gac_core::gguf::{model_name, GgufError};
 use gac_core::tokenizer_json::{vocab_from_tokenizer, END_TOKENS};
 use gac_core::{Error, Result, Vocab};
 use indexmap::IndexMap;
@@ -95,11 +96,50 @@ pub struct GgufEngine {
     pub eos: Vec<u32>,
 }
 
-fn model_name(path: &Path) -> String {
-    path.file_stem().map_or_else(
-        || path.display().to_string(),
-        |s| s.to_string_lossy().into_owned(),
-    )
+/// Why a model could not be loaded into mistral.rs; each variant names the file.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file does not exist or cannot be read.
+    Unreadable(PathBuf, std::io::Error),
+    /// The file does not start with the GGUF magic.
+    NotGguf(PathBuf),
+    /// The device asked for cannot be used.
+    Device(PathBuf, Error),
+    /// mistral.rs refused the file (truncated, corrupt, or an architecture it cannot load).
+    Rejected(PathBuf, String),
+    /// The engine could not be started, or the loaded model cannot be a member.
+    Engine(PathBuf, Error),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Unreadable(p, _) => write!(f, "cannot read model file {}", p.display()),
+            LoadError::NotGguf(p) => {
+                write!(
+                    f,
+                    "{} is not a GGUF file (no GGUF magic at its start)",
+                    p.display()
+                )
+            }
+            LoadError::Device(p, e) => write!(f, "{}: {e}", p.display()),
+            LoadError::Rejected(p, e) => {
+                write!(f, "mistral.rs could not load {}: {e}", p.display())
+            }
+            LoadError::Engine(p, e) => write!(f, "{}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LoadError::Unreadable(_, e) => Some(e),
+            LoadError::Device(_, e) | LoadError::Engine(_, e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// Loads a local GGUF file into a new mistral.rs engine (no hub access), on the CPU or on CUDA
@@ -108,22 +148,18 @@ pub fn build_gguf_engine(
     path: &Path,
     gpu: Option<usize>,
     prefix_cache: bool,
-) -> Result<GgufEngine> {
-    let source = path.display().to_string();
-    let bad = |message: String| Error::config(&source, message);
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .map_err(|e| bad(format!("cannot read the model file: {e}")))?;
-    if &magic != b"GGUF" {
-        return Err(bad("not a GGUF file (no GGUF magic at its start)".into()));
-    }
+) -> Result<GgufEngine, LoadError> {
+    let file = || path.to_path_buf();
+    gac_core::gguf::check(path).map_err(|e| match e {
+        GgufError::Unreadable(e) => LoadError::Unreadable(file(), e),
+        GgufError::NotGguf => LoadError::NotGguf(file()),
+    })?;
     let dir = path
         .parent()
         .unwrap_or(Path::new("."))
         .display()
         .to_string();
-    let file = path
+    let name = path
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -131,7 +167,7 @@ pub fn build_gguf_engine(
         None,
         None,
         dir,
-        vec![file],
+        vec![name],
         GGUFSpecificConfig::default(),
         false,
         None,
@@ -148,7 +184,7 @@ pub fn build_gguf_engine(
         processor_config: None,
         chat_template_json_filename: None,
     });
-    let device = device(gpu)?;
+    let device = device(gpu).map_err(|e| LoadError::Device(file(), e))?;
     let pipeline = loader
         .load_model_from_path(
             &paths,
@@ -159,12 +195,12 @@ pub fn build_gguf_engine(
             None,
             None,
         )
-        .map_err(|e| bad(format!("mistral.rs could not load it: {e:#}")))?;
+        .map_err(|e| LoadError::Rejected(file(), format!("{e:#}")))?;
     let (tokenizer, eos) = {
         let p = pipeline.blocking_lock();
         let tokenizer = p
             .tokenizer()
-            .ok_or_else(|| bad("mistral.rs loaded no tokenizer for it".into()))?;
+            .ok_or_else(|| LoadError::Rejected(file(), "it loaded no tokenizer".into()))?;
         (tokenizer, p.get_metadata().eos_tok.clone())
     };
     let method = DefaultSchedulerMethod::Fixed(NonZeroUsize::new(8).expect("8 > 0"));
@@ -178,7 +214,12 @@ pub fn build_gguf_engine(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| bad(format!("cannot start a tokio runtime: {e}")))?;
+        .map_err(|e| {
+            LoadError::Engine(
+                file(),
+                Error::member("mistral.rs", format!("cannot start a tokio runtime: {e}")),
+            )
+        })?;
     let engine = runtime.block_on(builder.build());
     Ok(GgufEngine {
         engine,
@@ -188,16 +229,11 @@ pub fn build_gguf_engine(
 }
 
 /// Loads a local GGUF file into its own mistral.rs engine and wraps it as a member.
-pub fn load_gguf(path: &Path, options: &MistralOptions) -> Result<MistralMember> {
+pub fn load_gguf(path: &Path, options: &MistralOptions) -> Result<MistralMember, LoadError> {
     let e = build_gguf_engine(path, options.gpu, options.prefix_cache)?;
-    wrap_engine(
-        &model_name(path),
-        e.engine,
-        None,
-        e.tokenizer,
-        &e.eos,
-        options,
-    )
+    let name = model_name(path);
+    wrap_engine(&name, e.engine, None, e.tokenizer, &e.eos, options)
+        .map_err(|e| LoadError::Engine(path.to_path_buf(), e))
 }
 
 /// Wraps an engine the caller already runs: `model_id` selects one of its models (none = the
@@ -316,17 +352,10 @@ impl Runtime for MistralRuntime {
     }
 
     fn encode(&self, text: &[u8]) -> Result<Vec<u32>> {
-        if let Ok(s) = std::str::from_utf8(text) {
-            if let Ok(encoding) = self.tokenizer.encode(s, false) {
-                let ids = encoding.get_ids().to_vec();
-                if self.vocab.spells(&ids, text) {
-                    return Ok(ids);
-                }
-            }
-        }
-        let mut ids = Vec::with_capacity(text.len());
-        self.vocab.encode_bytes(text, &mut ids)?;
-        Ok(ids)
+        self.vocab.encode_checked(text, |s| {
+            let encoding = self.tokenizer.encode(s, false).ok()?;
+            Some(encoding.get_ids().to_vec())
+        })
     }
 
     fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {

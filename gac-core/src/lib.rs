@@ -8,7 +8,7 @@
 //!    ([`union`], [`combine`]);
 //! 3. combine and gate: the weighted average, or the gate member alone while it is confident
 //!    ([`combine::Mode`]);
-//! 4. pick one union token ([`pick`]);
+//! 4. pick one union token: a chain of stages over one candidates buffer ([`select`]);
 //! 5. feed it back to every member in its own ids, re-encoding its bytes where the member has
 //!    no such token ([`ensemble`]).
 //!
@@ -17,13 +17,14 @@
 
 pub mod bridge;
 pub mod combine;
-pub mod config;
 pub mod ensemble;
 mod error;
+pub mod gguf;
 pub mod member;
 pub mod pick;
 pub mod select;
-pub mod testutil;
+#[cfg(test)]
+mod testutil;
 pub mod text;
 #[cfg(feature = "tokenizers")]
 pub mod tokenizer_json;

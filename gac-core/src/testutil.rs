@@ -60,11 +60,6 @@ impl ScriptedMember {
             fixed_logits: None,
         }
     }
-
-    /// Everything pushed so far, prompt included.
-    pub fn context(&self) -> &[u32] {
-        &self.context
-    }
 }
 
 impl Member for ScriptedMember {

@@ -104,6 +104,25 @@ impl Vocab {
         self.byte_ids[byte as usize]
     }
 
+    /// The ids `tokenize` gives for `text` when they spell exactly those bytes, else byte tokens
+    /// (which every byte-level and byte-fallback vocabulary has): what a member's
+    /// [`encode`](crate::Member::encode) must return. `tokenize` is only asked for valid UTF-8;
+    /// `None` from it means it could not tokenize.
+    pub fn encode_checked(
+        &self,
+        text: &[u8],
+        tokenize: impl FnOnce(&str) -> Option<Vec<u32>>,
+    ) -> Result<Vec<u32>> {
+        if let Some(ids) = std::str::from_utf8(text).ok().and_then(tokenize) {
+            if self.spells(&ids, text) {
+                return Ok(ids);
+            }
+        }
+        let mut ids = Vec::with_capacity(text.len());
+        self.encode_bytes(text, &mut ids)?;
+        Ok(ids)
+    }
+
     /// Spells `bytes` with one single-byte token per byte (the fallback every byte-level and
     /// byte-fallback vocabulary supports).
     pub fn encode_bytes(&self, bytes: &[u8], out: &mut Vec<u32>) -> Result<()> {

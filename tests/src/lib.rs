@@ -72,19 +72,9 @@ pub fn boxed(members: Vec<LlamaMember>) -> Vec<Box<dyn Member>> {
         .collect()
 }
 
-/// The index of the largest logit (the first one on ties).
+/// The index of the largest logit (the first one on ties: gac-core's one argmax).
 pub fn argmax_logit(logits: &[f32]) -> u32 {
-    logits
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &l)| {
-            if l > best.1 {
-                (i, l)
-            } else {
-                best
-            }
-        })
-        .0 as u32
+    gac_core::select::argmax(logits).expect("logits") as u32
 }
 
 /// The model's own greedy continuation through llama.cpp directly (not through gac): the

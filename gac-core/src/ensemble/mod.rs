@@ -45,8 +45,7 @@ impl Ensemble {
         }
         let n = members.len();
         let weights = weights.unwrap_or_else(|| vec![1.0; n]);
-        validate_weights(&weights, n)?;
-        validate_mode(&mode, n)?;
+        validate(&weights, &mode, n)?;
         let vocabs: Vec<_> = members.iter().map(|m| m.vocab()).collect();
         let union = Union::build(&vocabs)?;
         Ok(Self {
@@ -186,6 +185,14 @@ impl Ensemble {
         }
         result
     }
+}
+
+/// Checks an ensemble's weights (one per member of `n`, each finite and >= 0, not all 0) and
+/// mode (gate and deferred-to member among them, threshold in [0, 1]): the one validation of
+/// both, shared by [`Ensemble::new`] and configuration files.
+pub fn validate(weights: &[f32], mode: &Mode, n: usize) -> Result<()> {
+    validate_weights(weights, n)?;
+    validate_mode(mode, n)
 }
 
 fn validate_weights(weights: &[f32], n: usize) -> Result<()> {

@@ -60,6 +60,18 @@ pub fn descending(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
     b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
 }
 
+/// The index of the largest value, the lowest index on ties (the rule of [`descending`]), as a
+/// plain loop; `None` for no values or only NaN.
+pub fn argmax(values: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in values.iter().enumerate() {
+        if best.is_none_or(|(_, b)| v > b) && !v.is_nan() {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
 impl Candidates {
     /// A buffer for a union of `union_len` tokens (the sink slot is added).
     pub fn new(union_len: usize) -> Self {
@@ -129,14 +141,8 @@ impl Candidates {
     /// mass.
     pub fn best(&self) -> Option<u32> {
         if self.dense {
-            // The same rule as `descending`, as a plain loop over the whole union.
-            let mut best = (0.0f32, 0u32);
-            for (i, &p) in self.acc[..self.union_len].iter().enumerate() {
-                if p > best.0 {
-                    best = (p, i as u32);
-                }
-            }
-            return (best.0 > 0.0).then_some(best.1);
+            let acc = &self.acc[..self.union_len];
+            return argmax(acc).filter(|&i| acc[i] > 0.0).map(|i| i as u32);
         }
         match self.sorted {
             true => self.list.first(),

@@ -8,7 +8,7 @@
 mod candidates;
 mod stages;
 
-pub use candidates::{descending, Candidates, Input, Scatter, HEAD_FLOOR};
+pub use candidates::{argmax, descending, Candidates, Input, Scatter, HEAD_FLOOR};
 pub use stages::{Chooser, Stage, Stages, Temperature, TopK, TopP};
 
 use crate::pick::{PickConfig, SplitMix64};

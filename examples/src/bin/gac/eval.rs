@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gac_core::config::{EnsembleConfig, RuntimeKind};
 use gac_core::{Ensemble, GenerateOptions, Member, Mode, Schedule, WhenUnsure};
+use gac_examples::config::{EnsembleConfig, RuntimeKind};
 use gac_examples::eval::plot::svg;
 use gac_examples::eval::{
     extract, fingerprint, is_correct, letter_skew, load_task, points, sample, table, Record,

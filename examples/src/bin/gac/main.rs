@@ -7,8 +7,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use gac_core::config::{parse_when_unsure, EnsembleConfig, GateConfig, MemberConfig, RuntimeKind};
 use gac_core::{Ensemble, GenerateOptions, Generation, Member, PickConfig, Union};
+use gac_examples::config::{
+    parse_when_unsure, EnsembleConfig, GateConfig, MemberConfig, RuntimeKind,
+};
 use gac_llamacpp::{LlamaMember, LlamaOptions};
 use serde_json::json;
 
@@ -235,7 +237,7 @@ impl GenerateArgs {
             }
         }
         if let Some(member) = self.gate {
-            parse_when_unsure(&self.when_unsure, n)?;
+            parse_when_unsure(&self.when_unsure)?;
             config.gate = Some(GateConfig {
                 member,
                 threshold: self.threshold,

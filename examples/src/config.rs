@@ -1,4 +1,6 @@
-//! Ensemble configuration as written in a TOML file, and its validation.
+//! The `gac` tool's ensemble configuration, as written in a TOML file (and built from the
+//! command line), with the checks of every value before a model is loaded; the weights and the
+//! mode are checked by gac-core's one validation.
 //!
 //! ```toml
 //! [[member]]
@@ -24,8 +26,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::combine::{Mode, Schedule, WhenUnsure};
-use crate::{Error, Result};
+use gac_core::ensemble::validate;
+use gac_core::{Error, Mode, Result, Schedule, WhenUnsure};
 
 /// A whole ensemble: its members and, optionally, a gate.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -150,12 +152,6 @@ impl EnsembleConfig {
             return Err(Error::NoMembers);
         }
         for (i, m) in self.members.iter().enumerate() {
-            if !m.weight.is_finite() || m.weight < 0.0 {
-                return Err(Error::config(
-                    format!("member[{i}].weight"),
-                    format!("{} is not a number >= 0", m.weight),
-                ));
-            }
             if let Some(t) = m.threads {
                 if t < 1 {
                     return Err(Error::config(
@@ -195,11 +191,8 @@ impl EnsembleConfig {
                 }
             }
         }
-        if self.members.iter().all(|m| m.weight == 0.0) {
-            return Err(Error::config("weights", "all weights are 0"));
-        }
         self.schedule()?;
-        self.mode().map(|_| ())
+        validate(&self.weights(), &self.mode()?, self.members.len())
     }
 
     /// When gated mode evaluates the non-gate members: the `[gate]`'s `schedule`, or by default
@@ -230,57 +223,34 @@ impl EnsembleConfig {
         self.members.iter().map(|m| m.weight).collect()
     }
 
-    /// The combination mode this configuration describes.
+    /// The combination mode this configuration describes (its ranges are checked by
+    /// [`EnsembleConfig::validate`]).
     pub fn mode(&self) -> Result<Mode> {
         let Some(gate) = &self.gate else {
             return Ok(Mode::Average);
         };
-        let n = self.members.len();
-        if gate.member >= n {
-            return Err(Error::config(
-                "gate",
-                format!(
-                    "member {} does not exist (members are 0..{})",
-                    gate.member,
-                    n - 1
-                ),
-            ));
-        }
-        if !(0.0..=1.0).contains(&gate.threshold) {
-            return Err(Error::config(
-                "threshold",
-                format!("{} is outside [0, 1]", gate.threshold),
-            ));
-        }
-        let when_unsure = parse_when_unsure(&gate.when_unsure, n)?;
         Ok(Mode::Gated {
             gate: gate.member,
             threshold: gate.threshold,
-            when_unsure,
+            when_unsure: parse_when_unsure(&gate.when_unsure)?,
         })
     }
 }
 
-/// Parses `average` or `member:K` (K < `members`).
-pub fn parse_when_unsure(s: &str, members: usize) -> Result<WhenUnsure> {
+/// Parses `average` or `member:K`.
+pub fn parse_when_unsure(s: &str) -> Result<WhenUnsure> {
     if s == "average" {
         return Ok(WhenUnsure::Average);
     }
-    let bad = || {
-        Error::config(
-            "when_unsure",
-            format!("'{s}' is neither 'average' nor 'member:K' with K < {members}"),
-        )
-    };
-    let k: usize = s
-        .strip_prefix("member:")
-        .ok_or_else(bad)?
-        .parse()
-        .map_err(|_| bad())?;
-    if k >= members {
-        return Err(bad());
-    }
-    Ok(WhenUnsure::Defer(k))
+    s.strip_prefix("member:")
+        .and_then(|k| k.parse().ok())
+        .map(WhenUnsure::Defer)
+        .ok_or_else(|| {
+            Error::config(
+                "when_unsure",
+                format!("'{s}' is neither 'average' nor 'member:K'"),
+            )
+        })
 }
 
 #[cfg(test)]
