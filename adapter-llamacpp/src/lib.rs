@@ -13,19 +13,23 @@
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use gac_core::gguf::{model_name, GgufError};
-use gac_core::vocab::{Token, Vocab};
+use gac_core::vocab::Vocab;
 use gac_core::Member;
+
+mod runtime;
+mod vocab;
+
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
-use llama_cpp_2::token_type::LlamaTokenAttr;
+pub use runtime::{backend, llama_version, runtime_info, RuntimeInfo, LLAMA_CPP_VERSION};
+pub use vocab::vocab_of;
 
 /// Where and how a member runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,60 +101,6 @@ impl std::error::Error for LoadError {
             LoadError::Unreadable(_, e) => Some(e),
             _ => None,
         }
-    }
-}
-
-/// The process-wide llama.cpp backend (initialized once, on first use).
-pub fn backend() -> &'static LlamaBackend {
-    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
-    BACKEND.get_or_init(|| {
-        let mut backend = LlamaBackend::init().expect("gac initializes the llama.cpp backend once");
-        if std::env::var_os("GAC_LLAMA_LOG").is_none() {
-            backend.void_logs();
-        }
-        backend
-    })
-}
-
-/// The llama.cpp that gac runs on: its version string, how it is linked, and the devices its
-/// backends see.
-#[derive(Debug, Clone)]
-pub struct RuntimeInfo {
-    /// `llama_version()` of the loaded library.
-    pub version: String,
-    /// Whether llama.cpp is linked as shared libraries (the `dynamic-link` feature), so that the
-    /// libraries found at run time are used.
-    pub dynamic: bool,
-    /// Whether layers can be offloaded to a GPU.
-    pub gpu_offload: bool,
-    /// Each device: backend, name, description and total memory in bytes.
-    pub devices: Vec<(String, String, String, usize)>,
-}
-
-/// The llama.cpp version gac is built against (the source llama-cpp-sys-2 0.1.161 vendors). A
-/// llama.cpp loaded as shared libraries (the `dynamic-link` feature) must report it; llama.cpp
-/// does not bump it on every change of its C API, so build exactly that source.
-pub const LLAMA_CPP_VERSION: &str = "0.6.0";
-
-/// `llama_version()` of the llama.cpp this process runs on.
-pub fn llama_version() -> String {
-    // SAFETY: llama_version returns a pointer to a static NUL-terminated string.
-    unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_version()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// Describes the llama.cpp that this process runs on.
-pub fn runtime_info() -> RuntimeInfo {
-    let backend = backend();
-    RuntimeInfo {
-        version: llama_version(),
-        dynamic: cfg!(feature = "dynamic-link"),
-        gpu_offload: backend.supports_gpu_offload(),
-        devices: llama_cpp_2::list_llama_ggml_backend_devices()
-            .into_iter()
-            .map(|d| (d.backend, d.name, d.description, d.memory_total))
-            .collect(),
     }
 }
 
@@ -352,34 +302,6 @@ impl LlamaMember {
         self.cached.clear();
         self.logits_row = None;
     }
-}
-
-/// Builds gac's byte-level view of a llama.cpp vocabulary from token attributes and pieces.
-pub fn vocab_of(model: &LlamaModel, name: &str) -> gac_core::Result<Vocab> {
-    let vocab = model.vocab();
-    let mut tokens = Vec::with_capacity(vocab.n_tokens().max(0) as usize);
-    let mut piece = Vec::new();
-    for token in vocab.tokens() {
-        let attr = vocab.attr(token);
-        let entry = if vocab.is_eog(token) {
-            Token::End
-        } else if attr
-            .intersects(LlamaTokenAttr::Control | LlamaTokenAttr::Unused | LlamaTokenAttr::Unknown)
-            || attr.is_empty()
-        {
-            Token::Special
-        } else {
-            piece.clear();
-            vocab.token_to_piece_into(token, &mut piece, true, None);
-            match piece.as_slice() {
-                [] => Token::Special,
-                [b] if attr.contains(LlamaTokenAttr::Byte) => Token::Byte(*b),
-                bytes => Token::Text(bytes.into()),
-            }
-        };
-        tokens.push(entry);
-    }
-    Vocab::new(name, tokens)
 }
 
 impl Member for LlamaMember {

@@ -1,0 +1,296 @@
+//! `gac generate`: one generation, streamed, with its statistics; per-member flags bind to the
+//! `--model` they follow.
+
+use std::io::{IsTerminal, Read, Write};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use gac_core::{Ensemble, GenerateOptions, Generation, PickConfig, Union};
+use gac_examples::config::{parse_when_unsure, EnsembleConfig, GateConfig, RuntimeKind};
+use serde_json::json;
+
+use super::{load_members, MemberArgs};
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    members: MemberArgs,
+    /// Weight of the member whose --model it follows, in the average (default: equal).
+    #[arg(
+        long = "weight",
+        value_name = "W",
+        conflicts_with = "config",
+        allow_negative_numbers = true
+    )]
+    weights: Vec<f32>,
+    /// Gated mode: member N decides alone while its top probability is above --threshold.
+    #[arg(long, value_name = "N")]
+    gate: Option<usize>,
+    /// Gate threshold t in [0, 1]: steps where the gate's top probability is <= t are ensembled.
+    #[arg(
+        long,
+        value_name = "T",
+        default_value_t = 0.5,
+        requires = "gate",
+        allow_negative_numbers = true
+    )]
+    threshold: f32,
+    /// What to do when the gate is unsure: `average` all members, or `member:K` alone.
+    #[arg(long, value_name = "HOW", default_value = "average", requires = "gate")]
+    when_unsure: String,
+    /// When the other members are evaluated: `lazy` (only where the gate is unsure, catching up
+    /// in one batch) or `eager` (every step, beside the gate). Default: eager when every member
+    /// has a GPU of its own, else lazy.
+    #[arg(long, value_name = "WHEN", requires = "gate")]
+    schedule: Option<String>,
+    /// Sampling temperature; 0 picks the most probable token (greedy).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    temperature: f32,
+    /// With sampling: keep only the K most probable union tokens (0 = all).
+    #[arg(long, value_name = "K", default_value_t = 40)]
+    top_k: usize,
+    /// With sampling: keep the most probable tokens up to this total probability.
+    #[arg(long, value_name = "P", default_value_t = 0.95)]
+    top_p: f32,
+    /// Seed of the sampler (the same seed gives the same output).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop after this many tokens.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    max_tokens: usize,
+    /// Combine only each member's K most probable tokens (the top-k union) instead of the full
+    /// distributions.
+    #[arg(long, value_name = "K")]
+    union_top_k: Option<usize>,
+    /// Stop when this text appears (repeatable); the output is cut before it.
+    #[arg(long = "stop", value_name = "TEXT")]
+    stops: Vec<String>,
+    /// Wrap the prompt in each member's own chat template (from its GGUF, where it has one).
+    #[arg(long)]
+    chat: bool,
+    /// Print one JSON object with the text and the statistics instead of streaming.
+    #[arg(long)]
+    json: bool,
+    /// CPU threads of the llama.cpp member whose --model it follows (default: the cores divided
+    /// among the members; mistral.rs members share one pool, sized by RAYON_NUM_THREADS).
+    #[arg(long = "threads", value_name = "N", conflicts_with = "config")]
+    threads: Vec<i32>,
+    /// Pin the member whose --model it follows to this GPU (needs a GPU build of llama.cpp).
+    #[arg(long = "gpu", value_name = "INDEX", conflicts_with = "config")]
+    gpus: Vec<i32>,
+    /// Layers of the llama.cpp member whose --model it follows to offload to its GPU (default:
+    /// all).
+    #[arg(long = "gpu-layers", value_name = "N", conflicts_with = "config")]
+    gpu_layers: Vec<u32>,
+    /// Context window of the member whose --model it follows, in tokens (default: the model's,
+    /// at most 4096).
+    #[arg(long = "ctx", value_name = "TOKENS", conflicts_with = "config")]
+    contexts: Vec<u32>,
+    /// The prompt; `-` reads it from stdin.
+    prompt: String,
+}
+
+/// Which member each occurrence of a per-member flag belongs to: the last `--model` before it.
+/// `positions` are the command-line indices of the `--model` flags, in order.
+fn owners(flag: &str, at: &[usize], positions: &[usize]) -> Result<Vec<usize>> {
+    let mut owners: Vec<usize> = Vec::with_capacity(at.len());
+    for &i in at {
+        let Some(member) = positions.iter().rposition(|&m| m < i) else {
+            bail!("invalid {flag}: it comes before the first --model (per-member flags follow the model they apply to)");
+        };
+        if owners.contains(&member) {
+            bail!("invalid {flag}: given twice for member {member}");
+        }
+        owners.push(member);
+    }
+    Ok(owners)
+}
+
+/// The command-line positions of a flag's values (empty when it is not given).
+fn indices(matches: &clap::ArgMatches, id: &str) -> Vec<usize> {
+    matches
+        .indices_of(id)
+        .map_or_else(Vec::new, Iterator::collect)
+}
+
+impl GenerateArgs {
+    /// All validation of the generate flags happens here, before any model is loaded.
+    /// `matches` are the subcommand's, for the positions of per-member flags.
+    pub fn ensemble_config(&self, matches: &clap::ArgMatches) -> Result<EnsembleConfig> {
+        let mut config = self.members.config()?;
+        let models = indices(matches, "models");
+        let bind = |flag: &str, id: &str| owners(flag, &indices(matches, id), &models);
+        for (m, w) in bind("--weight", "weights")?.into_iter().zip(&self.weights) {
+            config.members[m].weight = *w;
+        }
+        for (m, g) in bind("--gpu", "gpus")?.into_iter().zip(&self.gpus) {
+            config.members[m].gpu = Some(*g);
+        }
+        for (m, l) in bind("--gpu-layers", "gpu_layers")?
+            .into_iter()
+            .zip(&self.gpu_layers)
+        {
+            config.members[m].gpu_layers = Some(*l);
+        }
+        for (m, t) in bind("--threads", "threads")?.into_iter().zip(&self.threads) {
+            config.members[m].threads = Some(*t);
+        }
+        for (m, c) in bind("--ctx", "contexts")?.into_iter().zip(&self.contexts) {
+            config.members[m].context = Some(*c);
+        }
+        let n = config.members.len();
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as i32;
+        for m in &mut config.members {
+            if m.runtime == RuntimeKind::LlamaCpp && m.threads.is_none() {
+                m.threads = Some((cores / n.max(1) as i32).max(1));
+            }
+        }
+        if let Some(member) = self.gate {
+            parse_when_unsure(&self.when_unsure)?;
+            config.gate = Some(GateConfig {
+                member,
+                threshold: self.threshold,
+                when_unsure: self.when_unsure.clone(),
+                schedule: self.schedule.clone(),
+            });
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn read_prompt(prompt: &str) -> Result<String> {
+    if prompt != "-" {
+        return Ok(prompt.to_string());
+    }
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("reading the prompt from stdin")?;
+    Ok(text)
+}
+
+pub fn generate(args: GenerateArgs, config: EnsembleConfig) -> Result<()> {
+    let prompt = read_prompt(&args.prompt)?;
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        stop: args.stops.clone(),
+        pick: PickConfig {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        chat: args.chat,
+        union_top_k: args.union_top_k,
+        schedule: config.schedule()?,
+    };
+    options.pick.validate()?;
+    let members = load_members(&config, args.json, false)?;
+    if args.chat {
+        for m in &members {
+            if m.encode_chat("").is_none() {
+                eprintln!(
+                    "gac: warning: member {} has no usable chat template; it gets the raw prompt",
+                    m.name()
+                );
+            }
+        }
+    }
+    let mut ensemble = Ensemble::new(members, Some(config.weights()), config.mode()?)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut write_error = None;
+    let mut on_text = |s: &str| {
+        if !args.json && write_error.is_none() {
+            if let Err(e) = out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+                write_error = Some(e);
+            }
+        }
+    };
+    let generation = ensemble.generate(&prompt, &options, &mut on_text)?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    if args.json {
+        let value = generation_json(&generation, ensemble.union(), &config);
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+    } else {
+        if std::io::stdout().is_terminal() || !generation.text.ends_with('\n') {
+            writeln!(out)?;
+        }
+        print_stats(&generation);
+    }
+    Ok(())
+}
+
+fn print_stats(g: &Generation) {
+    let s = &g.stats;
+    eprintln!(
+        "gac: {} tokens ({}), {:.1} ms/token, {:.1} tokens/s, {}/{} steps ensembled ({:.1}%), ensemble step {:.3} ms/step",
+        s.tokens,
+        g.finish.as_str(),
+        s.ms_per_token(),
+        s.tokens_per_sec(),
+        s.ensembled_steps,
+        s.steps,
+        100.0 * s.ensembled_fraction(),
+        combine_ms_per_step(g),
+    );
+    for m in &s.members {
+        eprintln!(
+            "gac:   {}: prompt {} tokens in {:.1} ms; {} decode evals, {:.2} ms each; softmax {:.3} ms/eval; re-encode {:.3} ms total",
+            m.name,
+            m.prompt_tokens,
+            m.prompt_time.as_secs_f64() * 1e3,
+            m.decode_evals,
+            m.ms_per_eval(),
+            m.softmax_time.as_secs_f64() * 1e3 / (m.decode_evals + 1) as f64,
+            m.push_time.as_secs_f64() * 1e3,
+        );
+    }
+}
+
+fn combine_ms_per_step(g: &Generation) -> f64 {
+    g.stats.combine_time.as_secs_f64() * 1e3 / g.stats.steps.max(1) as f64
+}
+
+fn generation_json(g: &Generation, union: &Union, config: &EnsembleConfig) -> serde_json::Value {
+    let s = &g.stats;
+    json!({
+        "text": g.text,
+        "finish": g.finish.as_str(),
+        "tokens": s.tokens,
+        "union_size": union.len(),
+        "stats": {
+            "steps": s.steps,
+            "ensembled_steps": s.ensembled_steps,
+            "ensembled_fraction": s.ensembled_fraction(),
+            "ms_per_token": s.ms_per_token(),
+            "tokens_per_sec": s.tokens_per_sec(),
+            "first_step_ms": s.first_step_time.as_secs_f64() * 1e3,
+            "total_ms": s.total_time.as_secs_f64() * 1e3,
+            "combine_ms_per_step": combine_ms_per_step(g),
+        },
+        "steps": s.per_step.iter().map(|st| json!({
+            "token": String::from_utf8_lossy(union.bytes(st.token)),
+            "ensembled": st.ensembled,
+            "gate_confidence": st.gate_confidence,
+            "ms": st.time.as_secs_f64() * 1e3,
+        })).collect::<Vec<_>>(),
+        "members": s.members.iter().zip(&config.members).map(|(m, c)| json!({
+            "name": m.name,
+            "path": c.path,
+            "weight": c.weight,
+            "prompt_tokens": m.prompt_tokens,
+            "prompt_ms": m.prompt_time.as_secs_f64() * 1e3,
+            "decode_evals": m.decode_evals,
+            "ms_per_eval": m.ms_per_eval(),
+            "softmax_ms": m.softmax_time.as_secs_f64() * 1e3,
+            "reencode_ms": m.push_time.as_secs_f64() * 1e3,
+        })).collect::<Vec<_>>(),
+    })
+}
