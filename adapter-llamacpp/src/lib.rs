@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use gac_core::gguf::{model_name, GgufError};
 use gac_core::vocab::Vocab;
-use gac_core::Member;
+use gac_core::{Encoder, Member};
 
 mod runtime;
 mod vocab;
@@ -304,11 +304,7 @@ impl LlamaMember {
     }
 }
 
-impl Member for LlamaMember {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
+impl Encoder for LlamaMember {
     fn vocab(&self) -> &Vocab {
         &self.vocab
     }
@@ -337,6 +333,12 @@ impl Member for LlamaMember {
 
     fn context_size(&self) -> Option<usize> {
         Some(self.context_size)
+    }
+}
+
+impl Member for LlamaMember {
+    fn name(&self) -> &str {
+        &self.name
     }
 
     fn reset(&mut self) -> gac_core::Result<()> {

@@ -21,7 +21,7 @@ use either::Either;
 use gac_core::bridge::{BridgeMember, Hook, Runtime};
 use gac_core::gguf::{model_name, GgufError};
 use gac_core::tokenizer_json::{vocab_from_tokenizer, END_TOKENS};
-use gac_core::{Error, Result, Vocab};
+use gac_core::{Encoder, Error, Result, Vocab};
 use indexmap::IndexMap;
 use mistralrs_core::{
     AdapterPaths, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig,
@@ -270,10 +270,10 @@ pub fn wrap_engine(
         engine,
         model_id,
         tokenizer,
-        vocab: vocab.clone(),
+        vocab,
         context,
     };
-    BridgeMember::new(name, vocab, runtime, end_token, options.timeout)
+    BridgeMember::new(name, runtime, end_token, options.timeout)
 }
 
 impl MistralRuntime {
@@ -349,6 +349,12 @@ impl Runtime for MistralRuntime {
             }
         });
         Ok(())
+    }
+}
+
+impl Encoder for MistralRuntime {
+    fn vocab(&self) -> &Vocab {
+        &self.vocab
     }
 
     fn encode(&self, text: &[u8]) -> Result<Vec<u32>> {

@@ -34,7 +34,7 @@ pub mod vocab;
 pub use combine::{Mode, Schedule, WhenUnsure};
 pub use ensemble::{Ensemble, Finish, GenerateOptions, Generation, Stats, StepStats};
 pub use error::{Error, Result};
-pub use member::Member;
+pub use member::{Encoder, Member};
 pub use pick::PickConfig;
 pub use union::{Union, UnionId};
 pub use vocab::{Token, Vocab};

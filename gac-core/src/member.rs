@@ -1,4 +1,5 @@
-//! The `Member` trait: one model session, driven step by step by the ensemble loop.
+//! The `Member` trait: one model session, driven step by step by the ensemble loop, and the
+//! `Encoder` it builds on: the member's vocabulary and its own ids for text.
 //!
 //! Members never pull: the loop owns time. It pushes token ids (cheap, nothing is evaluated) and
 //! asks for logits when it needs them; a member evaluates everything pushed since its last
@@ -8,25 +9,19 @@
 use crate::vocab::Vocab;
 use crate::Result;
 
-/// One model session in an ensemble. Required: [`vocab`](Member::vocab),
-/// [`encode`](Member::encode), [`push`](Member::push), [`logits`](Member::logits) and
-/// [`reset`](Member::reset); the rest have defaults.
-pub trait Member: Send {
-    /// A short name for messages and statistics.
-    fn name(&self) -> &str {
-        "member"
-    }
-
+/// The text side of a member: what its token ids stand for and its own ids for a text.
+/// Required: [`vocab`](Encoder::vocab) and [`encode`](Encoder::encode).
+pub trait Encoder: Send {
     /// What each of this member's token ids stands for.
     fn vocab(&self) -> &Vocab;
 
     /// The member's own ids for a piece of text, no special tokens added. Decoding the ids must
-    /// give back exactly `text` (fall back to [`Vocab::encode_bytes`] where the tokenizer cannot
-    /// promise that); `text` may be an incomplete UTF-8 sequence.
+    /// give back exactly `text` (see [`Vocab::encode_checked`]); `text` may be an incomplete
+    /// UTF-8 sequence.
     fn encode(&self, text: &[u8]) -> Result<Vec<u32>>;
 
     /// The ids of a prompt, with whatever the model expects around it (e.g. BOS) and with
-    /// special-token markup (chat templates) parsed. Defaults to [`encode`](Member::encode).
+    /// special-token markup (chat templates) parsed. Defaults to [`encode`](Encoder::encode).
     fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
         self.encode(prompt.as_bytes())
     }
@@ -41,6 +36,15 @@ pub trait Member: Send {
     /// The context window in tokens, if bounded.
     fn context_size(&self) -> Option<usize> {
         None
+    }
+}
+
+/// One model session in an ensemble. Required beyond its [`Encoder`]:
+/// [`push`](Member::push), [`logits`](Member::logits) and [`reset`](Member::reset).
+pub trait Member: Encoder {
+    /// A short name for messages and statistics.
+    fn name(&self) -> &str {
+        "member"
     }
 
     /// Forgets the whole context (a new generation starts). A member may keep what it computed
@@ -65,10 +69,7 @@ pub trait Member: Send {
     fn finish(&mut self) {}
 }
 
-impl<M: Member + ?Sized> Member for Box<M> {
-    fn name(&self) -> &str {
-        (**self).name()
-    }
+impl<E: Encoder + ?Sized> Encoder for Box<E> {
     fn vocab(&self) -> &Vocab {
         (**self).vocab()
     }
@@ -83,6 +84,12 @@ impl<M: Member + ?Sized> Member for Box<M> {
     }
     fn context_size(&self) -> Option<usize> {
         (**self).context_size()
+    }
+}
+
+impl<M: Member + ?Sized> Member for Box<M> {
+    fn name(&self) -> &str {
+        (**self).name()
     }
     fn reset(&mut self) -> Result<()> {
         (**self).reset()

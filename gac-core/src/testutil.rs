@@ -2,7 +2,7 @@
 //! to the longest token of its vocabulary that continues it. Knobs force the awkward paths: an
 //! error or a panic at a given evaluation, a small context window, fixed logits.
 
-use crate::member::Member;
+use crate::member::{Encoder, Member};
 use crate::vocab::{Token, Vocab};
 use crate::{Error, Result};
 
@@ -62,11 +62,7 @@ impl ScriptedMember {
     }
 }
 
-impl Member for ScriptedMember {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
+impl Encoder for ScriptedMember {
     fn vocab(&self) -> &Vocab {
         &self.vocab
     }
@@ -95,6 +91,12 @@ impl Member for ScriptedMember {
 
     fn context_size(&self) -> Option<usize> {
         self.context_size
+    }
+}
+
+impl Member for ScriptedMember {
+    fn name(&self) -> &str {
+        &self.name
     }
 
     fn reset(&mut self) -> Result<()> {

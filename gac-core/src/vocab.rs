@@ -106,7 +106,7 @@ impl Vocab {
 
     /// The ids `tokenize` gives for `text` when they spell exactly those bytes, else byte tokens
     /// (which every byte-level and byte-fallback vocabulary has): what a member's
-    /// [`encode`](crate::Member::encode) must return. `tokenize` is only asked for valid UTF-8;
+    /// [`encode`](crate::Encoder::encode) must return. `tokenize` is only asked for valid UTF-8;
     /// `None` from it means it could not tokenize.
     pub fn encode_checked(
         &self,

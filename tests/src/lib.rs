@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gac_core::{Member, Vocab};
+use gac_core::{Encoder, Member, Vocab};
 use gac_llamacpp::{LlamaMember, LlamaOptions};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -137,10 +137,7 @@ impl Recording {
     }
 }
 
-impl Member for Recording {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
+impl Encoder for Recording {
     fn vocab(&self) -> &Vocab {
         self.inner.vocab()
     }
@@ -155,6 +152,12 @@ impl Member for Recording {
     }
     fn context_size(&self) -> Option<usize> {
         self.inner.context_size()
+    }
+}
+
+impl Member for Recording {
+    fn name(&self) -> &str {
+        self.inner.name()
     }
     fn reset(&mut self) -> gac_core::Result<()> {
         self.prompt_len = None;
@@ -314,7 +317,7 @@ impl FixedMember {
     }
 }
 
-impl Member for FixedMember {
+impl Encoder for FixedMember {
     fn vocab(&self) -> &Vocab {
         &self.vocab
     }
@@ -323,6 +326,9 @@ impl Member for FixedMember {
         self.vocab.encode_bytes(text, &mut ids)?;
         Ok(ids)
     }
+}
+
+impl Member for FixedMember {
     fn reset(&mut self) -> gac_core::Result<()> {
         self.context = 0;
         Ok(())

@@ -1,7 +1,7 @@
 //! `--chat`: every member gets the user's message in its own chat template, tokenized exactly as
 //! its runtime does it for a chat request (one BOS, the template's control tokens).
 
-use gac_core::{Ensemble, GenerateOptions, Member, Mode};
+use gac_core::{Encoder, Ensemble, GenerateOptions, Member, Mode};
 use gac_tests::{asset, member, mistral_member, mistral_reference_chat, reference_greedy};
 use gac_tests::{GEMMA, SMOLLM};
 use llama_cpp_2::model::params::LlamaModelParams;

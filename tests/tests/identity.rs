@@ -1,7 +1,9 @@
 //! Ensembles that must reproduce a single model's greedy output exactly, token for token.
 
 use gac_core::vocab::Token;
-use gac_core::{Ensemble, GenerateOptions, Generation, Member, Mode, Schedule, WhenUnsure};
+use gac_core::{
+    Encoder, Ensemble, GenerateOptions, Generation, Member, Mode, Schedule, WhenUnsure,
+};
 use gac_llamacpp::{LlamaMember, LlamaOptions};
 use gac_tests::{argmax_logit, asset, boxed, member, reference_greedy, GEMMA, PROMPTS, SMOLLM};
 

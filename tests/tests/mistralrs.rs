@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gac_core::{Ensemble, GenerateOptions, Member, Mode, WhenUnsure};
+use gac_core::{Encoder, Ensemble, GenerateOptions, Member, Mode, WhenUnsure};
 use gac_tests::{
     asset, member, mistral_member, mistral_reference_greedy, reference_greedy, GEMMA, PROMPTS,
     SMOLLM,
@@ -130,7 +130,7 @@ struct ScriptedGate {
     logits: Vec<f32>,
 }
 
-impl Member for ScriptedGate {
+impl Encoder for ScriptedGate {
     fn vocab(&self) -> &gac_core::Vocab {
         self.inner.vocab()
     }
@@ -140,6 +140,9 @@ impl Member for ScriptedGate {
     fn encode_prompt(&self, prompt: &str) -> gac_core::Result<Vec<u32>> {
         self.inner.encode_prompt(prompt)
     }
+}
+
+impl Member for ScriptedGate {
     fn reset(&mut self) -> gac_core::Result<()> {
         self.evals = 0;
         self.inner.reset()

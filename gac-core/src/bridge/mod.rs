@@ -21,35 +21,17 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::member::Member;
+use crate::member::{Encoder, Member};
 use crate::vocab::Vocab;
 use crate::{Error, Result};
 
-/// What the bridge needs from a runtime: starting a request, and its tokenizer.
-pub trait Runtime: Send {
+/// What the bridge needs from a runtime: its tokenizer (the [`Encoder`]), and starting a
+/// request.
+pub trait Runtime: Encoder {
     /// Starts a generation from `prompt`; the runtime must call `hook.step` once per generated
     /// position and append the token it returns, until that token is the end token. A failure
     /// after the start can be reported with [`Hook::fail`].
     fn start(&mut self, prompt: &[u32], hook: Hook) -> Result<()>;
-
-    /// The runtime's own ids for a piece of text, no special tokens added; see
-    /// [`Member::encode`].
-    fn encode(&self, text: &[u8]) -> Result<Vec<u32>>;
-
-    /// The ids of a prompt with whatever the model expects around it; see
-    /// [`Member::encode_prompt`].
-    fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>>;
-
-    /// One user message in the model's chat template, as the runtime's own ids; see
-    /// [`Member::encode_chat`].
-    fn encode_chat(&self, _user: &str) -> Option<Result<Vec<u32>>> {
-        None
-    }
-
-    /// The context window in tokens, if bounded.
-    fn context_size(&self) -> Option<usize> {
-        None
-    }
 }
 
 /// What both ends of one runtime request share.
@@ -172,7 +154,6 @@ impl FailureReporter {
 /// A [`Member`] whose runtime drives its own decode loop; see the module doc.
 pub struct BridgeMember<R: Runtime> {
     name: String,
-    vocab: Vocab,
     runtime: R,
     end_token: u32,
     timeout: Duration,
@@ -188,18 +169,16 @@ pub struct BridgeMember<R: Runtime> {
 }
 
 impl<R: Runtime> BridgeMember<R> {
-    /// A member over `runtime`, whose vocabulary is `vocab`; `end_token` is the token that
-    /// ends a runtime request (it must be an End token of `vocab`). The timeout bounds every wait
-    /// on either side.
+    /// A member over `runtime`; `end_token` is the token that ends a runtime request (it must be
+    /// an End token of the runtime's vocabulary). The timeout bounds every wait on either side.
     pub fn new(
         name: impl Into<String>,
-        vocab: Vocab,
         runtime: R,
         end_token: u32,
         timeout: Duration,
     ) -> Result<Self> {
         let name = name.into();
-        if vocab.get(end_token) != Some(&crate::vocab::Token::End) {
+        if runtime.vocab().get(end_token) != Some(&crate::vocab::Token::End) {
             return Err(Error::vocab(
                 &name,
                 format!("token {end_token} is not an end-of-generation token"),
@@ -207,7 +186,6 @@ impl<R: Runtime> BridgeMember<R> {
         }
         Ok(Self {
             name,
-            vocab,
             runtime,
             end_token,
             timeout,
@@ -292,13 +270,9 @@ impl<R: Runtime> BridgeMember<R> {
     }
 }
 
-impl<R: Runtime> Member for BridgeMember<R> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
+impl<R: Runtime> Encoder for BridgeMember<R> {
     fn vocab(&self) -> &Vocab {
-        &self.vocab
+        self.runtime.vocab()
     }
 
     fn encode(&self, text: &[u8]) -> Result<Vec<u32>> {
@@ -315,6 +289,12 @@ impl<R: Runtime> Member for BridgeMember<R> {
 
     fn context_size(&self) -> Option<usize> {
         self.runtime.context_size()
+    }
+}
+
+impl<R: Runtime> Member for BridgeMember<R> {
+    fn name(&self) -> &str {
+        &self.name
     }
 
     fn reset(&mut self) -> Result<()> {

@@ -21,6 +21,20 @@ struct ThreadRuntime {
     /// The length of the test prompt: what a request starts from beyond it was generated
     /// (the scripted model writes its target after the prompt).
     prompt_len: usize,
+    /// The model's vocabulary (the runtime's tokenizer).
+    vocab: Vocab,
+}
+
+impl Encoder for ThreadRuntime {
+    fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+    fn encode(&self, text: &[u8]) -> Result<Vec<u32>> {
+        self.model.lock().unwrap().encode(text)
+    }
+    fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.model.lock().unwrap().encode(prompt.as_bytes())
+    }
 }
 
 impl Runtime for ThreadRuntime {
@@ -53,12 +67,6 @@ impl Runtime for ThreadRuntime {
         });
         Ok(())
     }
-    fn encode(&self, text: &[u8]) -> Result<Vec<u32>> {
-        self.model.lock().unwrap().encode(text)
-    }
-    fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
-        self.model.lock().unwrap().encode(prompt.as_bytes())
-    }
 }
 
 const A: &[&str] = &[
@@ -86,9 +94,10 @@ fn bridged_with_timeout(
         log: log.clone(),
         die_after,
         prompt_len,
+        vocab,
     };
     let end = pieces.iter().position(|p| *p == "<end>").unwrap() as u32;
-    let member = BridgeMember::new("bridged", vocab, runtime, end, timeout).unwrap();
+    let member = BridgeMember::new("bridged", runtime, end, timeout).unwrap();
     (Box::new(member), log)
 }
 
@@ -191,13 +200,16 @@ fn a_skipped_bridged_member_lets_its_request_go_and_starts_again_from_its_contex
 /// A member that takes `delay` for every evaluation.
 struct Slow(ScriptedMember, Duration);
 
-impl Member for Slow {
+impl Encoder for Slow {
     fn vocab(&self) -> &Vocab {
         self.0.vocab()
     }
     fn encode(&self, text: &[u8]) -> Result<Vec<u32>> {
         self.0.encode(text)
     }
+}
+
+impl Member for Slow {
     fn reset(&mut self) -> Result<()> {
         self.0.reset()
     }

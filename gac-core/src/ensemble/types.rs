@@ -16,7 +16,7 @@ pub struct GenerateOptions {
     /// How to pick each token.
     pub pick: PickConfig,
     /// Wrap the prompt in each member's own chat template (where it has one); see
-    /// [`Member::encode_chat`].
+    /// [`Encoder::encode_chat`](crate::Encoder::encode_chat).
     pub chat: bool,
     /// Combine only each member's k most probable tokens (the top-k union of Yao et al.,
     /// "Determine-Then-Ensemble" / UniTE, 2024) instead of the full distributions; tokens below

@@ -63,13 +63,14 @@ pub fn descending(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
 /// The index of the largest value, the lowest index on ties (the rule of [`descending`]), as a
 /// plain loop; `None` for no values or only NaN.
 pub fn argmax(values: &[f32]) -> Option<usize> {
-    let mut best: Option<(usize, f32)> = None;
+    let (mut at, mut best) = (None, f32::NEG_INFINITY);
     for (i, &v) in values.iter().enumerate() {
-        if best.is_none_or(|(_, b)| v > b) && !v.is_nan() {
-            best = Some((i, v));
+        if v > best {
+            (at, best) = (Some(i), v);
         }
     }
-    best.map(|(i, _)| i)
+    // Nothing above -inf: the first value that is not NaN.
+    at.or_else(|| values.iter().position(|v| !v.is_nan()))
 }
 
 impl Candidates {

@@ -132,6 +132,17 @@ mod tests {
     }
 
     #[test]
+    fn one_argmax_first_index_on_ties() {
+        let inf = f32::INFINITY;
+        assert_eq!(argmax(&[1.0, 3.0, 3.0]), Some(1));
+        assert_eq!(argmax(&[-inf, -inf]), Some(0));
+        assert_eq!(argmax(&[f32::NAN, 2.0]), Some(1));
+        assert_eq!(argmax(&[f32::NAN, -inf]), Some(1));
+        assert_eq!(argmax(&[]), None);
+        assert_eq!(argmax(&[f32::NAN]), None);
+    }
+
+    #[test]
     fn same_seed_same_draws() {
         let probs = [0.1, 0.2, 0.3, 0.4];
         let first = draws(sampling(7), &probs, 20);

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gac_core::{Ensemble, GenerateOptions, Member, Mode, Schedule, Stats, WhenUnsure};
+use gac_core::{Encoder, Ensemble, GenerateOptions, Member, Mode, Schedule, Stats, WhenUnsure};
 use gac_examples::config::RuntimeKind;
 use gac_llamacpp::{LlamaMember, LlamaOptions};
 use mistralrs_core::{MistralRs, NormalRequest, Request, RequestMessage, Response, SamplingParams};
