@@ -226,10 +226,17 @@ impl Candidates {
                 }
             }
         }
-        self.list_touched();
-        self.list.sort_unstable_by(descending);
-        let best = self.list.first().copied().unwrap_or((0.0, 0));
-        let second = self.list.get(1).map_or(0.0, |x| x.0);
+        // The best (by `descending`) and the runner-up's mass, in one pass: no sort.
+        let (mut best, mut second) = ((0.0f32, 0u32), 0.0f32);
+        for &u in &self.touched {
+            let x = (self.acc[u as usize], u);
+            if descending(&x, &best).is_lt() {
+                second = best.0;
+                best = x;
+            } else if x.0 > second {
+                second = x.0;
+            }
+        }
         // A union token's true mass exceeds its head mass by less than HEAD_FLOOR for every one
         // of a member's ids outside the head that maps to it.
         let tails: f32 = members
@@ -237,7 +244,7 @@ impl Candidates {
             .map(|m| m.weight * HEAD_FLOOR * m.max_fold as f32)
             .sum();
         if best.0 - second > tails && best.0 > tails {
-            self.list.truncate(1);
+            self.list.push(best);
             self.sorted = true;
             true
         } else {
