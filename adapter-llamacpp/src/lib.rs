@@ -18,16 +18,16 @@ use std::sync::Arc;
 use gac_core::gguf::{model_name, GgufError};
 use gac_core::vocab::Vocab;
 use gac_core::{Encoder, Member};
-
-mod runtime;
-mod vocab;
-
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
+
+mod runtime;
+mod vocab;
+
 pub use runtime::{backend, llama_version, runtime_info, RuntimeInfo, LLAMA_CPP_VERSION};
 pub use vocab::vocab_of;
 

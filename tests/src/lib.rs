@@ -276,8 +276,8 @@ pub struct FixedMember {
     vocab: Vocab,
     /// The logits at the start (uniform in [-10, 10], with a head of 8 tokens if peaked).
     pub logits: Vec<f32>,
+    /// The rotated logits, when they vary (empty otherwise).
     varied: Vec<f32>,
-    vary: bool,
     context: usize,
 }
 
@@ -303,16 +303,15 @@ impl FixedMember {
         }
         Self {
             vocab,
-            varied: logits.clone(),
             logits,
-            vary: false,
+            varied: Vec::new(),
             context: 0,
         }
     }
 
     /// Rotates the logits by the context length at every evaluation.
     pub fn varying(mut self) -> Self {
-        self.vary = true;
+        self.varied = self.logits.clone();
         self
     }
 }
@@ -338,7 +337,7 @@ impl Member for FixedMember {
         Ok(())
     }
     fn logits(&mut self) -> gac_core::Result<&[f32]> {
-        if !self.vary {
+        if self.varied.is_empty() {
             return Ok(&self.logits);
         }
         let n = self.logits.len();

@@ -163,8 +163,6 @@ pub struct BridgeMember<R: Runtime> {
     context: Vec<u32>,
     /// How much of `context` the running request has been given.
     sent: usize,
-    /// Requests started since the last reset.
-    requests: usize,
     logits: Vec<f32>,
 }
 
@@ -192,7 +190,6 @@ impl<R: Runtime> BridgeMember<R> {
             request: None,
             context: Vec::new(),
             sent: 0,
-            requests: 0,
             logits: Vec::new(),
         })
     }
@@ -200,12 +197,6 @@ impl<R: Runtime> BridgeMember<R> {
     /// The runtime.
     pub fn runtime(&self) -> &R {
         &self.runtime
-    }
-
-    /// Runtime requests started since the last reset: one, plus one for every time the member
-    /// was needed again after its request was let go.
-    pub fn requests(&self) -> usize {
-        self.requests
     }
 
     fn start(&mut self) -> Result<Arc<Exchange>> {
@@ -223,7 +214,6 @@ impl<R: Runtime> BridgeMember<R> {
         };
         self.runtime.start(&self.context, hook)?;
         self.sent = self.context.len();
-        self.requests += 1;
         self.request = Some(exchange.clone());
         Ok(exchange)
     }
@@ -301,7 +291,6 @@ impl<R: Runtime> Member for BridgeMember<R> {
         self.release();
         self.context.clear();
         self.sent = 0;
-        self.requests = 0;
         Ok(())
     }
 

@@ -41,8 +41,6 @@ pub struct Candidates {
     acc: Vec<f32>,
     /// Union ids with mass in `acc`, when only some were written.
     touched: Vec<u32>,
-    /// `acc` holds every member's whole distribution and the list is not built yet.
-    dense: bool,
     /// Every slot of `acc` may have been written (by a full scatter) since the last clear.
     written_all: bool,
     /// (mass, union id) of the tokens still in the running.
@@ -79,7 +77,6 @@ impl Candidates {
         Self {
             acc: vec![0.0; union_len + 1],
             touched: Vec::new(),
-            dense: false,
             written_all: false,
             list: Vec::new(),
             sorted: false,
@@ -102,16 +99,20 @@ impl Candidates {
             for m in members {
                 scatter_add(&mut self.acc, m.projection, m.probs, m.weight);
             }
-            self.dense = true;
             self.written_all = true;
         }
-        self.dense || !self.list.is_empty()
+        self.written_all || !self.list.is_empty()
+    }
+
+    /// The candidates are the whole dense buffer, not (yet) a list.
+    fn dense(&self) -> bool {
+        self.written_all && self.list.is_empty()
     }
 
     /// The tokens still in the running, as (mass, union id); built from the dense buffer on
     /// first use.
     pub fn list(&mut self) -> &mut Vec<(f32, u32)> {
-        if self.dense && self.list.is_empty() {
+        if self.dense() {
             let acc = &self.acc[..self.union_len];
             self.list.extend(
                 acc.iter()
@@ -119,7 +120,6 @@ impl Candidates {
                     .filter(|(_, &p)| p > 0.0)
                     .map(|(i, &p)| (p, i as u32)),
             );
-            self.dense = false;
         }
         &mut self.list
     }
@@ -141,7 +141,7 @@ impl Candidates {
     /// The most massive token (the lower union id on ties, as in [`descending`]), if any has
     /// mass.
     pub fn best(&self) -> Option<u32> {
-        if self.dense {
+        if self.dense() {
             let acc = &self.acc[..self.union_len];
             return argmax(acc).filter(|&i| acc[i] > 0.0).map(|i| i as u32);
         }
@@ -164,7 +164,6 @@ impl Candidates {
         }
         self.touched.clear();
         self.list.clear();
-        self.dense = false;
         self.written_all = false;
         self.sorted = false;
     }
@@ -177,13 +176,6 @@ impl Candidates {
                 self.touched.push(u);
             }
             *slot += mass;
-        }
-    }
-
-    fn list_touched(&mut self) {
-        self.list.clear();
-        for &u in &self.touched {
-            self.list.push((self.acc[u as usize], u));
         }
     }
 
@@ -209,7 +201,9 @@ impl Candidates {
             }
             self.top = top;
         }
-        self.list_touched();
+        let acc = &self.acc;
+        self.list
+            .extend(self.touched.iter().map(|&u| (acc[u as usize], u)));
         !self.list.is_empty()
     }
 
