@@ -17,18 +17,22 @@ use std::sync::Arc;
 
 use gac_core::gguf::{model_name, GgufError};
 use gac_core::vocab::Vocab;
-use gac_core::{Encoder, Member};
+use gac_core::{Encoder, Member, Message};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
-use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
+mod batched;
 mod runtime;
+mod text;
 mod vocab;
 
+pub use batched::{BatchedMember, SharedContext, BATCH_WINDOW};
 pub use runtime::{backend, llama_version, runtime_info, RuntimeInfo, LLAMA_CPP_VERSION};
+use text::ModelText;
 pub use vocab::vocab_of;
 
 /// Where and how a member runs.
@@ -149,11 +153,9 @@ fn check_gguf(path: &Path) -> Result<(), LoadError> {
 
 /// An ensemble member backed by one llama.cpp context.
 pub struct LlamaMember {
-    name: String,
-    // Declared before `model`, so it is dropped first: it borrows the model.
+    // Declared before `text`, so it is dropped first: it borrows the model.
     ctx: LlamaContext<'static>,
-    model: Arc<LlamaModel>,
-    vocab: Vocab,
+    text: ModelText,
     batch: LlamaBatch<'static>,
     batch_size: usize,
     context_size: usize,
@@ -173,8 +175,8 @@ pub struct LlamaMember {
 impl fmt::Debug for LlamaMember {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LlamaMember")
-            .field("name", &self.name)
-            .field("vocab", &self.vocab.len())
+            .field("name", &self.text.name)
+            .field("vocab", &self.text.vocab.len())
             .field("context_size", &self.context_size)
             .field("tokens", &self.tokens.len())
             .finish()
@@ -195,7 +197,8 @@ impl LlamaMember {
         path: &Path,
         options: &LlamaOptions,
     ) -> Result<Self, LoadError> {
-        let vocab = vocab_of(&model, &name).map_err(|e| LoadError::Vocab(path.to_path_buf(), e))?;
+        let text = ModelText::new(name, model, path)?;
+        let model = &text.model;
         let context_size = options
             .context
             .unwrap_or_else(|| model.n_ctx_train().min(4096))
@@ -214,14 +217,12 @@ impl LlamaMember {
             .new_context(backend(), params)
             .map_err(|e| LoadError::Context(path.to_path_buf(), e.to_string()))?;
         // SAFETY: the context borrows the model, which lives in an `Arc` that this struct keeps
-        // alive for as long as the context; `ctx` is declared before `model`, so it is dropped
-        // first. The `'static` lifetime never escapes this struct.
+        // alive for as long as the context; `ctx` is declared before `text` (which holds the
+        // model), so it is dropped first. The `'static` lifetime never escapes this struct.
         let ctx = unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) };
         Ok(Self {
-            name,
             ctx,
-            model,
-            vocab,
+            text,
             batch: LlamaBatch::new(batch_size as usize, 1),
             batch_size: batch_size as usize,
             context_size: context_size as usize,
@@ -235,13 +236,13 @@ impl LlamaMember {
 
     /// Renames the member (names appear in messages and statistics).
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.text.name = name.into();
         self
     }
 
     /// The underlying llama.cpp model.
     pub fn model(&self) -> &Arc<LlamaModel> {
-        &self.model
+        &self.text.model
     }
 
     /// Every id in the context, prompt included.
@@ -257,7 +258,7 @@ impl LlamaMember {
 
     /// The bytes llama.cpp itself renders for these ids (its own detokenizer, not gac's vocab).
     pub fn detokenize(&self, ids: &[u32]) -> Vec<u8> {
-        let vocab = self.model.vocab();
+        let vocab = self.text.model.vocab();
         let mut out = Vec::new();
         for &id in ids {
             vocab.token_to_piece_into(LlamaToken(id as i32), &mut out, false, None);
@@ -266,7 +267,7 @@ impl LlamaMember {
     }
 
     fn fail(&self, message: impl Into<String>) -> gac_core::Error {
-        gac_core::Error::member(&self.name, message)
+        gac_core::Error::member(&self.text.name, message)
     }
 
     /// Drops the cached positions past the longest prefix the cache shares with `tokens`; at
@@ -306,29 +307,19 @@ impl LlamaMember {
 
 impl Encoder for LlamaMember {
     fn vocab(&self) -> &Vocab {
-        &self.vocab
+        self.text.vocab()
     }
 
     fn encode(&self, text: &[u8]) -> gac_core::Result<Vec<u32>> {
-        self.vocab.encode_checked(text, |s| {
-            let ids = self.model.vocab().tokenize(s.as_bytes(), false, false);
-            Some(ids.into_iter().map(|t| t.0 as u32).collect())
-        })
+        self.text.encode(text)
     }
 
     fn encode_prompt(&self, prompt: &str) -> gac_core::Result<Vec<u32>> {
-        let ids = self.model.vocab().tokenize(prompt.as_bytes(), true, true);
-        Ok(ids.into_iter().map(|t| t.0 as u32).collect())
+        self.text.encode_prompt(prompt)
     }
 
-    fn encode_chat(&self, user: &str) -> Option<gac_core::Result<Vec<u32>>> {
-        let template = self.model.chat_template(None).ok()?;
-        let message = LlamaChatMessage::new("user".into(), user.into()).ok()?;
-        let text = self
-            .model
-            .apply_chat_template(&template, &[message], true)
-            .ok()?;
-        Some(self.encode_prompt(&text))
+    fn encode_messages(&self, messages: &[Message]) -> Option<gac_core::Result<Vec<u32>>> {
+        self.text.encode_messages(messages)
     }
 
     fn context_size(&self) -> Option<usize> {
@@ -338,7 +329,7 @@ impl Encoder for LlamaMember {
 
 impl Member for LlamaMember {
     fn name(&self) -> &str {
-        &self.name
+        &self.text.name
     }
 
     fn reset(&mut self) -> gac_core::Result<()> {
@@ -351,20 +342,7 @@ impl Member for LlamaMember {
     }
 
     fn push(&mut self, ids: &[u32]) -> gac_core::Result<()> {
-        if self.tokens.len() + ids.len() > self.context_size {
-            return Err(gac_core::Error::ContextFull {
-                member: self.name.clone(),
-                context: self.context_size,
-            });
-        }
-        let n_vocab = self.vocab.len() as u32;
-        if let Some(&bad) = ids.iter().find(|&&id| id >= n_vocab) {
-            return Err(self.fail(format!(
-                "token id {bad} is outside its vocabulary of {n_vocab}"
-            )));
-        }
-        self.tokens.extend_from_slice(ids);
-        Ok(())
+        self.text.append(&mut self.tokens, ids, self.context_size)
     }
 
     fn logits(&mut self) -> gac_core::Result<&[f32]> {
@@ -384,7 +362,7 @@ impl Member for LlamaMember {
                 let token = LlamaToken(self.tokens[pos] as i32);
                 self.batch
                     .add(token, pos as i32, &[0], pos + 1 == total)
-                    .map_err(|e| gac_core::Error::member(&self.name, format!("batch: {e}")))?;
+                    .map_err(|e| gac_core::Error::member(&self.text.name, format!("batch: {e}")))?;
             }
             if let Err(e) = self.ctx.decode(&mut self.batch) {
                 self.clear_cache();

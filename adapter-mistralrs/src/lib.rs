@@ -21,7 +21,7 @@ use either::Either;
 use gac_core::bridge::{BridgeMember, Hook, Runtime};
 use gac_core::gguf::{model_name, GgufError};
 use gac_core::tokenizer_json::{vocab_from_tokenizer, END_TOKENS};
-use gac_core::{Encoder, Error, Result, Vocab};
+use gac_core::{Encoder, Error, Message, Result, Vocab};
 use indexmap::IndexMap;
 use mistralrs_core::{
     AdapterPaths, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig,
@@ -65,6 +65,8 @@ pub struct MistralRuntime {
     engine: Arc<MistralRs>,
     model_id: Option<String>,
     tokenizer: Arc<Tokenizer>,
+    /// The same tokenizer, reading special-token markup in text as plain text.
+    plain: Tokenizer,
     vocab: Vocab,
     context: Option<usize>,
 }
@@ -266,10 +268,13 @@ pub fn wrap_engine(
         (Some(asked), _) => Some(asked),
         (None, model) => model,
     };
+    let mut plain = (*tokenizer).clone();
+    plain.set_encode_special_tokens(true);
     let runtime = MistralRuntime {
         engine,
         model_id,
         tokenizer,
+        plain,
         vocab,
         context,
     };
@@ -316,6 +321,85 @@ fn force(hook: &Hook, logits: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::from_vec(forced, logits.shape(), logits.device())?.to_dtype(logits.dtype())
 }
 
+impl MistralRuntime {
+    /// The ids of `text` as plain text (BOS and the like added when `special`).
+    fn plain_ids(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let encoding = self
+            .plain
+            .encode(text, special)
+            .map_err(|e| Error::vocab(self.vocab.name(), e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The engine's own chat tokenization of `messages` with `contents` as their contents;
+    /// `None` when the model has no chat template.
+    fn chat_ids(&self, messages: &[Message], contents: &[String]) -> Option<Result<Vec<u32>>> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let conversation = messages
+            .iter()
+            .zip(contents)
+            .map(|(m, content)| {
+                let mut message = IndexMap::new();
+                message.insert("role".to_string(), Either::Left(m.role.clone()));
+                message.insert("content".to_string(), Either::Left(content.clone()));
+                message
+            })
+            .collect();
+        let request = TokenizationRequest {
+            text: Either::Left(conversation),
+            tools: None,
+            add_generation_prompt: true,
+            add_special_tokens: true,
+            enable_thinking: None,
+            reasoning_effort: None,
+            response: tx,
+        };
+        if let Err(e) = self.send(Request::Tokenize(request)) {
+            return Some(Err(e));
+        }
+        match rx.blocking_recv() {
+            Some(Ok(ids)) => Some(Ok(ids)),
+            // mistral.rs answers with an error when the model has no chat template.
+            Some(Err(_)) => None,
+            None => Some(Err(Error::member(
+                self.vocab.name(),
+                "the engine stopped before it applied the chat template",
+            ))),
+        }
+    }
+
+    /// Replaces each marker's ids in `rendered` by its message's plain ids.
+    fn splice_contents(
+        &self,
+        rendered: Vec<u32>,
+        messages: &[Message],
+        markers: &[String],
+    ) -> Result<Vec<u32>> {
+        let mut ids = Vec::with_capacity(rendered.len());
+        let mut rest = &rendered[..];
+        for (i, (message, marker)) in messages.iter().zip(markers).enumerate() {
+            let marker_ids = self.plain_ids(marker, false)?;
+            let at = rest
+                .windows(marker_ids.len().max(1))
+                .position(|w| w == marker_ids.as_slice())
+                .ok_or_else(|| {
+                    Error::member(
+                        self.vocab.name(),
+                        format!(
+                            "its chat template does not render message {i} ({}) as given",
+                            message.role
+                        ),
+                    )
+                })?;
+            ids.extend_from_slice(&rest[..at]);
+            ids.extend(self.plain_ids(&message.content, false)?);
+            rest = &rest[at + marker_ids.len()..];
+        }
+        ids.extend_from_slice(rest);
+        Ok(ids)
+    }
+}
+
 impl Runtime for MistralRuntime {
     fn start(&mut self, prompt: &[u32], hook: Hook) -> Result<()> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
@@ -358,46 +442,25 @@ impl Encoder for MistralRuntime {
     }
 
     fn encode(&self, text: &[u8]) -> Result<Vec<u32>> {
-        self.vocab.encode_checked(text, |s| {
-            let encoding = self.tokenizer.encode(s, false).ok()?;
-            Some(encoding.get_ids().to_vec())
-        })
+        self.vocab
+            .encode_checked(text, |s| self.plain_ids(s, false).ok())
     }
 
     fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .tokenizer
-            .encode(prompt, true)
-            .map_err(|e| Error::vocab(self.vocab.name(), e.to_string()))?;
-        Ok(encoding.get_ids().to_vec())
+        self.plain_ids(prompt, true)
     }
 
-    fn encode_chat(&self, user: &str) -> Option<Result<Vec<u32>>> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        let mut message = IndexMap::new();
-        message.insert("role".to_string(), Either::Left("user".to_string()));
-        message.insert("content".to_string(), Either::Left(user.to_string()));
-        let request = TokenizationRequest {
-            text: Either::Left(vec![message]),
-            tools: None,
-            add_generation_prompt: true,
-            add_special_tokens: true,
-            enable_thinking: None,
-            reasoning_effort: None,
-            response: tx,
+    fn encode_messages(&self, messages: &[Message]) -> Option<Result<Vec<u32>>> {
+        // The engine renders markers in place of the contents; each marker's ids are then
+        // replaced by the content's plain ids, so control tokens come from the template only.
+        let markers: Vec<String> = (0..messages.len())
+            .map(|i| format!("\u{E000}gac-message-{i}\u{E001}"))
+            .collect();
+        let rendered = match self.chat_ids(messages, &markers)? {
+            Ok(ids) => ids,
+            Err(e) => return Some(Err(e)),
         };
-        if let Err(e) = self.send(Request::Tokenize(request)) {
-            return Some(Err(e));
-        }
-        match rx.blocking_recv() {
-            Some(Ok(ids)) => Some(Ok(ids)),
-            // mistral.rs answers with an error when the model has no chat template.
-            Some(Err(_)) => None,
-            None => Some(Err(Error::member(
-                self.vocab.name(),
-                "the engine stopped before it applied the chat template",
-            ))),
-        }
+        Some(self.splice_contents(rendered, messages, &markers))
     }
 
     fn context_size(&self) -> Option<usize> {

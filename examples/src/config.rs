@@ -3,6 +3,8 @@
 //! mode are checked by gac-core's one validation.
 //!
 //! ```toml
+//! name = "my-ensemble"      # optional: the model name `gac serve` reports
+//!
 //! [[member]]
 //! path = "models/a.gguf"
 //! weight = 1.0      # optional, default 1
@@ -33,6 +35,8 @@ use gac_core::{Error, Mode, Result, Schedule, WhenUnsure};
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EnsembleConfig {
+    /// The ensemble's name as a served model (default: `gac`).
+    pub name: Option<String>,
     /// The members, in order (`[[member]]` tables).
     #[serde(rename = "member", default)]
     pub members: Vec<MemberConfig>,

@@ -32,9 +32,11 @@ pub mod union;
 pub mod vocab;
 
 pub use combine::{Mode, Schedule, WhenUnsure};
-pub use ensemble::{Ensemble, Finish, GenerateOptions, Generation, Stats, StepStats};
+pub use ensemble::{
+    Ensemble, Finish, GenerateOptions, Generation, Observer, Prompt, Stats, StepStats, TokenLogprob,
+};
 pub use error::{Error, Result};
-pub use member::{Encoder, Member};
+pub use member::{Encoder, Member, Message};
 pub use pick::PickConfig;
 pub use union::{Union, UnionId};
 pub use vocab::{Token, Vocab};

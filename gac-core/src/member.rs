@@ -20,22 +20,48 @@ pub trait Encoder: Send {
     /// UTF-8 sequence.
     fn encode(&self, text: &[u8]) -> Result<Vec<u32>>;
 
-    /// The ids of a prompt, with whatever the model expects around it (e.g. BOS) and with
-    /// special-token markup (chat templates) parsed. Defaults to [`encode`](Encoder::encode).
+    /// The ids of a prompt, with whatever the model expects around it (e.g. BOS). The prompt is
+    /// plain text: special-token markup in it (`<|im_end|>`) stays text and never becomes a
+    /// control token. Defaults to [`encode`](Encoder::encode).
     fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
         self.encode(prompt.as_bytes())
     }
 
-    /// The ids of one user message in this member's own chat template, ready to generate the
-    /// answer (BOS and the assistant's turn included, as the runtime itself would make them),
-    /// or `None` when it has no chat template.
-    fn encode_chat(&self, _user: &str) -> Option<Result<Vec<u32>>> {
+    /// The ids of a conversation in this member's own chat template, ready to generate the
+    /// next assistant turn (BOS and the assistant's header included, as the runtime itself
+    /// would make them), or `None` when it has no chat template. Control tokens come from the
+    /// template only: the messages' contents are plain text.
+    fn encode_messages(&self, _messages: &[Message]) -> Option<Result<Vec<u32>>> {
         None
+    }
+
+    /// [`encode_messages`](Encoder::encode_messages) of one user message.
+    fn encode_chat(&self, user: &str) -> Option<Result<Vec<u32>>> {
+        self.encode_messages(&[Message::new("user", user)])
     }
 
     /// The context window in tokens, if bounded.
     fn context_size(&self) -> Option<usize> {
         None
+    }
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Who speaks: `system`, `user` or `assistant`.
+    pub role: String,
+    /// What they say (plain text).
+    pub content: String,
+}
+
+impl Message {
+    /// A message from `role`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -79,8 +105,8 @@ impl<E: Encoder + ?Sized> Encoder for Box<E> {
     fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
         (**self).encode_prompt(prompt)
     }
-    fn encode_chat(&self, user: &str) -> Option<Result<Vec<u32>>> {
-        (**self).encode_chat(user)
+    fn encode_messages(&self, messages: &[Message]) -> Option<Result<Vec<u32>>> {
+        (**self).encode_messages(messages)
     }
     fn context_size(&self) -> Option<usize> {
         (**self).context_size()

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gac_core::{Encoder, Member, Vocab};
+use gac_core::{Encoder, Member, Message, Vocab};
 use gac_llamacpp::{LlamaMember, LlamaOptions};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -147,8 +147,8 @@ impl Encoder for Recording {
     fn encode_prompt(&self, prompt: &str) -> gac_core::Result<Vec<u32>> {
         self.inner.encode_prompt(prompt)
     }
-    fn encode_chat(&self, user: &str) -> Option<gac_core::Result<Vec<u32>>> {
-        self.inner.encode_chat(user)
+    fn encode_messages(&self, messages: &[Message]) -> Option<gac_core::Result<Vec<u32>>> {
+        self.inner.encode_messages(messages)
     }
     fn context_size(&self) -> Option<usize> {
         self.inner.context_size()

@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::member::{Encoder, Member};
+use crate::member::{Encoder, Member, Message};
 use crate::vocab::Vocab;
 use crate::{Error, Result};
 
@@ -273,8 +273,8 @@ impl<R: Runtime> Encoder for BridgeMember<R> {
         self.runtime.encode_prompt(prompt)
     }
 
-    fn encode_chat(&self, user: &str) -> Option<Result<Vec<u32>>> {
-        self.runtime.encode_chat(user)
+    fn encode_messages(&self, messages: &[Message]) -> Option<Result<Vec<u32>>> {
+        self.runtime.encode_messages(messages)
     }
 
     fn context_size(&self) -> Option<usize> {

@@ -20,9 +20,13 @@ use crate::select::{Candidates, Chain};
 use crate::union::Union;
 use crate::{Error, Result};
 
-pub use types::{Finish, GenerateOptions, Generation, MemberStats, Stats, StepStats};
+pub use types::{
+    Finish, GenerateOptions, Generation, MemberStats, Observer, Prompt, Stats, StepStats,
+    TokenLogprob,
+};
 
 use run::Run;
+use types::OnText;
 use worker::{worker, Dist, Worker};
 
 /// Members, their union vocabulary and how they are combined.
@@ -76,6 +80,18 @@ impl Ensemble {
         self.mode
     }
 
+    /// The members' weights, in order.
+    pub fn weights(&self) -> &[f32] {
+        &self.weights
+    }
+
+    /// Changes the members' weights (validated like [`Ensemble::new`]'s).
+    pub fn set_weights(&mut self, weights: Vec<f32>) -> Result<()> {
+        validate_weights(&weights, self.members.len())?;
+        self.weights = weights;
+        Ok(())
+    }
+
     /// Changes how members are combined (validated).
     pub fn set_mode(&mut self, mode: Mode) -> Result<()> {
         validate_mode(&mode, self.members.len())?;
@@ -90,6 +106,17 @@ impl Ensemble {
         options: &GenerateOptions,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation> {
+        self.generate_with(Prompt::Text(prompt), options, &mut OnText(on_text))
+    }
+
+    /// Generates from a prompt or a conversation, reporting text and tokens to `observer`,
+    /// which can also cancel the generation between steps.
+    pub fn generate_with(
+        &mut self,
+        prompt: Prompt,
+        options: &GenerateOptions,
+        observer: &mut dyn Observer,
+    ) -> Result<Generation> {
         options.pick.validate()?;
         if options.union_top_k == Some(0) {
             return Err(Error::config(
@@ -97,16 +124,17 @@ impl Ensemble {
                 "0 keeps no token (use at least 1)",
             ));
         }
-        if prompt.is_empty() {
+        let empty = match prompt {
+            Prompt::Text(text) => text.is_empty(),
+            Prompt::Chat(messages) => messages.is_empty(),
+        };
+        if empty {
             return Err(Error::EmptyPrompt);
         }
         let start = Instant::now();
         let mut prompt_lens = Vec::with_capacity(self.members.len());
         for member in &mut self.members {
-            let ids = match options.chat.then(|| member.encode_chat(prompt)).flatten() {
-                Some(ids) => ids?,
-                None => member.encode_prompt(prompt)?,
-            };
+            let ids = encode(member.as_ref(), prompt, options.chat)?;
             if ids.is_empty() {
                 return Err(Error::EmptyPrompt);
             }
@@ -150,33 +178,40 @@ impl Ensemble {
                 mode,
                 union,
                 candidates: Candidates::new(union.len()),
-                chain: Chain::for_pick(&options.pick, options.union_top_k),
+                chain: match options.logprobs {
+                    Some(_) => {
+                        Chain::for_pick(&options.pick, options.union_top_k).full_distribution()
+                    }
+                    None => Chain::for_pick(&options.pick, options.union_top_k),
+                },
                 schedule: options.schedule,
+                logprobs: options.logprobs,
                 stats: Stats::default(),
             };
-            let result = run.generate(options, on_text);
+            let result = run.generate(options, observer);
             // After an error or a full context there is nothing consistent to flush.
             let member_ids = match &result {
-                Ok((.., Finish::ContextFull)) | Err(_) => Ok(vec![Vec::new(); run.workers.len()]),
-                Ok(_) => run.flush(),
+                Ok(out) if out.finish != Finish::ContextFull => run.flush(),
+                _ => Ok(vec![Vec::new(); run.workers.len()]),
             };
             // Dropping the workers' channels ends their threads.
             let Run {
                 workers, mut stats, ..
             } = run;
             drop(workers);
-            let (text, bytes, tokens, finish) = result?;
+            let out = result?;
             let member_ids = member_ids?;
             stats.total_time = start.elapsed();
             for (s, len) in stats.members.iter_mut().zip(&prompt_lens) {
                 s.prompt_tokens = *len;
             }
             Ok(Generation {
-                text,
-                bytes,
-                tokens,
+                text: out.text,
+                bytes: out.bytes,
+                tokens: out.tokens,
                 member_ids,
-                finish,
+                finish: out.finish,
+                logprobs: out.logprobs,
                 stats,
             })
         });
@@ -184,6 +219,23 @@ impl Ensemble {
             member.finish();
         }
         result
+    }
+}
+
+/// A member's ids for a prompt: a conversation through its chat template, text through its
+/// chat template when `chat` is set and it has one, else as plain text.
+fn encode(member: &dyn Member, prompt: Prompt, chat: bool) -> Result<Vec<u32>> {
+    match prompt {
+        Prompt::Chat(messages) => member.encode_messages(messages).unwrap_or_else(|| {
+            Err(Error::config(
+                "messages",
+                format!("member '{}' has no chat template", member.name()),
+            ))
+        }),
+        Prompt::Text(text) => match chat.then(|| member.encode_chat(text)).flatten() {
+            Some(ids) => ids,
+            None => member.encode_prompt(text),
+        },
     }
 }
 

@@ -11,7 +11,10 @@ use crate::{Error, Result};
 
 use super::types::Outcome;
 use super::worker::{Cmd, Piece, Reply, Worker};
-use super::{Finish, GenerateOptions, MemberStats, Stats, StepStats};
+use super::{Finish, GenerateOptions, MemberStats, Observer, Stats, StepStats, TokenLogprob};
+
+/// A picked token, with its probability when logprobs are asked for.
+type Picked = (UnionId, Option<TokenLogprob>);
 
 pub(super) struct Run<'a> {
     pub(super) workers: Vec<Worker>,
@@ -24,6 +27,8 @@ pub(super) struct Run<'a> {
     pub(super) chain: Chain,
     /// When gated mode evaluates the non-gate members.
     pub(super) schedule: Schedule,
+    /// How many alternatives to report with each token's probability, if any.
+    pub(super) logprobs: Option<usize>,
     pub(super) stats: Stats,
 }
 
@@ -39,8 +44,9 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Combines these members' last distributions (weights renormalized over them) and picks.
-    fn choose(&mut self, which: &[usize], step: usize) -> Result<UnionId> {
+    /// Combines these members' last distributions (weights renormalized over them) and picks;
+    /// with the pick's probability when logprobs are asked for.
+    fn choose(&mut self, which: &[usize], step: usize) -> Result<Picked> {
         // In f64: large f32 weights must not overflow their sum and normalize to 0.
         let total: f64 = which.iter().map(|&i| f64::from(self.weights[i])).sum();
         let inputs: Vec<Input> = which
@@ -62,15 +68,36 @@ impl Run<'_> {
         if !self.chain.scatter(&mut self.candidates, &inputs) {
             return Err(Error::ZeroMass { step });
         }
+        let top = self.logprobs.map(|n| self.top_logprobs(n));
         let t = Instant::now();
         let x = self.chain.choose(&mut self.candidates);
         self.stats.pick_time += t.elapsed();
-        x.ok_or(Error::ZeroMass { step })
+        let x = x.ok_or(Error::ZeroMass { step })?;
+        Ok((
+            x,
+            top.map(|(total, top)| TokenLogprob {
+                token: x,
+                logprob: (self.candidates.mass(x.0) / total).ln(),
+                top,
+            }),
+        ))
     }
 
-    /// One step: evaluates the members it needs and picks a token; returns it, whether the
-    /// step was ensembled and the gate's confidence.
-    fn step(&mut self, all: &[usize], step: usize) -> Result<(UnionId, bool, Option<f32>)> {
+    /// The scattered candidates' total mass and their `n` most probable, as log-probabilities.
+    fn top_logprobs(&mut self, n: usize) -> (f32, Vec<(UnionId, f32)>) {
+        let list = self.candidates.sorted();
+        let total: f32 = list.iter().map(|x| x.0).sum();
+        let top = list
+            .iter()
+            .take(n)
+            .map(|&(p, u)| (UnionId(u), (p / total).ln()))
+            .collect();
+        (total, top)
+    }
+
+    /// One step: evaluates the members it needs and picks a token; returns it (with its
+    /// probability if asked for), whether the step was ensembled and the gate's confidence.
+    fn step(&mut self, all: &[usize], step: usize) -> Result<(Picked, bool, Option<f32>)> {
         let (which, ensembled, confidence) = match self.mode {
             Mode::Average => {
                 self.evaluate(all)?;
@@ -110,7 +137,7 @@ impl Run<'_> {
     pub(super) fn generate(
         &mut self,
         options: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str),
+        observer: &mut dyn Observer,
     ) -> Result<Outcome> {
         let all: Vec<usize> = (0..self.workers.len()).collect();
         self.stats.members = self
@@ -124,13 +151,18 @@ impl Run<'_> {
         let stops: Vec<Vec<u8>> = options.stop.iter().map(|s| s.as_bytes().to_vec()).collect();
         let mut bytes = Vec::new();
         let mut tokens = Vec::new();
+        let mut logprobs = Vec::new();
         let mut released = 0;
         let mut stream = Utf8Stream::default();
         let mut finish = Finish::MaxTokens;
         let started = Instant::now();
         for step in 0..options.max_tokens {
+            if observer.cancelled() {
+                finish = Finish::Cancelled;
+                break;
+            }
             let step_start = Instant::now();
-            let (x, ensembled, gate_confidence) = match self.step(&all, step) {
+            let ((x, logprob), ensembled, gate_confidence) = match self.step(&all, step) {
                 Err(Error::ContextFull { .. }) => {
                     finish = Finish::ContextFull;
                     break;
@@ -154,6 +186,8 @@ impl Run<'_> {
                 self.stats.combine_time += t.elapsed();
                 break;
             }
+            observer.token(x, logprob.as_ref());
+            logprobs.extend(logprob);
             tokens.push(x);
             self.stats.tokens += 1;
             let piece = self.union.bytes(x);
@@ -169,7 +203,7 @@ impl Run<'_> {
             let end = stop.unwrap_or(bytes.len() - held_back(&bytes, &stops));
             if end > released {
                 if let Some(s) = stream.push(&bytes[released..end]) {
-                    on_text(s);
+                    observer.text(s);
                 }
                 released = end;
             }
@@ -181,15 +215,21 @@ impl Run<'_> {
         }
         if finish != Finish::Stop && released < bytes.len() {
             if let Some(s) = stream.push(&bytes[released..]) {
-                on_text(s);
+                observer.text(s);
             }
             released = bytes.len();
         }
         if let Some(s) = stream.finish() {
-            on_text(s);
+            observer.text(s);
         }
         let text = String::from_utf8_lossy(&bytes[..released]).into_owned();
-        Ok((text, bytes, tokens, finish))
+        Ok(Outcome {
+            text,
+            bytes,
+            tokens,
+            logprobs,
+            finish,
+        })
     }
 
     /// Pushes every queued token, so each member's context spells all generated bytes, and

@@ -2,8 +2,10 @@
 
 use super::*;
 use crate::combine::Schedule;
+use crate::member::Message;
 use crate::pick::PickConfig;
 use crate::testutil::ScriptedMember;
+use crate::union::UnionId;
 
 const A: &[&str] = &[
     "<end>",
@@ -379,4 +381,82 @@ fn full_context_finishes_cleanly() {
         .generate("he", &GenerateOptions::default(), &mut |_| {})
         .unwrap();
     assert_eq!(g.finish, Finish::ContextFull);
+}
+
+#[test]
+fn logprobs_describe_the_combined_distribution_and_change_no_pick() {
+    let with = GenerateOptions {
+        logprobs: Some(3),
+        ..Default::default()
+    };
+    for seed in 0..5 {
+        let (plain, _) = run(noisy_pair(seed), Mode::Average, &Default::default()).unwrap();
+        let (g, _) = run(noisy_pair(seed), Mode::Average, &with).unwrap();
+        assert_eq!(g.tokens, plain.tokens, "seed {seed}");
+        assert!(plain.logprobs.is_empty());
+        assert_eq!(g.logprobs.len(), g.tokens.len());
+        for (lp, &x) in g.logprobs.iter().zip(&g.tokens) {
+            assert_eq!(lp.token, x);
+            assert!(lp.logprob <= 0.0 && lp.logprob.is_finite(), "{lp:?}");
+            // Greedy: the pick is the most probable token.
+            assert_eq!(lp.top[0], (x, lp.logprob));
+            assert!(lp.top.len() == 3 && lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+            let mass: f32 = lp.top.iter().map(|t| t.1.exp()).sum();
+            assert!(mass <= 1.0 + 1e-5, "{mass}");
+        }
+    }
+}
+
+/// Cancels after `after` tokens.
+struct CancelAfter {
+    after: usize,
+    seen: usize,
+}
+
+impl Observer for CancelAfter {
+    fn text(&mut self, _: &str) {}
+    fn token(&mut self, _: UnionId, _: Option<&TokenLogprob>) {
+        self.seen += 1;
+    }
+    fn cancelled(&self) -> bool {
+        self.seen >= self.after
+    }
+}
+
+#[test]
+fn an_observer_cancels_between_steps_and_the_members_stay_usable() {
+    let a = ScriptedMember::new("a", A, "hello world");
+    let mut e = Ensemble::new(vec![boxed(a)], None, Mode::Average).unwrap();
+    let mut cancel = CancelAfter { after: 2, seen: 0 };
+    let g = e
+        .generate_with(Prompt::Text("hello"), &Default::default(), &mut cancel)
+        .unwrap();
+    assert_eq!((g.tokens.len(), g.finish), (2, Finish::Cancelled));
+    let g = e
+        .generate("hello", &GenerateOptions::default(), &mut |_| {})
+        .unwrap();
+    assert_eq!((g.text.as_str(), g.finish), ("hello world", Finish::End));
+}
+
+#[test]
+fn a_conversation_needs_every_member_to_have_a_chat_template() {
+    let a = ScriptedMember::new("a", A, "hello world");
+    let mut e = Ensemble::new(vec![boxed(a)], None, Mode::Average).unwrap();
+    let messages = [Message::new("user", "hi")];
+    let err = e
+        .generate_with(
+            Prompt::Chat(&messages),
+            &Default::default(),
+            &mut OnText(&mut |_| {}),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("no chat template"), "{err}");
+    let err = e
+        .generate_with(
+            Prompt::Chat(&[]),
+            &Default::default(),
+            &mut OnText(&mut |_| {}),
+        )
+        .unwrap_err();
+    assert_eq!(err, Error::EmptyPrompt);
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::combine::Schedule;
+use crate::member::Message;
 use crate::pick::PickConfig;
 use crate::union::UnionId;
 
@@ -24,6 +25,9 @@ pub struct GenerateOptions {
     pub union_top_k: Option<usize>,
     /// When gated mode evaluates the non-gate members (ignored in average mode).
     pub schedule: Schedule,
+    /// Report each picked token's probability under the combined distribution, with this many
+    /// of that step's most probable tokens (see [`TokenLogprob`]); `None` reports nothing.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -35,6 +39,7 @@ impl Default for GenerateOptions {
             chat: false,
             union_top_k: None,
             schedule: Schedule::Lazy,
+            logprobs: None,
         }
     }
 }
@@ -50,16 +55,19 @@ pub enum Finish {
     MaxTokens,
     /// A member's context window is full.
     ContextFull,
+    /// The observer asked to stop (see [`Observer::cancelled`]).
+    Cancelled,
 }
 
 impl Finish {
-    /// A short lower-case name (`end`, `stop`, `max_tokens`, `context_full`).
+    /// A short lower-case name (`end`, `stop`, `max_tokens`, `context_full`, `cancelled`).
     pub fn as_str(self) -> &'static str {
         match self {
             Finish::End => "end",
             Finish::Stop => "stop",
             Finish::MaxTokens => "max_tokens",
             Finish::ContextFull => "context_full",
+            Finish::Cancelled => "cancelled",
         }
     }
 }
@@ -168,9 +176,63 @@ pub struct Generation {
     pub member_ids: Vec<Vec<u32>>,
     /// Why it ended.
     pub finish: Finish,
+    /// Per picked token, when [`GenerateOptions::logprobs`] asked for them.
+    pub logprobs: Vec<TokenLogprob>,
     /// Timing and counts.
     pub stats: Stats,
 }
 
-/// What the step loop hands back: text, bytes, tokens and why it ended.
-pub(super) type Outcome = (String, Vec<u8>, Vec<UnionId>, Finish);
+/// What the step loop hands back.
+pub(super) struct Outcome {
+    pub(super) text: String,
+    pub(super) bytes: Vec<u8>,
+    pub(super) tokens: Vec<UnionId>,
+    pub(super) logprobs: Vec<TokenLogprob>,
+    pub(super) finish: Finish,
+}
+
+/// What a generation starts from.
+#[derive(Debug, Clone, Copy)]
+pub enum Prompt<'a> {
+    /// Plain text (wrapped in each member's chat template when [`GenerateOptions::chat`] is set).
+    Text(&'a str),
+    /// A conversation, rendered by each member's own chat template (every member needs one).
+    Chat(&'a [Message]),
+}
+
+/// A picked token's probability under the step's combined distribution (the members' weighted
+/// average, or the one member that decided the step), normalized over the union tokens that
+/// received mass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The picked token.
+    pub token: UnionId,
+    /// Its natural log-probability.
+    pub logprob: f32,
+    /// The step's most probable tokens, most probable first, with their log-probabilities.
+    pub top: Vec<(UnionId, f32)>,
+}
+
+/// Watches a generation as it runs.
+pub trait Observer {
+    /// A piece of generated text that is final (never cut by a stop string, whole UTF-8).
+    fn text(&mut self, text: &str);
+
+    /// A token was picked (called before any text it completes); `logprob` is set when
+    /// [`GenerateOptions::logprobs`] asks for it.
+    fn token(&mut self, _token: UnionId, _logprob: Option<&TokenLogprob>) {}
+
+    /// Checked before every step: true ends the generation with [`Finish::Cancelled`].
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// An [`Observer`] that only streams text to a closure.
+pub(super) struct OnText<'a>(pub(super) &'a mut dyn FnMut(&str));
+
+impl Observer for OnText<'_> {
+    fn text(&mut self, text: &str) {
+        (self.0)(text)
+    }
+}

@@ -133,6 +133,11 @@ impl Candidates {
         &mut self.list
     }
 
+    /// The mass the scatter gave union token `u` (stages do not change it).
+    pub fn mass(&self, u: u32) -> f32 {
+        self.acc[u as usize]
+    }
+
     /// Marks the list as reordered (a stage moved entries).
     pub fn unsorted(&mut self) {
         self.sorted = false;

@@ -57,6 +57,16 @@ impl Chain {
         )
     }
 
+    /// The same chain, but scattering every token where it would decide on the heads alone, so
+    /// that the candidates hold the whole combined distribution (for reporting it); picks stay
+    /// the same.
+    pub fn full_distribution(mut self) -> Self {
+        if self.scatter == Scatter::Heads {
+            self.scatter = Scatter::Full;
+        }
+        self
+    }
+
     /// Runs the chain on this step's member distributions; `None` when no token has mass.
     pub fn select(&mut self, candidates: &mut Candidates, members: &[Input]) -> Option<UnionId> {
         match self.scatter(candidates, members) {

@@ -6,43 +6,16 @@ use std::io::{IsTerminal, Read, Write};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gac_core::{Ensemble, GenerateOptions, Generation, PickConfig, Union};
-use gac_examples::config::{parse_when_unsure, EnsembleConfig, GateConfig, RuntimeKind};
+use gac_examples::config::EnsembleConfig;
 use serde_json::json;
 
-use super::{load_members, MemberArgs};
+use super::args::EnsembleArgs;
+use super::load_members;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     #[command(flatten)]
-    members: MemberArgs,
-    /// Weight of the member whose --model it follows, in the average (default: equal).
-    #[arg(
-        long = "weight",
-        value_name = "W",
-        conflicts_with = "config",
-        allow_negative_numbers = true
-    )]
-    weights: Vec<f32>,
-    /// Gated mode: member N decides alone while its top probability is above --threshold.
-    #[arg(long, value_name = "N")]
-    gate: Option<usize>,
-    /// Gate threshold t in [0, 1]: steps where the gate's top probability is <= t are ensembled.
-    #[arg(
-        long,
-        value_name = "T",
-        default_value_t = 0.5,
-        requires = "gate",
-        allow_negative_numbers = true
-    )]
-    threshold: f32,
-    /// What to do when the gate is unsure: `average` all members, or `member:K` alone.
-    #[arg(long, value_name = "HOW", default_value = "average", requires = "gate")]
-    when_unsure: String,
-    /// When the other members are evaluated: `lazy` (only where the gate is unsure, catching up
-    /// in one batch) or `eager` (every step, beside the gate). Default: eager when every member
-    /// has a GPU of its own, else lazy.
-    #[arg(long, value_name = "WHEN", requires = "gate")]
-    schedule: Option<String>,
+    pub ensemble: EnsembleArgs,
     /// Sampling temperature; 0 picks the most probable token (greedy).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
@@ -71,92 +44,8 @@ pub struct GenerateArgs {
     /// Print one JSON object with the text and the statistics instead of streaming.
     #[arg(long)]
     json: bool,
-    /// CPU threads of the llama.cpp member whose --model it follows (default: the cores divided
-    /// among the members; mistral.rs members share one pool, sized by RAYON_NUM_THREADS).
-    #[arg(long = "threads", value_name = "N", conflicts_with = "config")]
-    threads: Vec<i32>,
-    /// Pin the member whose --model it follows to this GPU (needs a GPU build of llama.cpp).
-    #[arg(long = "gpu", value_name = "INDEX", conflicts_with = "config")]
-    gpus: Vec<i32>,
-    /// Layers of the llama.cpp member whose --model it follows to offload to its GPU (default:
-    /// all).
-    #[arg(long = "gpu-layers", value_name = "N", conflicts_with = "config")]
-    gpu_layers: Vec<u32>,
-    /// Context window of the member whose --model it follows, in tokens (default: the model's,
-    /// at most 4096).
-    #[arg(long = "ctx", value_name = "TOKENS", conflicts_with = "config")]
-    contexts: Vec<u32>,
     /// The prompt; `-` reads it from stdin.
     prompt: String,
-}
-
-/// Which member each occurrence of a per-member flag belongs to: the last `--model` before it.
-/// `positions` are the command-line indices of the `--model` flags, in order.
-fn owners(flag: &str, at: &[usize], positions: &[usize]) -> Result<Vec<usize>> {
-    let mut owners: Vec<usize> = Vec::with_capacity(at.len());
-    for &i in at {
-        let Some(member) = positions.iter().rposition(|&m| m < i) else {
-            bail!("invalid {flag}: it comes before the first --model (per-member flags follow the model they apply to)");
-        };
-        if owners.contains(&member) {
-            bail!("invalid {flag}: given twice for member {member}");
-        }
-        owners.push(member);
-    }
-    Ok(owners)
-}
-
-/// The command-line positions of a flag's values (empty when it is not given).
-fn indices(matches: &clap::ArgMatches, id: &str) -> Vec<usize> {
-    matches
-        .indices_of(id)
-        .map_or_else(Vec::new, Iterator::collect)
-}
-
-impl GenerateArgs {
-    /// All validation of the generate flags happens here, before any model is loaded.
-    /// `matches` are the subcommand's, for the positions of per-member flags.
-    pub fn ensemble_config(&self, matches: &clap::ArgMatches) -> Result<EnsembleConfig> {
-        let mut config = self.members.config()?;
-        let models = indices(matches, "models");
-        let bind = |flag: &str, id: &str| owners(flag, &indices(matches, id), &models);
-        for (m, w) in bind("--weight", "weights")?.into_iter().zip(&self.weights) {
-            config.members[m].weight = *w;
-        }
-        for (m, g) in bind("--gpu", "gpus")?.into_iter().zip(&self.gpus) {
-            config.members[m].gpu = Some(*g);
-        }
-        for (m, l) in bind("--gpu-layers", "gpu_layers")?
-            .into_iter()
-            .zip(&self.gpu_layers)
-        {
-            config.members[m].gpu_layers = Some(*l);
-        }
-        for (m, t) in bind("--threads", "threads")?.into_iter().zip(&self.threads) {
-            config.members[m].threads = Some(*t);
-        }
-        for (m, c) in bind("--ctx", "contexts")?.into_iter().zip(&self.contexts) {
-            config.members[m].context = Some(*c);
-        }
-        let n = config.members.len();
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as i32;
-        for m in &mut config.members {
-            if m.runtime == RuntimeKind::LlamaCpp && m.threads.is_none() {
-                m.threads = Some((cores / n.max(1) as i32).max(1));
-            }
-        }
-        if let Some(member) = self.gate {
-            parse_when_unsure(&self.when_unsure)?;
-            config.gate = Some(GateConfig {
-                member,
-                threshold: self.threshold,
-                when_unsure: self.when_unsure.clone(),
-                schedule: self.schedule.clone(),
-            });
-        }
-        config.validate()?;
-        Ok(config)
-    }
 }
 
 fn read_prompt(prompt: &str) -> Result<String> {
@@ -187,6 +76,7 @@ pub fn generate(args: GenerateArgs, config: EnsembleConfig) -> Result<()> {
         chat: args.chat,
         union_top_k: args.union_top_k,
         schedule: config.schedule()?,
+        logprobs: None,
     };
     options.pick.validate()?;
     let members = load_members(&config, args.json, false)?;

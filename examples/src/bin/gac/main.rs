@@ -8,11 +8,13 @@ use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use gac_core::Member;
 use gac_examples::config::{EnsembleConfig, MemberConfig, RuntimeKind};
-use gac_llamacpp::{LlamaMember, LlamaOptions};
+use gac_llamacpp::{LlamaMember, LlamaOptions, SharedContext};
 
+mod args;
 mod bench;
 mod eval;
 mod generate;
+mod serve;
 mod vocab;
 
 /// Ensemble several LLMs token by token (Generation as Classification).
@@ -39,6 +41,9 @@ enum Command {
     /// Few-shot generative evaluation (accuracy per task) of each member alone, the average and
     /// gated ensembles; results are resumable JSON lines plus a markdown table.
     Eval(eval::EvalArgs),
+    /// Serve the ensemble as one model over an OpenAI-compatible HTTP API (completions and chat,
+    /// streamed or whole), with slots, a bounded queue, /health and /metrics.
+    Serve(serve::ServeArgs),
     /// Show the llama.cpp that gac runs on (version, static or shared libraries) and the devices
     /// it sees.
     Info,
@@ -66,6 +71,7 @@ impl MemberArgs {
         match &self.config {
             Some(path) => Ok(EnsembleConfig::from_file(path)?),
             None => Ok(EnsembleConfig {
+                name: None,
                 members: self
                     .models
                     .iter()
@@ -102,8 +108,17 @@ fn main() -> ExitCode {
             let sub = matches
                 .subcommand_matches("generate")
                 .expect("the generate subcommand");
-            args.ensemble_config(sub)
+            args.ensemble
+                .ensemble_config(sub)
                 .and_then(|config| generate::generate(args, config))
+        }
+        Command::Serve(args) => {
+            let sub = matches
+                .subcommand_matches("serve")
+                .expect("the serve subcommand");
+            args.ensemble
+                .ensemble_config(sub)
+                .and_then(|config| serve::serve(args, config))
         }
         Command::Vocab(args) => vocab::vocab(args),
         Command::Bench(args) => bench::bench(args),
@@ -160,10 +175,23 @@ pub(crate) fn load_members(
     quiet: bool,
     prompt_cache: bool,
 ) -> Result<Vec<Box<dyn Member>>> {
-    let mut members: Vec<Box<dyn Member>> = Vec::new();
+    Ok(load_slots(config, quiet, prompt_cache, 1)?.remove(0))
+}
+
+/// Loads every member once and makes `slots` sets of them: with more than one slot, each
+/// llama.cpp model has one context whose sequences are the sets' members (their evaluations
+/// are batched), and each mistral.rs engine serves every set's requests.
+pub(crate) fn load_slots(
+    config: &EnsembleConfig,
+    quiet: bool,
+    prompt_cache: bool,
+    slots: usize,
+) -> Result<Vec<Vec<Box<dyn Member>>>> {
+    let mut sets: Vec<Vec<Box<dyn Member>>> = (0..slots).map(|_| Vec::new()).collect();
     for (i, m) in config.members.iter().enumerate() {
         let t = Instant::now();
-        let member: Box<dyn Member> = match m.runtime {
+        let what = || format!("member {i} ({})", m.path.display());
+        match m.runtime {
             RuntimeKind::LlamaCpp => {
                 let options = LlamaOptions {
                     threads: m.threads,
@@ -172,9 +200,19 @@ pub(crate) fn load_members(
                     context: m.context,
                     prompt_cache,
                 };
-                let member = LlamaMember::load(&m.path, &options)
-                    .with_context(|| format!("member {i} ({})", m.path.display()))?;
-                Box::new(member)
+                let model = gac_llamacpp::load_model(&m.path, &options).with_context(what)?;
+                let name = gac_core::gguf::model_name(&m.path);
+                if slots == 1 {
+                    let member = LlamaMember::with_model(name, model, &m.path, &options)
+                        .with_context(what)?;
+                    sets[0].push(Box::new(member));
+                } else {
+                    let shared = SharedContext::new(name, model, &m.path, &options, slots)
+                        .with_context(what)?;
+                    for (set, member) in sets.iter_mut().zip(shared.members()) {
+                        set.push(Box::new(member));
+                    }
+                }
             }
             RuntimeKind::MistralRs => {
                 let options = gac_mistralrs::MistralOptions {
@@ -182,12 +220,27 @@ pub(crate) fn load_members(
                     context: m.context.map(|c| c as usize),
                     ..gac_mistralrs::MistralOptions::default()
                 };
-                let member = gac_mistralrs::load_gguf(&m.path, &options)
-                    .with_context(|| format!("member {i} ({}, mistral.rs)", m.path.display()))?;
-                Box::new(member)
+                let what = || format!("member {i} ({}, mistral.rs)", m.path.display());
+                let e =
+                    gac_mistralrs::build_gguf_engine(&m.path, options.gpu, options.prefix_cache)
+                        .with_context(what)?;
+                let name = gac_core::gguf::model_name(&m.path);
+                for set in &mut sets {
+                    let member = gac_mistralrs::wrap_engine(
+                        &name,
+                        e.engine.clone(),
+                        None,
+                        e.tokenizer.clone(),
+                        &e.eos,
+                        &options,
+                    )
+                    .with_context(what)?;
+                    set.push(Box::new(member));
+                }
             }
-        };
+        }
         if !quiet {
+            let member = &sets[0][i];
             let place = m.gpu.map_or("CPU".to_string(), |g| format!("GPU {g}"));
             let runtime = match m.runtime {
                 RuntimeKind::LlamaCpp => "llama.cpp",
@@ -200,7 +253,6 @@ pub(crate) fn load_members(
                 t.elapsed().as_secs_f64()
             );
         }
-        members.push(member);
     }
-    Ok(members)
+    Ok(sets)
 }

@@ -35,6 +35,7 @@ pub fn vocab(args: VocabArgs) -> Result<()> {
             RuntimeKind::LlamaCpp => gac_llamacpp::load_vocab(&m.path).map_err(anyhow::Error::from),
             RuntimeKind::MistralRs => {
                 let one = EnsembleConfig {
+                    name: None,
                     members: vec![m.clone()],
                     gate: None,
                 };

@@ -1,0 +1,457 @@
+//! Several members on one llama.cpp context, for a server's slots: each member is one sequence
+//! of the context and belongs to its own ensemble, and the evaluations that the members ask for
+//! at about the same time run as one batched decode, the way llama-server batches its slots.
+//!
+//! A member that asks for logits leaves its request and waits. The first waiting member that
+//! finds the context free decodes every pending request in one batch, once every other active
+//! member has asked too, or once the requests have waited a window (twice the last decode,
+//! within [`BATCH_WINDOW`]) since they were made or since the context became free, whichever
+//! is later: a slot that fell out of step with the others waits for them once and then stays
+//! in step. Members join and leave between decodes. A member is active from its first evaluation of a generation
+//! until the gate skips it or the generation ends. llama.cpp's logits depend on how a batch is
+//! made up, so a member's output can differ slightly from the same request decoded alone.
+
+use std::num::NonZeroU32;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use gac_core::{Encoder, Member, Message, Vocab};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::text::ModelText;
+use crate::{backend, LlamaOptions, LoadError};
+
+/// The shortest and the longest a request waits for the other active members before it is
+/// decoded without them.
+pub const BATCH_WINDOW: (Duration, Duration) =
+    (Duration::from_millis(2), Duration::from_millis(50));
+
+/// One context whose sequences are members; see the module doc.
+pub struct SharedContext {
+    shared: Arc<Shared>,
+    text: Arc<ModelText>,
+    sequences: usize,
+    context_size: usize,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    batch_size: usize,
+}
+
+struct State {
+    /// `None` while a member decodes with it.
+    engine: Option<Engine>,
+    sequences: Vec<Sequence>,
+    /// Decodes run and evaluations served, for [`SharedContext::batching`].
+    decodes: u64,
+    evaluations: u64,
+    decode_time: Duration,
+    /// When the last decode ended, and how long it took.
+    freed_at: Instant,
+    last_decode: Duration,
+}
+
+impl State {
+    /// How long pending requests wait for the other active members.
+    fn window(&self) -> Duration {
+        (self.last_decode * 2).clamp(BATCH_WINDOW.0, BATCH_WINDOW.1)
+    }
+}
+
+struct Engine {
+    // Declared before `_model`, so it is dropped first: it borrows the model.
+    ctx: LlamaContext<'static>,
+    batch: LlamaBatch<'static>,
+    _model: Arc<LlamaModel>,
+}
+
+#[derive(Default)]
+struct Sequence {
+    /// Expected to ask for logits soon (see the module doc).
+    active: bool,
+    /// The ids in the KV cache for this sequence, at positions 0, 1, ...
+    cached: Vec<u32>,
+    /// A pending evaluation.
+    request: Option<Request>,
+    /// The last evaluation's logits, or why it failed.
+    result: Option<Result<Vec<f32>, String>>,
+}
+
+struct Request {
+    /// The member's whole context.
+    tokens: Vec<u32>,
+    /// Whether the cached prefix may be reused (false for the first evaluation after a reset).
+    reuse: bool,
+    since: Instant,
+}
+
+impl SharedContext {
+    /// A context on `model` with room for `sequences` members of `options.context` tokens each
+    /// (default: the model's training context, at most 4096).
+    pub fn new(
+        name: String,
+        model: Arc<LlamaModel>,
+        path: &Path,
+        options: &LlamaOptions,
+        sequences: usize,
+    ) -> Result<Self, LoadError> {
+        let sequences = sequences.max(1);
+        let text = Arc::new(ModelText::new(name, model.clone(), path)?);
+        let context_size = options
+            .context
+            .unwrap_or_else(|| model.n_ctx_train().min(4096))
+            .max(8);
+        let batch_size = (context_size * sequences as u32).min(512);
+        let threads = options
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(context_size * sequences as u32))
+            .with_n_seq_max(sequences as u32)
+            .with_kv_unified(true)
+            .with_n_batch(batch_size)
+            .with_n_ubatch(batch_size)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let ctx = model
+            .new_context(backend(), params)
+            .map_err(|e| LoadError::Context(path.to_path_buf(), e.to_string()))?;
+        // SAFETY: the context borrows the model, which lives in an `Arc` that `Engine` keeps
+        // alive for as long as the context; `ctx` is declared first, so it is dropped first.
+        let ctx = unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) };
+        let engine = Engine {
+            ctx,
+            batch: LlamaBatch::new(batch_size as usize, 1),
+            _model: model,
+        };
+        let state = State {
+            engine: Some(engine),
+            sequences: (0..sequences).map(|_| Sequence::default()).collect(),
+            decodes: 0,
+            evaluations: 0,
+            decode_time: Duration::ZERO,
+            freed_at: Instant::now(),
+            last_decode: Duration::ZERO,
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                wake: Condvar::new(),
+                batch_size: batch_size as usize,
+            }),
+            text,
+            sequences,
+            context_size: context_size as usize,
+        })
+    }
+
+    /// One member per sequence, named `name#i`.
+    pub fn members(&self) -> Vec<BatchedMember> {
+        (0..self.sequences)
+            .map(|seq| BatchedMember {
+                name: self.text.name.clone(),
+                seq,
+                shared: self.shared.clone(),
+                text: self.text.clone(),
+                tokens: Vec::new(),
+                logits: Vec::new(),
+                context_size: self.context_size,
+                reuse: false,
+            })
+            .collect()
+    }
+
+    /// Decodes run so far, the evaluations they served (more evaluations than decodes:
+    /// batching happened) and their time.
+    pub fn batching(&self) -> (u64, u64, Duration) {
+        let state = self.shared.lock();
+        (state.decodes, state.evaluations, state.decode_time)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while locked is caught before it can poison the state (see `lead`).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Leaves a request for `seq` and waits for its logits (decoding them itself, with every
+    /// other pending request, when it is its turn).
+    fn evaluate(
+        &self,
+        seq: usize,
+        tokens: &[u32],
+        reuse: bool,
+        out: &mut Vec<f32>,
+    ) -> Result<(), String> {
+        let mut state = self.lock();
+        let me = &mut state.sequences[seq];
+        me.active = true;
+        me.result = None;
+        me.request = Some(Request {
+            tokens: tokens.to_vec(),
+            reuse,
+            since: Instant::now(),
+        });
+        loop {
+            if let Some(result) = state.sequences[seq].result.take() {
+                *out = result?;
+                return Ok(());
+            }
+            let oldest = state
+                .sequences
+                .iter()
+                .filter_map(|s| s.request.as_ref())
+                .map(|r| r.since.max(state.freed_at))
+                .min();
+            let everyone = state
+                .sequences
+                .iter()
+                .all(|s| !s.active || s.request.is_some());
+            let waited = oldest.map_or(Duration::ZERO, |t| t.elapsed());
+            let window = state.window();
+            if state.engine.is_some() && oldest.is_some() && (everyone || waited >= window) {
+                state = self.lead(state);
+                continue;
+            }
+            let wait = window
+                .saturating_sub(waited)
+                .max(Duration::from_micros(200));
+            state = self
+                .wake
+                .wait_timeout(state, wait)
+                .map_or_else(|e| e.into_inner().0, |r| r.0);
+        }
+    }
+
+    /// Takes the engine and every pending request, decodes them without holding the lock, and
+    /// hands back the results.
+    fn lead<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let mut engine = state.engine.take().expect("checked by the caller");
+        let mut work: Vec<Work> = state
+            .sequences
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(seq, s)| {
+                let request = s.request.take()?;
+                Some(Work {
+                    seq,
+                    request,
+                    cached: std::mem::take(&mut s.cached),
+                    result: None,
+                })
+            })
+            .collect();
+        drop(state);
+        let started = Instant::now();
+        let decodes = catch_unwind(AssertUnwindSafe(|| {
+            decode_all(&mut engine, &mut work, self.batch_size)
+        }))
+        .unwrap_or(0);
+        let mut state = self.lock();
+        state.engine = Some(engine);
+        state.freed_at = Instant::now();
+        let took = started.elapsed();
+        state.last_decode = took;
+        state.decode_time += took;
+        state.decodes += decodes;
+        state.evaluations += work.len() as u64;
+        for w in work {
+            let s = &mut state.sequences[w.seq];
+            s.cached = w.cached;
+            s.result = Some(
+                w.result
+                    .unwrap_or_else(|| Err("the batched decode panicked".into())),
+            );
+        }
+        self.wake.notify_all();
+        state
+    }
+
+    /// The member will not ask for logits for a while: nobody waits for it.
+    fn rest(&self, seq: usize) {
+        let mut state = self.lock();
+        state.sequences[seq].active = false;
+        drop(state);
+        self.wake.notify_all();
+    }
+}
+
+/// One sequence's part of a batched decode.
+struct Work {
+    seq: usize,
+    request: Request,
+    cached: Vec<u32>,
+    result: Option<Result<Vec<f32>, String>>,
+}
+
+/// Decodes every request's tokens past its cached prefix in batches of up to `batch_size`,
+/// each sequence's last token with logits; returns the number of decodes.
+fn decode_all(engine: &mut Engine, work: &mut [Work], batch_size: usize) -> u64 {
+    for w in work.iter_mut() {
+        keep_prefix(&mut engine.ctx, w);
+    }
+    let mut decodes = 0;
+    // (work index, next position) of what is still to evaluate.
+    let mut next: Vec<usize> = work.iter().map(|w| w.cached.len()).collect();
+    loop {
+        engine.batch.clear();
+        let mut rows = Vec::new();
+        let mut added = vec![0usize; work.len()];
+        for (i, w) in work.iter().enumerate() {
+            let total = w.request.tokens.len();
+            while next[i] + added[i] < total && (engine.batch.n_tokens() as usize) < batch_size {
+                let pos = next[i] + added[i];
+                let last = pos + 1 == total;
+                let token = LlamaToken(w.request.tokens[pos] as i32);
+                if engine
+                    .batch
+                    .add(token, pos as i32, &[w.seq as i32], last)
+                    .is_err()
+                {
+                    break;
+                }
+                added[i] += 1;
+                if last {
+                    rows.push((i, engine.batch.n_tokens() - 1));
+                }
+            }
+        }
+        if engine.batch.n_tokens() == 0 {
+            return decodes;
+        }
+        decodes += 1;
+        if let Err(e) = engine.ctx.decode(&mut engine.batch) {
+            for (i, w) in work.iter_mut().enumerate() {
+                if added[i] > 0 || next[i] < w.request.tokens.len() {
+                    let _ = engine
+                        .ctx
+                        .clear_kv_cache_seq(Some(w.seq as u32), None, None);
+                    w.cached.clear();
+                    w.result = Some(Err(format!("llama.cpp decode failed: {e}")));
+                    next[i] = w.request.tokens.len();
+                }
+            }
+            continue;
+        }
+        for (i, w) in work.iter_mut().enumerate() {
+            w.cached
+                .extend_from_slice(&w.request.tokens[next[i]..next[i] + added[i]]);
+            next[i] += added[i];
+        }
+        for (i, row) in rows {
+            work[i].result = Some(Ok(engine.ctx.get_logits_ith(row).to_vec()));
+        }
+    }
+}
+
+/// Drops the sequence's cached positions past the longest prefix it shares with the request
+/// (none when the request may not reuse them); at least the last id is left to evaluate.
+fn keep_prefix(ctx: &mut LlamaContext<'static>, w: &mut Work) {
+    let tokens = &w.request.tokens;
+    let common = match w.request.reuse {
+        true => w
+            .cached
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count(),
+        false => 0,
+    }
+    .min(tokens.len().saturating_sub(1));
+    if common == w.cached.len() {
+        return;
+    }
+    let seq = w.seq as u32;
+    let trimmed = common > 0
+        && matches!(
+            ctx.clear_kv_cache_seq(Some(seq), Some(common as u32), None),
+            Ok(true)
+        )
+        && ctx.kv_cache_seq_pos_min(w.seq as i32) == 0;
+    if trimmed {
+        w.cached.truncate(common);
+    } else {
+        let _ = ctx.clear_kv_cache_seq(Some(seq), None, None);
+        w.cached.clear();
+    }
+}
+
+/// A member that is one sequence of a [`SharedContext`].
+pub struct BatchedMember {
+    name: String,
+    seq: usize,
+    shared: Arc<Shared>,
+    text: Arc<ModelText>,
+    /// Every id pushed since the last reset, prompt included.
+    tokens: Vec<u32>,
+    logits: Vec<f32>,
+    context_size: usize,
+    /// Whether the next evaluation may reuse the sequence's cached prefix.
+    reuse: bool,
+}
+
+impl Encoder for BatchedMember {
+    fn vocab(&self) -> &Vocab {
+        self.text.vocab()
+    }
+
+    fn encode(&self, text: &[u8]) -> gac_core::Result<Vec<u32>> {
+        self.text.encode(text)
+    }
+
+    fn encode_prompt(&self, prompt: &str) -> gac_core::Result<Vec<u32>> {
+        self.text.encode_prompt(prompt)
+    }
+
+    fn encode_messages(&self, messages: &[Message]) -> Option<gac_core::Result<Vec<u32>>> {
+        self.text.encode_messages(messages)
+    }
+
+    fn context_size(&self) -> Option<usize> {
+        Some(self.context_size)
+    }
+}
+
+impl Member for BatchedMember {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn reset(&mut self) -> gac_core::Result<()> {
+        self.tokens.clear();
+        self.reuse = false;
+        Ok(())
+    }
+
+    fn push(&mut self, ids: &[u32]) -> gac_core::Result<()> {
+        self.text.append(&mut self.tokens, ids, self.context_size)
+    }
+
+    fn logits(&mut self) -> gac_core::Result<&[f32]> {
+        if self.tokens.is_empty() {
+            return Err(self.text.fail("asked for logits with nothing to evaluate"));
+        }
+        self.shared
+            .evaluate(self.seq, &self.tokens, self.reuse, &mut self.logits)
+            .map_err(|e| self.text.fail(e))?;
+        self.reuse = true;
+        Ok(&self.logits)
+    }
+
+    fn idle(&mut self) {
+        self.shared.rest(self.seq);
+    }
+
+    fn finish(&mut self) {
+        self.shared.rest(self.seq);
+    }
+}

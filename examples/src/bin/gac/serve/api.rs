@@ -1,0 +1,386 @@
+//! The OpenAI request bodies `gac serve` reads, and their validation into a [`Job`]: every
+//! value is checked before a slot is taken, and every error names the field at fault.
+
+use gac_core::{GenerateOptions, Message, Mode, PickConfig, WhenUnsure};
+use gac_examples::config::parse_when_unsure;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::ApiError;
+
+/// What the server is and what a request may ask of it.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The served model's name.
+    pub model: String,
+    /// The smallest member context window, in tokens.
+    pub context: usize,
+    /// `max_tokens` when a request gives none.
+    pub default_max_tokens: usize,
+    /// The server's own weights and mode (a request may override them).
+    pub weights: Vec<f32>,
+    pub mode: Mode,
+    pub schedule: gac_core::Schedule,
+    pub members: usize,
+}
+
+/// Either form OpenAI accepts for a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// The fields both endpoints share (OpenAI's and gac's own), read from the same body as the
+/// endpoint's own fields (two plain structs rather than one flattened: errors keep their path).
+#[derive(Debug, Deserialize)]
+pub struct Common {
+    model: Option<String>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<OneOrMany>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    n: Option<u64>,
+    best_of: Option<u64>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    logit_bias: Option<serde_json::Map<String, Value>>,
+    // gac's own knobs.
+    top_k: Option<usize>,
+    gate: Option<usize>,
+    threshold: Option<f32>,
+    when_unsure: Option<String>,
+    weights: Option<Vec<f32>>,
+    union_top_k: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    prompt: Value,
+    logprobs: Option<u32>,
+    #[serde(default)]
+    echo: bool,
+    suffix: Option<String>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    logprobs: bool,
+    top_logprobs: Option<u32>,
+    tools: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: Option<Value>,
+}
+
+/// Which endpoint a job came from (it shapes the response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Completion,
+    Chat,
+}
+
+/// What a job generates from.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Text(String),
+    Chat(Vec<Message>),
+}
+
+/// A validated request.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub kind: Kind,
+    pub input: Input,
+    pub options: GenerateOptions,
+    pub weights: Vec<f32>,
+    pub mode: Mode,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// A 400 whose message starts with the field's name.
+fn invalid(param: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid(Some(param), format!("invalid {param}: {message}"))
+}
+
+/// Parses a body into `T`; a wrong type names its field.
+pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::invalid(None, format!("the body is not valid JSON: {inner}"))
+        } else if path == "." {
+            ApiError::invalid(None, format!("the body is not a valid request: {inner}"))
+        } else {
+            invalid(&path, inner)
+        }
+    })
+}
+
+impl CompletionRequest {
+    /// Checks the request against the server's limits.
+    pub fn into_job(self, common: Common, limits: &Limits) -> Result<Job, ApiError> {
+        if self.echo {
+            return Err(invalid("echo", "not supported"));
+        }
+        if self.suffix.is_some() {
+            return Err(invalid("suffix", "not supported"));
+        }
+        let prompt = match self.prompt {
+            Value::String(s) => s,
+            Value::Array(items) if items.len() == 1 && items[0].is_string() => {
+                items[0].as_str().unwrap_or_default().to_string()
+            }
+            Value::Array(_) => return Err(invalid(
+                "prompt",
+                "give one prompt as a string (lists of prompts and token ids are not supported)",
+            )),
+            _ => return Err(invalid("prompt", "must be a string")),
+        };
+        if prompt.is_empty() {
+            return Err(invalid("prompt", "it is empty"));
+        }
+        let top = match self.logprobs {
+            Some(n) if n > 20 => return Err(invalid("logprobs", format!("{n} is above 20"))),
+            other => other.map(|n| n as usize),
+        };
+        common.into_job(Kind::Completion, Input::Text(prompt), top, limits)
+    }
+}
+
+impl ChatRequest {
+    /// Checks the request against the server's limits.
+    pub fn into_job(self, common: Common, limits: &Limits) -> Result<Job, ApiError> {
+        if self.tools.is_some() {
+            return Err(invalid("tools", "not supported"));
+        }
+        if self.messages.is_empty() {
+            return Err(invalid("messages", "it is empty"));
+        }
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (i, m) in self.messages.into_iter().enumerate() {
+            let field = format!("messages[{i}]");
+            if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+                return Err(invalid(
+                    &format!("{field}.role"),
+                    format!("role '{}' is not system, user or assistant", m.role),
+                ));
+            }
+            let content = content_text(m.content, &field)?;
+            messages.push(Message::new(m.role, content));
+        }
+        let top = match (self.logprobs, self.top_logprobs) {
+            (_, Some(n)) if n > 20 => {
+                return Err(invalid("top_logprobs", format!("{n} is above 20")))
+            }
+            (false, Some(_)) => return Err(invalid("top_logprobs", "needs logprobs: true")),
+            (true, n) => Some(n.unwrap_or(0) as usize),
+            (false, None) => None,
+        };
+        common.into_job(Kind::Chat, Input::Chat(messages), top, limits)
+    }
+}
+
+/// A message's content: a string, or a list of text parts.
+fn content_text(content: Option<Value>, field: &str) -> Result<String, ApiError> {
+    let param = format!("{field}.content");
+    match content {
+        Some(Value::String(s)) => Ok(s),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => text.push_str(t),
+                    _ => {
+                        return Err(invalid(
+                            &format!("{param}[{j}]"),
+                            "only text parts ({\"type\": \"text\", \"text\": ...}) are supported",
+                        ))
+                    }
+                }
+            }
+            Ok(text)
+        }
+        None | Some(Value::Null) => Err(invalid(&param, "it is missing")),
+        Some(_) => Err(invalid(
+            &param,
+            "content must be a string or a list of text parts",
+        )),
+    }
+}
+
+impl Common {
+    fn into_job(
+        self,
+        kind: Kind,
+        input: Input,
+        logprobs: Option<usize>,
+        limits: &Limits,
+    ) -> Result<Job, ApiError> {
+        if let Some(model) = &self.model {
+            if *model != limits.model {
+                return Err(ApiError::not_found(
+                    Some("model"),
+                    format!(
+                        "model '{model}' does not exist; this server serves '{}'",
+                        limits.model
+                    ),
+                ));
+            }
+        }
+        let mode = self.mode(limits)?;
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(invalid("n", "only 1 is supported"));
+        }
+        if self.best_of.is_some_and(|n| n != 1) {
+            return Err(invalid("best_of", "only 1 is supported"));
+        }
+        for (name, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if value.is_some_and(|v| v != 0.0) {
+                return Err(invalid(name, "only 0 is supported"));
+            }
+        }
+        if self.logit_bias.is_some_and(|b| !b.is_empty()) {
+            return Err(invalid("logit_bias", "not supported"));
+        }
+        let (field, max_tokens) = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(n), _) => ("max_completion_tokens", Some(n)),
+            (None, n) => ("max_tokens", n),
+        };
+        let max_tokens = max_tokens.unwrap_or(limits.default_max_tokens as u64);
+        if max_tokens == 0 || max_tokens >= limits.context as u64 {
+            return Err(invalid(
+                field,
+                format!(
+                    "{max_tokens} is outside 1..{} (the smallest member context is {} tokens)",
+                    limits.context - 1,
+                    limits.context
+                ),
+            ));
+        }
+        let stop = self.stop.map(OneOrMany::into_vec).unwrap_or_default();
+        if stop.len() > 4 {
+            return Err(invalid("stop", "at most 4 stop strings"));
+        }
+        if stop.iter().any(String::is_empty) {
+            return Err(invalid("stop", "a stop string is empty"));
+        }
+        let pick = PickConfig {
+            temperature: self.temperature.unwrap_or(0.8),
+            top_k: self.top_k.unwrap_or(40),
+            top_p: self.top_p.unwrap_or(0.95),
+            seed: self.seed.unwrap_or_else(random_seed),
+        };
+        pick.validate()
+            .map_err(|e| core_field(&e, ["temperature", "top_p"]))?;
+        if self.union_top_k == Some(0) {
+            return Err(invalid("union_top_k", "0 keeps no token (use at least 1)"));
+        }
+        let weights = self.weights.unwrap_or_else(|| limits.weights.clone());
+        gac_core::ensemble::validate(&weights, &mode, limits.members)
+            .map_err(|e| core_field(&e, ["weights", "gate", "threshold", "when_unsure"]))?;
+        Ok(Job {
+            kind,
+            input,
+            options: GenerateOptions {
+                max_tokens: max_tokens as usize,
+                stop,
+                pick,
+                chat: false,
+                union_top_k: self.union_top_k,
+                schedule: limits.schedule,
+                logprobs,
+            },
+            weights,
+            mode,
+            stream: self.stream,
+            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+        })
+    }
+
+    /// The server's mode with this request's gate fields applied.
+    fn mode(&self, limits: &Limits) -> Result<Mode, ApiError> {
+        let (gate, threshold, when_unsure) = match limits.mode {
+            Mode::Gated {
+                gate,
+                threshold,
+                when_unsure,
+            } => (Some(gate), threshold, when_unsure),
+            Mode::Average => (None, 0.5, WhenUnsure::Average),
+        };
+        let gate = self.gate.or(gate);
+        let Some(gate) = gate else {
+            for (name, given) in [
+                ("threshold", self.threshold.is_some()),
+                ("when_unsure", self.when_unsure.is_some()),
+            ] {
+                if given {
+                    return Err(invalid(name, "needs a gate (the gate field)"));
+                }
+            }
+            return Ok(Mode::Average);
+        };
+        let when_unsure = match &self.when_unsure {
+            Some(s) => parse_when_unsure(s)
+                .map_err(|e| ApiError::invalid(Some("when_unsure"), e.to_string()))?,
+            None => when_unsure,
+        };
+        Ok(Mode::Gated {
+            gate,
+            threshold: self.threshold.unwrap_or(threshold),
+            when_unsure,
+        })
+    }
+}
+
+/// A gac-core validation error as a 400 naming the field it names (one of `fields`).
+fn core_field<const N: usize>(e: &gac_core::Error, fields: [&str; N]) -> ApiError {
+    let param = match e {
+        gac_core::Error::Config { field, .. } => fields
+            .iter()
+            .find(|f| field.contains(*f))
+            .copied()
+            .or_else(|| field.starts_with("member[").then_some("weights")),
+        _ => None,
+    };
+    ApiError::invalid(param, e.to_string())
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}

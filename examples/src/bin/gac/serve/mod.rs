@@ -1,0 +1,172 @@
+//! `gac serve`: the ensemble behind an OpenAI-compatible HTTP API (axum on tokio).
+//!
+//! The listener starts at once (`/health` answers 503 while the members load); requests take
+//! one of `--parallel` slots or wait in a queue of `--queue`, beyond which they get 429. A
+//! client that disconnects stops its generation within one step. SIGINT or SIGTERM stops
+//! accepting, lets in-flight requests finish, and exits 0.
+
+mod api;
+mod error;
+mod metrics;
+mod reply;
+mod routes;
+mod slots;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use gac_core::{Ensemble, Union};
+use gac_examples::config::EnsembleConfig;
+
+use super::args::EnsembleArgs;
+use super::load_slots;
+use api::Limits;
+use slots::Pool;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub ensemble: EnsembleArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Requests generated at once (each slot has its own contexts on the shared weights).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub parallel: usize,
+    /// Requests that may wait for a slot; more get 429 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    queue: usize,
+    /// Require `Authorization: Bearer KEY` on /v1 routes.
+    #[arg(long, value_name = "KEY", env = "GAC_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// `max_tokens` of requests that give none.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    max_tokens: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    max_body: usize,
+    /// The served model's name (default: the config's `name`, else `gac`).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// What every handler shares.
+pub struct State {
+    /// Set once the members are loaded.
+    ready: OnceLock<Ready>,
+    api_key: Option<String>,
+    max_body: usize,
+    model: String,
+    serial: std::sync::atomic::AtomicU64,
+}
+
+/// The loaded ensemble.
+struct Ready {
+    pool: Arc<Pool>,
+    limits: Limits,
+    union: Arc<Union>,
+}
+
+pub fn serve(args: ServeArgs, config: EnsembleConfig) -> Result<()> {
+    if args.parallel == 0 {
+        bail!("invalid --parallel: 0 slots serve nothing (use at least 1)");
+    }
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("invalid --host/--port: {}:{}", args.host, args.port))?;
+    let model = args
+        .name
+        .clone()
+        .or_else(|| config.name.clone())
+        .unwrap_or_else(|| "gac".to_string());
+    let state = Arc::new(State {
+        ready: OnceLock::new(),
+        api_key: args.api_key.clone(),
+        max_body: args.max_body,
+        model,
+        serial: Default::default(),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        eprintln!(
+            "gac: listening on http://{} (loading members)",
+            listener.local_addr()?
+        );
+        let loading = {
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || load(&state, &args, &config))
+        };
+        let app = routes::router(state.clone());
+        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+        let server = tokio::spawn(std::future::IntoFuture::into_future(server));
+        loading.await.context("loading the members")??;
+        eprintln!("gac: ready: serving model '{}'", state.model);
+        server.await?.context("serving")
+    })?;
+    Ok(())
+}
+
+/// Loads the slots and publishes them to the handlers.
+fn load(state: &State, args: &ServeArgs, config: &EnsembleConfig) -> Result<()> {
+    let sets = load_slots(config, false, false, args.parallel)?;
+    let mode = config.mode()?;
+    let mut ensembles = Vec::with_capacity(sets.len());
+    for members in sets {
+        ensembles.push(Ensemble::new(members, Some(config.weights()), mode)?);
+    }
+    let context = ensembles[0]
+        .members()
+        .iter()
+        .filter_map(|m| m.context_size())
+        .min()
+        .unwrap_or(usize::MAX);
+    let limits = Limits {
+        model: state.model.clone(),
+        context,
+        default_max_tokens: args.max_tokens.min(context.saturating_sub(1)).max(1),
+        weights: config.weights(),
+        mode,
+        schedule: config.schedule()?,
+        members: config.members.len(),
+    };
+    let union = Arc::new(ensembles[0].union().clone());
+    let pool = Arc::new(Pool::new(ensembles, args.queue));
+    let _ = state.ready.set(Ready {
+        pool,
+        limits,
+        union,
+    });
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    eprintln!("gac: shutting down: finishing in-flight requests");
+}

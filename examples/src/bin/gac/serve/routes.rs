@@ -1,0 +1,254 @@
+//! The routes and their handlers: the OpenAI endpoints (whole or streamed as server-sent
+//! events), models, health, metrics; API-key checks and the body limit.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State as Shared};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as Sse, KeepAlive};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use gac_core::{Finish, Generation};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::api::{self, ChatRequest, CompletionRequest, Job, Kind, Limits};
+use super::error::ApiError;
+use super::metrics::Outcome;
+use super::reply::Reply;
+use super::slots::{CancelOnDrop, Event, Lease};
+use super::{Ready, State};
+
+/// Every route of the server.
+pub fn router(state: Arc<State>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.max_body))
+        .with_state(state)
+}
+
+async fn auth(Shared(state): Shared<Arc<State>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            if let Some(ready) = state.ready.get() {
+                ready.pool.metrics.finished(Outcome::Invalid);
+            }
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(
+        None,
+        format!("no route {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        ..ApiError::invalid(
+            None,
+            format!(
+                "{} is not allowed on {}",
+                request.method(),
+                request.uri().path()
+            ),
+        )
+    }
+}
+
+async fn health(Shared(state): Shared<Arc<State>>) -> Response {
+    match state.ready.get() {
+        Some(_) => Json(json!({"status": "ok"})).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(Shared(state): Shared<Arc<State>>) -> Response {
+    match state.ready.get() {
+        Some(ready) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            ready.pool.metrics.render(ready.pool.slots()),
+        )
+            .into_response(),
+        None => ApiError::unavailable("the members are loading").into_response(),
+    }
+}
+
+async fn models(Shared(state): Shared<Arc<State>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{"id": state.model, "object": "model", "created": 0, "owned_by": "gac"}],
+    }))
+}
+
+async fn completions(
+    Shared(state): Shared<Arc<State>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(state, body, |b, limits| {
+        api::parse::<CompletionRequest>(b)?.into_job(api::parse(b)?, limits)
+    })
+    .await
+}
+
+async fn chat(Shared(state): Shared<Arc<State>>, body: Result<Bytes, BytesRejection>) -> Response {
+    handle(state, body, |b, limits| {
+        api::parse::<ChatRequest>(b)?.into_job(api::parse(b)?, limits)
+    })
+    .await
+}
+
+/// Validates, takes a slot, and answers whole or as a stream.
+async fn handle(
+    state: Arc<State>,
+    body: Result<Bytes, BytesRejection>,
+    parse: impl FnOnce(&[u8], &Limits) -> Result<Job, ApiError>,
+) -> Response {
+    let Some(ready) = state.ready.get() else {
+        return ApiError::unavailable("the members are still loading; retry when /health is 200")
+            .into_response();
+    };
+    let metrics = &ready.pool.metrics;
+    let job = match body {
+        Ok(body) => parse(&body, &ready.limits),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::too_large(state.max_body))
+        }
+        Err(e) => Err(ApiError::invalid(None, e.body_text())),
+    };
+    let job = match job {
+        Ok(job) => job,
+        Err(e) => {
+            metrics.finished(Outcome::Invalid);
+            return e.into_response();
+        }
+    };
+    let lease = match ready.pool.acquire().await {
+        Ok(lease) => lease,
+        Err(e) => {
+            metrics.finished(Outcome::Rejected);
+            return e.into_response();
+        }
+    };
+    let serial = state.serial.fetch_add(1, Ordering::Relaxed);
+    let reply = Reply::new(job.kind, serial, state.model.clone(), ready.union.clone());
+    match job.stream {
+        true => streamed(ready, job, lease, reply).into_response(),
+        false => whole(ready, job, lease, reply).await,
+    }
+}
+
+/// Runs a job on a blocking thread, counts how it ended and hands the result to `done`.
+fn spawn(
+    ready: &Ready,
+    job: Job,
+    lease: Lease,
+    events: Option<mpsc::UnboundedSender<Event>>,
+    cancel: Arc<AtomicBool>,
+    done: impl FnOnce(Result<Generation, ApiError>) + Send + 'static,
+) {
+    let pool = ready.pool.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = lease.run(&job, events, cancel);
+        let outcome = match &result {
+            Ok(g) if g.finish == Finish::Cancelled => Outcome::Cancelled,
+            Ok(_) => Outcome::Ok,
+            Err(e) if e.status.is_client_error() => Outcome::Invalid,
+            Err(_) => Outcome::Failed,
+        };
+        pool.metrics.finished(outcome);
+        done(result);
+    });
+}
+
+async fn whole(ready: &Ready, job: Job, lease: Lease, reply: Reply) -> Response {
+    let cancel = Arc::new(AtomicBool::new(false));
+    // Dropped (client gone) before the generation ends: it stops within a step.
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
+    let logprobs = job.options.logprobs.is_some();
+    let (tx, rx) = oneshot::channel();
+    spawn(ready, job, lease, None, cancel, move |result| {
+        let _ = tx.send(result);
+    });
+    match rx.await {
+        Ok(Ok(g)) => Json(reply.complete(&g, logprobs)).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => ApiError::internal("the generation stopped without an answer").into_response(),
+    }
+}
+
+fn streamed(
+    ready: &Ready,
+    job: Job,
+    lease: Lease,
+    reply: Reply,
+) -> axum::response::Sse<impl Stream<Item = Result<Sse, Infallible>>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let logprobs = job.options.logprobs.is_some();
+    let usage = job.include_usage;
+    let first = match job.kind {
+        Kind::Chat => Some(reply.role_chunk()),
+        Kind::Completion => None,
+    };
+    // The stream owns the receiver: when the client goes, the generation sees it closed.
+    let last = tx.clone();
+    spawn(ready, job, lease, Some(tx), Arc::default(), move |result| {
+        let _ = last.send(Event::Done(Box::new(result)));
+    });
+    let mut offset = 0;
+    let events = UnboundedReceiverStream::new(rx).flat_map(move |event| {
+        let chunks: Vec<String> = match event {
+            Event::Text(text, lps) => {
+                let chunk = reply.text_chunk(&text, &lps, logprobs, offset);
+                offset += text.len();
+                vec![chunk.to_string()]
+            }
+            Event::Done(done) => match *done {
+                Ok(g) => {
+                    let mut chunks = vec![reply.final_chunk(&g).to_string()];
+                    if usage {
+                        chunks.push(reply.usage_chunk(&g).to_string());
+                    }
+                    chunks.push("[DONE]".to_string());
+                    chunks
+                }
+                Err(e) => vec![e.body().to_string(), "[DONE]".to_string()],
+            },
+        };
+        stream::iter(chunks)
+    });
+    let all = stream::iter(first.map(|v| v.to_string()))
+        .chain(events)
+        .map(|data| Ok(Sse::default().data(data)));
+    axum::response::Sse::new(all).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,638 @@
+//! `gac serve` on the two default models, over loopback: raw HTTP (the SSE format, every bad
+//! input), the official OpenAI Python client, answers equal to `gac generate`'s, a bounded load
+//! test, dropped streams, API keys and a clean shutdown.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use gac_tests::{asset, cache, GEMMA, SMOLLM};
+use serde_json::{json, Value};
+
+/// A running `gac serve`, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn path(relative: &str) -> String {
+    asset(relative).display().to_string()
+}
+
+impl Server {
+    /// Starts a server on a free port with the two default models and waits until it is ready.
+    fn start(extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gac"))
+            .args(["serve", "--model", &path(SMOLLM), "--model", &path(GEMMA)])
+            .args(["--port", "0"])
+            .args(extra)
+            .env_remove("GAC_LLAMA_LOG")
+            .env_remove("GAC_API_KEY")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gac serve starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[server] {line}");
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap().to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server prints its address");
+        let server = Server { child, addr };
+        let start = Instant::now();
+        loop {
+            let health = server.get("/health");
+            if health.status == 200 {
+                break;
+            }
+            assert_eq!(health.status, 503, "loading: {}", health.body);
+            assert!(start.elapsed() < Duration::from_secs(180), "never ready");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        server
+    }
+
+    fn get(&self, path: &str) -> Response {
+        self.send(&format!(
+            "GET {path} HTTP/1.1\r\nHost: gac\r\nConnection: close\r\n\r\n"
+        ))
+    }
+
+    fn post(&self, path: &str, body: &str) -> Response {
+        self.post_with(path, body, "")
+    }
+
+    fn post_with(&self, path: &str, body: &str, headers: &str) -> Response {
+        self.send(&post_request(path, body, headers))
+    }
+
+    fn send(&self, raw: &str) -> Response {
+        let mut stream = TcpStream::connect(&self.addr).expect("connects");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(300)))
+            .unwrap();
+        stream.write_all(raw.as_bytes()).unwrap();
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).expect("a whole response");
+        Response::parse(&bytes)
+    }
+
+    /// A value from /metrics (the first line that starts with `name`).
+    fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").body;
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+    }
+
+    fn complete(&self, body: Value) -> Value {
+        let r = self.post("/v1/completions", &body.to_string());
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+}
+
+fn post_request(path: &str, body: &str, headers: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: gac\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
+        body.len()
+    )
+}
+
+struct Response {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Response {
+    fn parse(bytes: &[u8]) -> Response {
+        let text = String::from_utf8_lossy(bytes);
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let headers = head.to_ascii_lowercase();
+        let body = match headers.contains("transfer-encoding: chunked") {
+            true => dechunk(body),
+            false => body.to_string(),
+        };
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// The chunks of a server-sent event stream (its `data:` payloads), checking that it ends
+    /// with `data: [DONE]`.
+    fn chunks(&self) -> Vec<Value> {
+        let events: Vec<&str> = self
+            .body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        assert_eq!(events.last(), Some(&"[DONE]"), "{}", self.body);
+        events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect()
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+/// `gac generate`'s greedy text for a prompt, with the same members and settings.
+fn generate(prompt: &str, max_tokens: usize, chat: bool) -> String {
+    let max = max_tokens.to_string();
+    let mut args = vec!["generate", "--model", SMOLLM, "--model", GEMMA, "--json"];
+    args.extend(["--max-tokens", &max]);
+    if chat {
+        args.push("--chat");
+    }
+    let (smollm, gemma) = (path(SMOLLM), path(GEMMA));
+    args[2] = &smollm;
+    args[4] = &gemma;
+    args.push(prompt);
+    let out = Command::new(env!("CARGO_BIN_EXE_gac"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: Value = serde_json::from_slice(&out.stdout).unwrap();
+    value["text"].as_str().unwrap().to_string()
+}
+
+const PROMPTS: [&str; 2] = ["The capital of France is", "def fibonacci(n):"];
+
+#[test]
+fn a_served_ensemble_answers_like_gac_generate_streams_and_shuts_down_cleanly() {
+    let server = Server::start(&[]);
+    let models = server.get("/v1/models").json();
+    assert_eq!(models["data"][0]["id"], "gac", "{models}");
+
+    // One request at a time, greedy: the same text as `gac generate`.
+    for prompt in PROMPTS {
+        let c = server.complete(json!({"prompt": prompt, "max_tokens": 16, "temperature": 0}));
+        let text = c["choices"][0]["text"].as_str().unwrap();
+        assert_eq!(text, generate(prompt, 16, false), "{prompt}");
+        assert_eq!(c["object"], "text_completion");
+        assert_eq!(c["usage"]["completion_tokens"], 16, "{c}");
+        assert_eq!(c["choices"][0]["finish_reason"], "length");
+        assert!(c["gac"]["steps"].as_u64().unwrap() >= 16, "{c}");
+
+        // Streamed: raw SSE, OpenAI chunks, then [DONE]; the chunks spell the same text.
+        let body = json!({"prompt": prompt, "max_tokens": 16, "temperature": 0, "stream": true});
+        let r = server.post("/v1/completions", &body.to_string());
+        assert_eq!(r.status, 200);
+        assert!(
+            r.headers.contains("content-type: text/event-stream"),
+            "{}",
+            r.headers
+        );
+        let chunks = r.chunks();
+        let streamed: String = chunks
+            .iter()
+            .map(|c| c["choices"][0]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(streamed, text);
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "length"
+        );
+    }
+
+    // Chat: the same as `gac generate --chat` for one user message.
+    let user = "Name three colours of the rainbow.";
+    let r = server.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": user}], "max_tokens": 16, "temperature": 0})
+            .to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let chat = r.json();
+    assert_eq!(chat["object"], "chat.completion");
+    assert_eq!(
+        chat["choices"][0]["message"]["content"],
+        generate(user, 16, true)
+    );
+
+    // The official OpenAI client.
+    let python = cache().join("venv/bin/python");
+    assert!(
+        python.is_file(),
+        "missing {}: run `scripts/fetch-assets client`",
+        python.display()
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let out = Command::new(&python)
+        .args([script, &format!("http://{}/v1", server.addr), "gac"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "openai client: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    bad_inputs_get_openai_errors(&server);
+    dropped_streams_free_their_slot(&server);
+
+    // SIGTERM while a stream runs: the stream ends normally, then the server exits 0.
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    let body = json!({"prompt": PROMPTS[0], "max_tokens": 24, "temperature": 0, "stream": true});
+    stream
+        .write_all(post_request("/v1/completions", &body.to_string(), "").as_bytes())
+        .unwrap();
+    let mut first = [0u8; 64];
+    stream.read_exact(&mut first).unwrap();
+    let mut server = server;
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(String::from_utf8_lossy(&rest).contains("data: [DONE]"));
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+fn bad_inputs_get_openai_errors(server: &Server) {
+    let big = format!("{{\"prompt\": \"{}\"}}", "x".repeat(2 << 20));
+    let cases: &[(&str, &str, u16, &str)] = &[
+        ("/v1/completions", "{\"prompt\": ", 400, "not valid JSON"),
+        ("/v1/completions", "[1, 2]", 400, "not a valid request"),
+        ("/v1/completions", "{\"max_tokens\": 4}", 400, "prompt"),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"max_tokens\": \"ten\"}",
+            400,
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"max_tokens\": 100000}",
+            400,
+            "smallest member context",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"max_tokens\": 0}",
+            400,
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"\"}",
+            400,
+            "invalid prompt: it is empty",
+        ),
+        ("/v1/completions", "{\"prompt\": [1, 2]}", 400, "token ids"),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"temperature\": -1}",
+            400,
+            "temperature",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"top_p\": 2}",
+            400,
+            "top_p",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"n\": 2}",
+            400,
+            "invalid n: only 1",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"logprobs\": 50}",
+            400,
+            "logprobs",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"stop\": [\"\"]}",
+            400,
+            "stop",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"gate\": 5}",
+            400,
+            "gate",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"gate\": 0, \"threshold\": 2}",
+            400,
+            "threshold",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"threshold\": 0.5}",
+            400,
+            "needs a gate",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"gate\": 0, \"when_unsure\": \"maybe\"}",
+            400,
+            "when_unsure",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"weights\": [1]}",
+            400,
+            "weights",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"weights\": [1, -1]}",
+            400,
+            "weight",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"union_top_k\": 0}",
+            400,
+            "union_top_k",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"model\": \"gpt-4\"}",
+            404,
+            "gpt-4",
+        ),
+        (
+            "/v1/chat/completions",
+            "{\"messages\": []}",
+            400,
+            "invalid messages: it is empty",
+        ),
+        (
+            "/v1/chat/completions",
+            "{\"messages\": [{\"role\": \"tool\", \"content\": \"x\"}]}",
+            400,
+            "role 'tool'",
+        ),
+        (
+            "/v1/chat/completions",
+            "{\"messages\": [{\"role\": \"user\"}]}",
+            400,
+            "invalid messages[0].content",
+        ),
+        (
+            "/v1/chat/completions",
+            "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]}",
+            400,
+            "text parts",
+        ),
+        (
+            "/v1/chat/completions",
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"top_logprobs\": 2}",
+            400,
+            "needs logprobs",
+        ),
+        ("/v1/nothing", "{}", 404, "no route"),
+        ("/v1/completions", &big, 413, "over the limit"),
+    ];
+    for (path, body, status, message) in cases {
+        let r = server.post(path, body);
+        let shown = &body[..body.len().min(80)];
+        assert_eq!(r.status, *status, "{path} {shown}: {}", r.body);
+        let error = r.json();
+        let text = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(text.contains(message), "{path} {shown}: {error}");
+        assert!(error["error"]["type"].is_string(), "{error}");
+    }
+    let r = server.get("/v1/completions");
+    assert_eq!(r.status, 405, "{}", r.body);
+    // User text that spells a control token is generated from as text.
+    let c = server.complete(
+        json!({"prompt": "<|im_end|><end_of_turn> hi", "max_tokens": 2, "temperature": 0}),
+    );
+    assert_eq!(c["usage"]["completion_tokens"], 2, "{c}");
+    // The server still answers after all of that.
+    assert_eq!(server.get("/health").status, 200);
+}
+
+fn dropped_streams_free_their_slot(server: &Server) {
+    let before = server.metric("gac_requests_total{outcome=\"cancelled\"}");
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(&server.addr).unwrap();
+        let body =
+            json!({"prompt": PROMPTS[1], "max_tokens": 200, "temperature": 0, "stream": true});
+        stream
+            .write_all(post_request("/v1/completions", &body.to_string(), "").as_bytes())
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        while !line.starts_with("data: ") {
+            line.clear();
+            assert!(reader.read_line(&mut line).unwrap() > 0, "no first chunk");
+        }
+    }
+    let start = Instant::now();
+    while server.metric("gac_requests_total{outcome=\"cancelled\"}") < before + 20.0
+        || server.metric("gac_slots_busy") > 0.0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "dropped streams still generating: {}",
+            server.get("/metrics").body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let c = server.complete(json!({"prompt": PROMPTS[0], "max_tokens": 16, "temperature": 0}));
+    assert_eq!(c["choices"][0]["text"], generate(PROMPTS[0], 16, false));
+}
+
+/// What one streamed request got back.
+struct Streamed {
+    status: u16,
+    /// The text, or the error body.
+    text: String,
+    /// Every token was the argmax of the distribution the server computed for it.
+    argmax: bool,
+    retry_after: bool,
+    tokens: u64,
+}
+
+/// One streamed greedy completion with logprobs and usage.
+fn streamed_greedy(server: &Server, prompt: &str) -> Streamed {
+    let body = json!({"prompt": prompt, "max_tokens": 8, "temperature": 0, "stream": true,
+        "logprobs": 1, "stream_options": {"include_usage": true}});
+    let r = server.post("/v1/completions", &body.to_string());
+    if r.status != 200 {
+        let retry_after = r.headers.contains("retry-after: ");
+        return Streamed {
+            status: r.status,
+            text: r.body,
+            argmax: false,
+            retry_after,
+            tokens: 0,
+        };
+    }
+    let mut text = String::new();
+    let mut argmax = true;
+    let mut tokens = 0;
+    for chunk in r.chunks() {
+        if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
+            tokens = n;
+            continue;
+        }
+        let choice = &chunk["choices"][0];
+        text.push_str(choice["text"].as_str().unwrap());
+        if let Some(lp) = choice["logprobs"].as_object() {
+            for (chosen, top) in lp["token_logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(lp["top_logprobs"].as_array().unwrap())
+            {
+                let best = top
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .map(|v| v.as_f64().unwrap())
+                    .fold(f64::MIN, f64::max);
+                argmax &= chosen.as_f64().unwrap() >= best - 1e-6;
+            }
+        }
+    }
+    Streamed {
+        status: 200,
+        text,
+        argmax,
+        retry_after: false,
+        tokens,
+    }
+}
+
+#[test]
+fn a_bounded_load_completes_or_refuses_every_request_and_metrics_add_up() {
+    let server = Server::start(&["--parallel", "2", "--queue", "4"]);
+    let alone: Vec<Streamed> = PROMPTS
+        .iter()
+        .map(|p| streamed_greedy(&server, p))
+        .collect();
+    let (done, refused, differ, tokens) = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let (server, alone) = (&server, &alone);
+                s.spawn(move || {
+                    let mut out = (0, 0, 0, 0);
+                    for i in 0..6 {
+                        let k = (w + i) % 2;
+                        let r = streamed_greedy(server, PROMPTS[k]);
+                        match r.status {
+                            200 => {
+                                assert!(
+                                    r.argmax,
+                                    "a token that was not its step's argmax: {}",
+                                    r.text
+                                );
+                                out.0 += 1;
+                                out.2 += usize::from(r.text != alone[k].text);
+                                out.3 += r.tokens;
+                            }
+                            429 => {
+                                assert!(r.retry_after, "429 without Retry-After");
+                                assert!(r.text.contains("slots are busy"), "{}", r.text);
+                                out.1 += 1;
+                            }
+                            other => panic!("status {other}: {}", r.text),
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers.into_iter().fold((0, 0, 0, 0), |acc, w| {
+            let r = w.join().unwrap();
+            (acc.0 + r.0, acc.1 + r.1, acc.2 + r.2, acc.3 + r.3)
+        })
+    });
+    eprintln!(
+        "load: {done} completed, {refused} refused (429), {differ} of the completed differ from the one-at-a-time answer"
+    );
+    assert_eq!(done + refused, 48);
+    assert!(done >= 6, "{done} completed");
+    assert_eq!(
+        server.metric("gac_requests_total{outcome=\"ok\"}"),
+        (done + 2) as f64
+    );
+    assert_eq!(
+        server.metric("gac_requests_total{outcome=\"rejected\"}"),
+        refused as f64
+    );
+    assert_eq!(server.metric("gac_slots_busy"), 0.0);
+    assert_eq!(server.metric("gac_queue_depth"), 0.0);
+    let alone_tokens: u64 = alone.iter().map(|a| a.tokens).sum();
+    assert!(alone
+        .iter()
+        .all(|a| a.status == 200 && a.argmax && a.tokens > 0));
+    assert_eq!(
+        server.metric("gac_generated_tokens_total"),
+        (tokens + alone_tokens) as f64
+    );
+    assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn an_api_key_guards_the_api() {
+    let server = Server::start(&["--api-key", "sesame"]);
+    let body = json!({"prompt": "Hi", "max_tokens": 2}).to_string();
+    for headers in [
+        "",
+        "Authorization: Bearer wrong\r\n",
+        "Authorization: sesame\r\n",
+    ] {
+        let r = server.post_with("/v1/completions", &body, headers);
+        assert_eq!(r.status, 401, "{headers:?}: {}", r.body);
+        assert_eq!(r.json()["error"]["code"], "invalid_api_key");
+    }
+    let r = server.post_with("/v1/completions", &body, "Authorization: Bearer sesame\r\n");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(server.get("/health").status, 200);
+}
