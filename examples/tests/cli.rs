@@ -394,3 +394,27 @@ fn wrapping_an_existing_mistralrs_engine() {
         "{stdout}"
     );
 }
+
+#[test]
+fn wrapping_an_already_loaded_llama_cpp_model() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wrap-llamacpp"))
+        .args([
+            path(SMOLLM),
+            path(GEMMA),
+            "The capital of France is".to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The member and the program's own context share one copy of the weights.
+    assert!(
+        stdout.contains("ensemble: ")
+            && stdout.contains("weights shared with the member: 2 references"),
+        "{stdout}"
+    );
+}

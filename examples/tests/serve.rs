@@ -31,8 +31,13 @@ fn path(relative: &str) -> String {
 impl Server {
     /// Starts a server on a free port with the two default models and waits until it is ready.
     fn start(extra: &[&str]) -> Server {
+        Self::start_with(&path(SMOLLM), extra)
+    }
+
+    /// The same with `first` (a `--model` value) instead of SmolLM2 in llama.cpp.
+    fn start_with(first: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gac"))
-            .args(["serve", "--model", &path(SMOLLM), "--model", &path(GEMMA)])
+            .args(["serve", "--model", first, "--model", &path(GEMMA)])
             .args(["--port", "0"])
             .args(extra)
             .env_remove("GAC_LLAMA_LOG")
@@ -635,4 +640,27 @@ fn an_api_key_guards_the_api() {
     let r = server.post_with("/v1/completions", &body, "Authorization: Bearer sesame\r\n");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn a_mistralrs_member_serves_concurrent_slots() {
+    let first = format!("mistralrs:{}", path(SMOLLM));
+    let server = Server::start_with(&first, &["--parallel", "2"]);
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let runs: Vec<_> = PROMPTS
+            .iter()
+            .map(|p| {
+                let server = &server;
+                s.spawn(move || {
+                    server.complete(json!({"prompt": p, "max_tokens": 8, "temperature": 0}))
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for a in &answers {
+        assert_eq!(a["usage"]["completion_tokens"], 8, "{a}");
+        assert_eq!(a["gac"]["members"].as_array().unwrap().len(), 2, "{a}");
+    }
+    assert_eq!(server.metric("gac_requests_total{outcome=\"ok\"}"), 2.0);
 }
