@@ -477,8 +477,17 @@ fn dropped_streams_free_their_slot(server: &Server) {
             assert!(reader.read_line(&mut line).unwrap() > 0, "no first chunk");
         }
     }
+    // Whole (not streamed) requests whose clients give up while they generate.
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(&server.addr).unwrap();
+        let body = json!({"prompt": PROMPTS[1], "max_tokens": 400, "temperature": 0});
+        stream
+            .write_all(post_request("/v1/completions", &body.to_string(), "").as_bytes())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let start = Instant::now();
-    while server.metric("gac_requests_total{outcome=\"cancelled\"}") < before + 20.0
+    while server.metric("gac_requests_total{outcome=\"cancelled\"}") < before + 23.0
         || server.metric("gac_slots_busy") > 0.0
     {
         assert!(

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::api::{Input, Job};
 use super::error::ApiError;
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Outcome};
 
 /// The slots, the queue and the counters.
 pub struct Pool {
@@ -38,12 +38,19 @@ impl Drop for Lease {
     }
 }
 
-/// Counts a request as queued while it lives.
-struct Queued<'a>(&'a AtomicU64);
+/// Counts a request as queued while it lives; one dropped before it got a slot (its client
+/// went away) counts as cancelled.
+struct Queued<'a> {
+    metrics: &'a Metrics,
+    served: bool,
+}
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+        if !self.served {
+            self.metrics.finished(Outcome::Cancelled);
+        }
     }
 }
 
@@ -87,19 +94,20 @@ impl Pool {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                let queued = &self.metrics.queued;
-                let room = queued.fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                let depth = &self.metrics.queued;
+                let room = depth.fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                     (q < self.queue as u64).then_some(q + 1)
                 });
                 if room.is_err() {
                     return Err(ApiError::busy(self.slots, self.queue));
                 }
-                let _queued = Queued(queued);
-                self.permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| ApiError::unavailable("the server is shutting down"))?
+                let mut queued = Queued {
+                    metrics: &self.metrics,
+                    served: false,
+                };
+                let permit = self.permits.clone().acquire_owned().await;
+                queued.served = true;
+                permit.map_err(|_| ApiError::unavailable("the server is shutting down"))?
             }
         };
         self.metrics.busy.fetch_add(1, Ordering::Relaxed);
