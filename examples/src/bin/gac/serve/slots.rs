@@ -3,7 +3,7 @@
 //! a request takes a free slot or waits in a bounded queue, and a full queue refuses at once.
 //! A generation runs on a blocking thread; it stops within a step once its client is gone.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gac_core::{Ensemble, Generation, Observer, Prompt, TokenLogprob, UnionId};
