@@ -128,12 +128,15 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {cmd:?}"))?;
-        let server = Server {
+        let mut server = Server {
             child,
             addr: format!("127.0.0.1:{port}"),
         };
         let start = Instant::now();
         while get_status(&server.addr, "/health") != Some(200) {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                bail!("{cmd:?} exited ({status}) before it became healthy");
+            }
             if start.elapsed() > Duration::from_secs(300) {
                 bail!("{cmd:?} never became healthy");
             }
@@ -244,10 +247,13 @@ fn generate(models: &[String], requests: usize, max_tokens: usize) -> Result<(Ve
     Ok((latencies, tokens as f64 / total))
 }
 
-fn row(what: &str, (latencies, tps): &(Vec<Duration>, f64), base: f64) {
+/// One table row; `base` is the baseline's tokens/s, `alone` that of the same server (or tool)
+/// with one client.
+fn row(what: &str, (latencies, tps): &(Vec<Duration>, f64), base: f64, alone: f64) {
     println!(
-        "| {what} | {tps:.1} | {:.2}x | {:.0} | {:.0} |",
+        "| {what} | {tps:.1} | {:.2}x | {:.2}x | {:.0} | {:.0} |",
         tps / base,
+        tps / alone,
         percentile(latencies, 0.5),
         percentile(latencies, 0.99)
     );
@@ -279,15 +285,22 @@ fn main() -> Result<()> {
             let server = Server::llama(binary, model, parallel)?;
             complete(&server.addr, PROMPTS[0], 4)?;
             rows.push((
-                format!("llama-server `-np {parallel}` (one model), {clients} client(s)"),
+                format!(
+                    "llama-server `-np {parallel}`, Gemma alone, {clients} client{}",
+                    if clients == 1 { "" } else { "s" }
+                ),
                 load(&server.addr, n, clients, max)?,
             ));
         }
     }
-    println!("| run | tokens/s | vs generate | p50 ms | p99 ms |");
-    println!("|---|---|---|---|---|");
+    println!("| run | tokens/s | vs `gac generate` | vs one client | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut alone = base;
     for (what, result) in &rows {
-        row(what, result, base);
+        if what.contains("1 client") || what.contains("one at a time") {
+            alone = result.1;
+        }
+        row(what, result, base, alone);
     }
     Ok(())
 }
