@@ -250,12 +250,6 @@ impl LlamaMember {
         &self.tokens
     }
 
-    /// How many leading positions the last evaluation found in the KV cache (from the previous
-    /// context, for the first evaluation of a prompt) instead of computing them.
-    pub fn reused(&self) -> usize {
-        self.reused
-    }
-
     /// The bytes llama.cpp itself renders for these ids (its own detokenizer, not gac's vocab).
     pub fn detokenize(&self, ids: &[u32]) -> Vec<u8> {
         let vocab = self.text.model.vocab();
@@ -343,6 +337,10 @@ impl Member for LlamaMember {
 
     fn push(&mut self, ids: &[u32]) -> gac_core::Result<()> {
         self.text.append(&mut self.tokens, ids, self.context_size)
+    }
+
+    fn reused(&self) -> usize {
+        self.reused
     }
 
     fn logits(&mut self) -> gac_core::Result<&[f32]> {

@@ -418,3 +418,15 @@ fn wrapping_an_already_loaded_llama_cpp_model() {
         "{stdout}"
     );
 }
+
+#[test]
+fn shell_completions_cover_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = succeeds(&["completions", shell]);
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in ["generate", "serve", "chat", "max-tokens"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+    }
+    assert!(fails(&["completions", "tcsh"]).contains("tcsh"));
+}

@@ -375,11 +375,11 @@ fn eval_runs_end_to_end_and_resumes() {
     };
     let first = run();
     let stdout = String::from_utf8_lossy(&first.stdout);
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    // stderr is not a terminal here: no progress redraws, one final line per task.
+    assert!(!stderr.contains('\r'), "{stderr}");
+    assert!(stderr.contains("boolq: 3 answered in"), "{stderr}");
     for row in [
         "| member:0 |",
         "| member:1 |",
@@ -537,4 +537,23 @@ fn a_config_files_weights_and_gate_are_evaluated_and_setups_never_mix() {
         stdout.contains("(n=3)") && !stdout.contains("(n=6)"),
         "{stdout}"
     );
+}
+
+#[test]
+fn progress_is_a_bar_on_a_terminal() {
+    let out = scratch("progress.jsonl", "");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gac"));
+    cmd.arg("eval")
+        .arg("--model")
+        .arg(asset(SMOLLM))
+        .args(["--task", "boolq", "--limit", "6", "--shots", "1"])
+        .args(["--max-tokens", "4", "--data"])
+        .arg(data())
+        .arg("--out")
+        .arg(&out);
+    let mut p = rexpect::session::spawn_command(cmd, Some(120_000)).unwrap();
+    // The bar (with its rate and ETA) while it runs, then the final line.
+    p.exp_regex(r"gac eval: member:0 boolq .*ETA").unwrap();
+    p.exp_string("boolq: 6 answered in").unwrap();
+    p.exp_eof().unwrap();
 }

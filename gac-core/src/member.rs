@@ -85,6 +85,13 @@ pub trait Member: Encoder {
     /// logits (one per vocabulary entry).
     fn logits(&mut self) -> Result<&[f32]>;
 
+    /// How many leading positions the last evaluation took from the member's cache instead of
+    /// computing them (a prompt that starts like the previous context; see e.g. the llama.cpp
+    /// adapter's prompt cache). Defaults to 0.
+    fn reused(&self) -> usize {
+        0
+    }
+
     /// The gate skipped this member at this step: its logits are not needed until a later
     /// [`logits`](Member::logits) call. Members whose runtime is held while they wait (see
     /// [`crate::bridge`]) let it go here; the default does nothing.
@@ -125,6 +132,9 @@ impl<M: Member + ?Sized> Member for Box<M> {
     }
     fn logits(&mut self) -> Result<&[f32]> {
         (**self).logits()
+    }
+    fn reused(&self) -> usize {
+        (**self).reused()
     }
     fn idle(&mut self) {
         (**self).idle()

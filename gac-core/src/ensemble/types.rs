@@ -79,6 +79,8 @@ pub struct MemberStats {
     pub name: String,
     /// Prompt length in this member's tokens.
     pub prompt_tokens: usize,
+    /// Prompt tokens the member took from its cache instead of evaluating them.
+    pub prompt_reused: usize,
     /// Time of the first evaluation (the prompt, plus any catch-up).
     pub prompt_time: Duration,
     /// Evaluations after the first one.

@@ -49,6 +49,8 @@ pub(super) struct Timing {
     push: Duration,
     eval: Duration,
     softmax: Duration,
+    /// Positions the evaluation took from the member's cache.
+    reused: usize,
 }
 
 pub(super) fn worker(member: &mut dyn Member, rx: Receiver<Cmd>, tx: Sender<Result<Reply>>) {
@@ -124,6 +126,7 @@ pub(super) fn handle(
             let top = softmax(logits, &mut dist.probs, HEAD_FLOOR, &mut dist.head)
                 .ok_or_else(|| Error::member(name, "logits are not finite (NaN or inf)"))?;
             timing.softmax = t.elapsed();
+            timing.reused = member.reused();
             Ok(Reply::Evaluated { dist, top, timing })
         }
     }
@@ -166,6 +169,7 @@ impl Worker {
                 self.top = top;
                 if stats.prompt_time.is_zero() && stats.decode_evals == 0 {
                     stats.prompt_time = timing.eval;
+                    stats.prompt_reused = timing.reused;
                 } else {
                     stats.decode_evals += 1;
                     stats.decode_time += timing.eval;

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use gac_core::PickConfig;
 use gac_examples::config::{parse_when_unsure, EnsembleConfig, GateConfig, RuntimeKind};
 
 use super::MemberArgs;
@@ -123,5 +124,35 @@ impl EnsembleArgs {
         }
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// How tokens are picked from the combined distribution.
+#[derive(Args, Debug)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 picks the most probable token (greedy). Default: 0 for
+    /// `generate`, 0.7 for `chat`.
+    #[arg(long, allow_negative_numbers = true)]
+    temperature: Option<f32>,
+    /// With sampling: keep only the K most probable union tokens (0 = all).
+    #[arg(long, value_name = "K", default_value_t = 40)]
+    top_k: usize,
+    /// With sampling: keep the most probable tokens up to this total probability.
+    #[arg(long, value_name = "P", default_value_t = 0.95)]
+    top_p: f32,
+    /// Seed of the sampler (the same seed gives the same output).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    /// The pick configuration, with this temperature when none is given.
+    pub fn pick(&self, default_temperature: f32) -> PickConfig {
+        PickConfig {
+            temperature: self.temperature.unwrap_or(default_temperature),
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        }
     }
 }

@@ -1,6 +1,5 @@
 //! `gac eval`: few-shot generative evaluation of members and ensembles, side by side.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -13,6 +12,7 @@ use gac_examples::eval::{
     extract, fingerprint, is_correct, letter_skew, load_task, points, sample, table, Record,
     Results, Task,
 };
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -288,6 +288,19 @@ fn setup_fingerprint(
     ))
 }
 
+/// A progress bar with rate and ETA on a terminal; nothing at all when stderr is not one (the
+/// caller prints a final line either way).
+fn progress_bar(total: usize, prefix: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template(
+        "gac eval: {prefix} {bar:24} {pos}/{len} {msg} {per_sec} ETA {eta}",
+    )
+    .expect("a valid template");
+    bar.set_style(style);
+    bar.set_prefix(prefix.to_string());
+    bar
+}
+
 /// Where an answer ends.
 const STOPS: [&str; 2] = ["\n\n", "Question:"];
 
@@ -325,7 +338,8 @@ fn run_config(
         }
         let (total, start) = (todo.len(), Instant::now());
         let (mut right, mut failed) = (0usize, 0usize);
-        for (k, (example, prompt, question)) in todo.into_iter().enumerate() {
+        let bar = progress_bar(total, &format!("{name} {}", task.name));
+        for (example, prompt, question) in todo {
             let mut record = Record::unanswered(name, setup, &task.name, &example.id, &question);
             match ensemble.generate(&prompt, &options, &mut |_| {}) {
                 Ok(g) => {
@@ -338,10 +352,9 @@ fn run_config(
                     record.ensembled = g.stats.ensembled_fraction();
                 }
                 Err(e) => {
-                    eprintln!(
-                        "\ngac eval: {name} {} example {}: {e}",
-                        task.name, example.id
-                    );
+                    bar.suspend(|| {
+                        eprintln!("gac eval: {name} {} example {}: {e}", task.name, example.id)
+                    });
                     record.error = Some(e.to_string());
                     failed += 1;
                 }
@@ -349,20 +362,21 @@ fn run_config(
             right += usize::from(record.correct);
             results.add(record.clone())?;
             current.push(record);
-            let elapsed = start.elapsed().as_secs_f64();
-            let eta = elapsed / (k + 1) as f64 * (total - k - 1) as f64;
-            eprint!(
-                "\rgac eval: {name} {} {}/{total} accuracy {:.1}% errors {failed} ETA {:.0}m{:02.0}s   ",
-                task.name,
-                k + 1,
-                100.0 * right as f64 / (k + 1) as f64,
-                (eta / 60.0).floor(),
-                eta % 60.0
-            );
-            std::io::stderr().flush().ok();
+            bar.inc(1);
+            let done = bar.position() as f64;
+            bar.set_message(format!(
+                "accuracy {:.1}% errors {failed}",
+                100.0 * right as f64 / done
+            ));
         }
+        bar.finish_and_clear();
         if total > 0 {
-            eprintln!();
+            eprintln!(
+                "gac eval: {name} {}: {total} answered in {:.0} s, accuracy {:.1}%, errors {failed}",
+                task.name,
+                start.elapsed().as_secs_f64(),
+                100.0 * right as f64 / total as f64
+            );
         }
     }
     Ok(current)

@@ -5,29 +5,19 @@ use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gac_core::{Ensemble, GenerateOptions, Generation, PickConfig, Union};
+use gac_core::{Ensemble, GenerateOptions, Generation, Union};
 use gac_examples::config::EnsembleConfig;
 use serde_json::json;
 
-use super::args::EnsembleArgs;
+use super::args::{EnsembleArgs, SamplingArgs};
 use super::load_members;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub ensemble: EnsembleArgs,
-    /// Sampling temperature; 0 picks the most probable token (greedy).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    temperature: f32,
-    /// With sampling: keep only the K most probable union tokens (0 = all).
-    #[arg(long, value_name = "K", default_value_t = 40)]
-    top_k: usize,
-    /// With sampling: keep the most probable tokens up to this total probability.
-    #[arg(long, value_name = "P", default_value_t = 0.95)]
-    top_p: f32,
-    /// Seed of the sampler (the same seed gives the same output).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Stop after this many tokens.
     #[arg(long, value_name = "N", default_value_t = 128)]
     max_tokens: usize,
@@ -67,12 +57,7 @@ pub fn generate(args: GenerateArgs, config: EnsembleConfig) -> Result<()> {
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
         stop: args.stops.clone(),
-        pick: PickConfig {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            seed: args.seed,
-        },
+        pick: args.sampling.pick(0.0),
         chat: args.chat,
         union_top_k: args.union_top_k,
         schedule: config.schedule()?,
@@ -117,7 +102,8 @@ pub fn generate(args: GenerateArgs, config: EnsembleConfig) -> Result<()> {
     Ok(())
 }
 
-fn print_stats(g: &Generation) {
+/// The generation's statistics on stderr: totals, then one line per member.
+pub(crate) fn print_stats(g: &Generation) {
     let s = &g.stats;
     eprintln!(
         "gac: {} tokens ({}), {:.1} ms/token, {:.1} tokens/s, {}/{} steps ensembled ({:.1}%), ensemble step {:.3} ms/step",
@@ -132,9 +118,10 @@ fn print_stats(g: &Generation) {
     );
     for m in &s.members {
         eprintln!(
-            "gac:   {}: prompt {} tokens in {:.1} ms; {} decode evals, {:.2} ms each; softmax {:.3} ms/eval; re-encode {:.3} ms total",
+            "gac:   {}: prompt {} tokens ({} from the cache) in {:.1} ms; {} decode evals, {:.2} ms each; softmax {:.3} ms/eval; re-encode {:.3} ms total",
             m.name,
             m.prompt_tokens,
+            m.prompt_reused,
             m.prompt_time.as_secs_f64() * 1e3,
             m.decode_evals,
             m.ms_per_eval(),

@@ -12,6 +12,7 @@ use gac_llamacpp::{LlamaMember, LlamaOptions, SharedContext};
 
 mod args;
 mod bench;
+mod chat;
 mod eval;
 mod generate;
 mod serve;
@@ -32,21 +33,46 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Generate text with an ensemble (streamed to stdout, statistics to stderr).
+    #[command(
+        after_help = "Examples:\n  gac generate --model a.gguf --model b.gguf \"The capital of France is\"\n  gac generate --model a.gguf --gpu 0 --model b.gguf --gate 0 --threshold 0.5 --chat \"Hi!\"\n  gac generate --config ensemble.toml --temperature 0.8 --seed 7 --json -  < prompt.txt"
+    )]
     Generate(generate::GenerateArgs),
     /// Show each vocabulary's size, the union size and pairwise overlaps.
+    #[command(after_help = "Example:\n  gac vocab --model a.gguf --model mistralrs:b.gguf")]
     Vocab(vocab::VocabArgs),
     /// Measure ms/token of each member alone and of the ensembles, side by side, plus the cost
     /// of the ensemble step and of a gated member's catch-up (prints markdown tables).
+    #[command(
+        after_help = "Example:\n  gac bench --model a.gguf --model b.gguf --threshold 0.5 --tokens 64"
+    )]
     Bench(bench::BenchArgs),
     /// Few-shot generative evaluation (accuracy per task) of each member alone, the average and
     /// gated ensembles; results are resumable JSON lines plus a markdown table.
+    #[command(
+        after_help = "Examples:\n  gac eval --model a.gguf --model b.gguf --task boolq --task piqa --limit 100\n  gac eval --config ensemble.toml --task bigbench:date_understanding --shots 3 --out results.jsonl"
+    )]
     Eval(eval::EvalArgs),
+    /// Talk with the ensemble: a multi-turn chat in the terminal (each turn through every
+    /// member's chat template; members keep their cache across turns).
+    #[command(
+        after_help = "Example:\n  gac chat --model a.gguf --model b.gguf --system \"You answer briefly.\"\n\nIn the chat: /reset, /stats, /exit (or Ctrl-D); Ctrl-C stops an answer."
+    )]
+    Chat(chat::ChatArgs),
     /// Serve the ensemble as one model over an OpenAI-compatible HTTP API (completions and chat,
     /// streamed or whole), with slots, a bounded queue, /health and /metrics.
+    #[command(
+        after_help = "Examples:\n  gac serve --model a.gguf --model b.gguf --port 8080\n  gac serve --config ensemble.toml --parallel 4 --queue 32 --api-key $KEY\n  curl localhost:8080/v1/chat/completions -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'"
+    )]
     Serve(serve::ServeArgs),
     /// Show the llama.cpp that gac runs on (version, static or shared libraries) and the devices
     /// it sees.
     Info,
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell), e.g.
+    /// `gac completions bash > ~/.local/share/bash-completion/completions/gac`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -97,6 +123,18 @@ pub(crate) fn member_flag(flag: &Path) -> Result<MemberConfig> {
     Ok(MemberConfig::new(flag))
 }
 
+/// The ensemble a subcommand's flags describe (`matches` are the whole command line's).
+fn config_of(
+    matches: &clap::ArgMatches,
+    subcommand: &str,
+    args: &args::EnsembleArgs,
+) -> Result<EnsembleConfig> {
+    let sub = matches
+        .subcommand_matches(subcommand)
+        .expect("the subcommand that was parsed");
+    args.ensemble_config(sub)
+}
+
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
@@ -104,21 +142,17 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let result = match cli.command {
-        Command::Generate(args) => {
-            let sub = matches
-                .subcommand_matches("generate")
-                .expect("the generate subcommand");
-            args.ensemble
-                .ensemble_config(sub)
-                .and_then(|config| generate::generate(args, config))
+        Command::Generate(args) => config_of(&matches, "generate", &args.ensemble)
+            .and_then(|c| generate::generate(args, c)),
+        Command::Chat(args) => {
+            config_of(&matches, "chat", &args.ensemble).and_then(|c| chat::chat(args, c))
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "gac", &mut std::io::stdout());
+            Ok(())
         }
         Command::Serve(args) => {
-            let sub = matches
-                .subcommand_matches("serve")
-                .expect("the serve subcommand");
-            args.ensemble
-                .ensemble_config(sub)
-                .and_then(|config| serve::serve(args, config))
+            config_of(&matches, "serve", &args.ensemble).and_then(|c| serve::serve(args, c))
         }
         Command::Vocab(args) => vocab::vocab(args),
         Command::Bench(args) => bench::bench(args),
