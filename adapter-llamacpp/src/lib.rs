@@ -8,7 +8,7 @@
 //! like the previous context (a system prompt, few-shot examples) only evaluates what differs,
 //! like llama.cpp server's prompt cache.
 //!
-//! llama.cpp's own log is silenced unless `GAC_LLAMA_LOG` is set.
+//! llama.cpp's own log lines are `tracing` events (see [`backend`]).
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -80,7 +80,7 @@ impl fmt::Display for LoadError {
             LoadError::NotGguf(p) => write!(f, "{} is not a GGUF file (no GGUF magic at its start)", p.display()),
             LoadError::Rejected(p) => write!(
                 f,
-                "llama.cpp could not load {} (truncated, corrupt or unsupported GGUF; set GAC_LLAMA_LOG=1 to see llama.cpp's log)",
+                "llama.cpp could not load {} (truncated, corrupt or unsupported GGUF; run gac with -v, or install a tracing subscriber, to see llama.cpp's log)",
                 p.display()
             ),
             LoadError::Context(p, e) => write!(f, "cannot create a llama.cpp context for {}: {e}", p.display()),

@@ -5,15 +5,15 @@ use std::sync::OnceLock;
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 
-/// The process-wide llama.cpp backend (initialized once, on first use).
+/// The process-wide llama.cpp backend (initialized once, on first use); llama.cpp's own log
+/// lines become `tracing` events.
 pub fn backend() -> &'static LlamaBackend {
     static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
     BACKEND.get_or_init(|| {
-        let mut backend = LlamaBackend::init().expect("gac initializes the llama.cpp backend once");
-        if std::env::var_os("GAC_LLAMA_LOG").is_none() {
-            backend.void_logs();
-        }
-        backend
+        // llama.cpp's log goes to `tracing`: silent unless the program installs a subscriber
+        // that wants it (`gac -v` does).
+        llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+        LlamaBackend::init().expect("gac initializes the llama.cpp backend once")
     })
 }
 

@@ -430,3 +430,39 @@ fn shell_completions_cover_the_subcommands() {
     }
     assert!(fails(&["completions", "tcsh"]).contains("tcsh"));
 }
+
+#[test]
+fn verbose_shows_the_runtimes_log_and_quiet_only_the_answer() {
+    let smollm = path(SMOLLM);
+    let args = ["generate", "--model", &smollm, "--max-tokens", "3", "Hi"];
+    let plain = String::from_utf8_lossy(&succeeds(&args).stderr).into_owned();
+    assert!(
+        !plain.contains("llama_"),
+        "llama.cpp's log is hidden by default: {plain}"
+    );
+    assert!(plain.contains("loaded member 0"), "{plain}");
+    let verbose = [&["-v"][..], &args[..]].concat();
+    let loud = String::from_utf8_lossy(&succeeds(&verbose).stderr).into_owned();
+    assert!(loud.contains("llama_"), "-v shows llama.cpp's log: {loud}");
+    let quiet = [&["-q"][..], &args[..]].concat();
+    let out = succeeds(&quiet);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.stdout.is_empty());
+    // A model llama.cpp refuses: -v shows llama.cpp's own reason next to gac's error.
+    let truncated = scratch(
+        "truncated.gguf",
+        &std::fs::read(asset(SMOLLM)).unwrap()[..4096],
+    );
+    let truncated = truncated.display().to_string();
+    let out = gac(&["-v", "generate", "--model", &truncated, "Hi"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("llama.cpp could not load"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("llama_model_load"), "{stderr}");
+}

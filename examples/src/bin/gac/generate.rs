@@ -97,7 +97,9 @@ pub fn generate(args: GenerateArgs, config: EnsembleConfig) -> Result<()> {
         if std::io::stdout().is_terminal() || !generation.text.ends_with('\n') {
             writeln!(out)?;
         }
-        print_stats(&generation);
+        if !super::quiet() {
+            print_stats(&generation);
+        }
     }
     Ok(())
 }

@@ -26,8 +26,43 @@ mod vocab;
 #[derive(Parser, Debug)]
 #[command(name = "gac", version, about, long_about)]
 struct Cli {
+    /// Show the runtimes' own log lines (llama.cpp, mistral.rs): -v info, -vv debug, -vvv
+    /// trace. RUST_LOG, when set, decides instead (e.g. RUST_LOG=mistralrs_core=debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Print only results and errors (no loading or status lines).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Set by `-q`: status lines are left out.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `-q` asked for results and errors only.
+pub(crate) fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Routes `tracing` events (gac's dependencies', and llama.cpp's through llama-cpp-2) to
+/// stderr at the level the flags ask for; none by default.
+fn init_logs(verbose: u8) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => tracing_subscriber::EnvFilter::new(spec),
+        _ => tracing_subscriber::EnvFilter::new(match verbose {
+            0 => "off",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .init();
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,6 +176,8 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    init_logs(cli.verbose);
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     let result = match cli.command {
         Command::Generate(args) => config_of(&matches, "generate", &args.ensemble)
             .and_then(|c| generate::generate(args, c)),
@@ -273,7 +310,7 @@ pub(crate) fn load_slots(
                 }
             }
         }
-        if !quiet {
+        if !quiet && !self::quiet() {
             let member = &sets[0][i];
             let place = m.gpu.map_or("CPU".to_string(), |g| format!("GPU {g}"));
             let runtime = match m.runtime {
