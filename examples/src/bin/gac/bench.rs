@@ -10,6 +10,8 @@ use gac_examples::config::RuntimeKind;
 use gac_llamacpp::{LlamaMember, LlamaOptions};
 use mistralrs_core::{MistralRs, NormalRequest, Request, RequestMessage, Response, SamplingParams};
 
+use super::progress;
+
 /// Prompts used when none are given: a few languages, so that re-encoding is exercised.
 const PROMPTS: &[&str] = &[
     "The history of the printing press begins",
@@ -120,11 +122,19 @@ fn run(
         schedule,
         ..GenerateOptions::default()
     };
-    eprintln!("gac bench: {name} ...");
+    let bar = progress::bar("bench", prompts.len(), name);
+    let start = std::time::Instant::now();
     let mut stats = Vec::new();
     for prompt in prompts {
         stats.push(ensemble.generate(prompt, &options, &mut |_| {})?.stats);
+        bar.inc(1);
     }
+    bar.finish_and_clear();
+    eprintln!(
+        "gac bench: {name}: {} prompts in {:.1} s",
+        prompts.len(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(Row {
         name: name.to_string(),
         stats,

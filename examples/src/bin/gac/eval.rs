@@ -12,7 +12,8 @@ use gac_examples::eval::{
     extract, fingerprint, is_correct, letter_skew, load_task, points, sample, table, Record,
     Results, Task,
 };
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::progress;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -288,19 +289,6 @@ fn setup_fingerprint(
     ))
 }
 
-/// A progress bar with rate and ETA on a terminal; nothing at all when stderr is not one (the
-/// caller prints a final line either way).
-fn progress_bar(total: usize, prefix: &str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(
-        "gac eval: {prefix} {bar:24} {pos}/{len} {msg} {per_sec} ETA {eta}",
-    )
-    .expect("a valid template");
-    bar.set_style(style);
-    bar.set_prefix(prefix.to_string());
-    bar
-}
-
 /// Where an answer ends.
 const STOPS: [&str; 2] = ["\n\n", "Question:"];
 
@@ -338,7 +326,7 @@ fn run_config(
         }
         let (total, start) = (todo.len(), Instant::now());
         let (mut right, mut failed) = (0usize, 0usize);
-        let bar = progress_bar(total, &format!("{name} {}", task.name));
+        let bar = progress::bar("eval", total, &format!("{name} {}", task.name));
         for (example, prompt, question) in todo {
             let mut record = Record::unanswered(name, setup, &task.name, &example.id, &question);
             match ensemble.generate(&prompt, &options, &mut |_| {}) {

@@ -15,6 +15,7 @@ mod bench;
 mod chat;
 mod eval;
 mod generate;
+mod progress;
 mod serve;
 mod vocab;
 
@@ -259,9 +260,11 @@ pub(crate) fn load_slots(
     slots: usize,
 ) -> Result<Vec<Vec<Box<dyn Member>>>> {
     let mut sets: Vec<Vec<Box<dyn Member>>> = (0..slots).map(|_| Vec::new()).collect();
+    let show = !quiet && !self::quiet();
     for (i, m) in config.members.iter().enumerate() {
         let t = Instant::now();
         let what = || format!("member {i} ({})", m.path.display());
+        let spinner = show.then(|| progress::spinner(format!("loading {}", what())));
         match m.runtime {
             RuntimeKind::LlamaCpp => {
                 let options = LlamaOptions {
@@ -310,7 +313,8 @@ pub(crate) fn load_slots(
                 }
             }
         }
-        if !quiet && !self::quiet() {
+        if let Some(spinner) = spinner {
+            spinner.finish_and_clear();
             let member = &sets[0][i];
             let place = m.gpu.map_or("CPU".to_string(), |g| format!("GPU {g}"));
             let runtime = match m.runtime {

@@ -1,0 +1,28 @@
+//! Progress on stderr with indicatif: bars and spinners on a terminal, nothing when stderr is
+//! not one (callers print one final line either way).
+
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A bar over `total` items with rate and ETA, labelled `gac {tool}: {prefix}`.
+pub fn bar(tool: &str, total: usize, prefix: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    let template = format!(
+        "gac {tool}: {{prefix}} {{bar:24}} {{pos}}/{{len}} {{msg}} {{per_sec}} ETA {{eta}}"
+    );
+    bar.set_style(ProgressStyle::with_template(&template).expect("a valid template"));
+    bar.set_prefix(prefix.to_string());
+    bar
+}
+
+/// A spinner with the elapsed time, for work of unknown length.
+pub fn spinner(message: String) -> ProgressBar {
+    let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    spinner.set_style(
+        ProgressStyle::with_template("gac: {spinner} {msg} {elapsed}").expect("a valid template"),
+    );
+    spinner.set_message(message);
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    spinner
+}
