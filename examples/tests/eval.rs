@@ -339,6 +339,7 @@ fn samples_are_deterministic_and_disjoint() {
 #[test]
 fn eval_runs_end_to_end_and_resumes() {
     let out = scratch("e2e.jsonl", "");
+    let summary = scratch("e2e-summary.json", "");
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_gac"))
             .args([
@@ -370,6 +371,8 @@ fn eval_runs_end_to_end_and_resumes() {
             .arg(data())
             .arg("--out")
             .arg(&out)
+            .arg("--summary")
+            .arg(&summary)
             .output()
             .unwrap()
     };
@@ -387,6 +390,27 @@ fn eval_runs_end_to_end_and_resumes() {
         "| gated:0.5 |",
     ] {
         assert!(stdout.contains(row), "{stdout}");
+    }
+    // Every ensemble against the better member, per task and over all, with intervals.
+    assert!(stdout.contains("against the better member"), "{stdout}");
+    for config in ["average", "gated:0.5"] {
+        let rows = stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("| {config} | member:")))
+            .count();
+        assert_eq!(rows, 3, "two tasks and all: {stdout}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(json["configurations"].as_array().unwrap().len(), 5);
+    let versus = json["versus_better_member"].as_array().unwrap();
+    assert_eq!(versus.len(), 3 * 3, "3 ensembles x (2 tasks + all): {json}");
+    for v in versus {
+        let d = v["difference"].as_f64().unwrap();
+        assert!(
+            v["low"].as_f64().unwrap() <= d && d <= v["high"].as_f64().unwrap(),
+            "{v}"
+        );
     }
     let lines = std::fs::read_to_string(&out).unwrap().lines().count();
     assert_eq!(lines, 5 * 2 * 3, "5 configurations x 2 tasks x 3 examples");

@@ -257,7 +257,7 @@ pub fn points(
 }
 
 /// Aggregated results of one configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     /// The configuration.
     pub config: String,

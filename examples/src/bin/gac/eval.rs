@@ -7,10 +7,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use gac_core::{Ensemble, GenerateOptions, Member, Mode, Schedule, WhenUnsure};
 use gac_examples::config::{EnsembleConfig, RuntimeKind};
+use gac_examples::eval::paired::RESAMPLES;
 use gac_examples::eval::plot::svg;
 use gac_examples::eval::{
-    extract, fingerprint, is_correct, letter_skew, load_task, points, sample, table, Record,
-    Results, Task,
+    compare, extract, fingerprint, is_correct, letter_skew, load_task, paired_table, points,
+    sample, summaries, table, Record, Results, Task,
 };
 
 use super::progress;
@@ -56,6 +57,9 @@ pub struct EvalArgs {
     /// Also draw accuracy against ms/token per configuration into this SVG file.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
+    /// Also write the table's numbers and the comparisons with the better member as JSON.
+    #[arg(long, value_name = "FILE")]
+    summary: Option<PathBuf>,
     /// CPU threads per llama.cpp member (mistral.rs members share one pool, sized by
     /// RAYON_NUM_THREADS).
     #[arg(long, default_value_t = 1)]
@@ -141,6 +145,24 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
     let task_names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
     println!("{}", table(&current, &names, &task_names));
+    let comparisons = compare(&current, &names, &task_names, args.seed);
+    if !comparisons.is_empty() {
+        println!(
+            "Each ensemble against the better member (paired over the same questions; {} bootstrap resamples):\n",
+            RESAMPLES
+        );
+        println!("{}", paired_table(&comparisons));
+    }
+    if let Some(path) = &args.summary {
+        let summary = serde_json::json!({
+            "configurations": summaries(&current, &names, &task_names),
+            "tasks": task_names,
+            "versus_better_member": comparisons,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("gac eval: summary in {}", path.display());
+    }
     if let Some(plot) = &args.plot {
         let title = format!(
             "accuracy (mean over {} tasks) vs ms/token",
