@@ -581,3 +581,39 @@ fn progress_is_a_bar_on_a_terminal() {
     p.exp_string("boolq: 6 answered in").unwrap();
     p.exp_eof().unwrap();
 }
+
+#[test]
+fn any_member_can_gate_and_an_unsure_step_can_defer() {
+    let out = scratch("gates.jsonl", "");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_gac"))
+            .arg("eval")
+            .args(["--model", &asset(SMOLLM).display().to_string()])
+            .args(["--model", &asset(GEMMA).display().to_string()])
+            .args(["--task", "boolq", "--limit", "2", "--shots", "1"])
+            .args(["--max-tokens", "4", "--no-single", "--threshold", "0.5"])
+            .args(extra)
+            .arg("--data")
+            .arg(data())
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&["--gate", "1", "--defer"]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for row in ["| gated:0.5:gate=1 |", "| gated:0.5:gate=1:member=0 |"] {
+        assert!(stdout.contains(row), "{stdout}");
+    }
+    let bad = run(&["--gate", "2"]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("invalid --gate: member 2"),
+        "{stderr}"
+    );
+}

@@ -36,10 +36,17 @@ pub struct EvalArgs {
     /// Seed of the example and shot sample.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
-    /// Gate thresholds to evaluate (gate = member 0); repeatable. A --config with a [gate]
-    /// adds that gated ensemble too.
+    /// Gate thresholds to evaluate; repeatable. A --config with a [gate] adds that gated
+    /// ensemble too.
     #[arg(long = "threshold", value_name = "T")]
     thresholds: Vec<f32>,
+    /// Gate members for the --threshold ensembles (repeatable; default: member 0).
+    #[arg(long = "gate", value_name = "N", requires = "thresholds")]
+    gates: Vec<usize>,
+    /// Also evaluate, for each gate and threshold, deferring to each other member alone at
+    /// unsure steps (`when_unsure = member:K`, the paper's defer-to-the-stronger-model variant).
+    #[arg(long, requires = "thresholds")]
+    defer: bool,
     /// Also evaluate the average over each member's K most probable tokens only (the top-k
     /// union); repeatable.
     #[arg(long = "union-top-k", value_name = "K")]
@@ -113,6 +120,13 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         if !(0.0..=1.0).contains(&t) {
             bail!("invalid threshold: {t} is outside [0, 1]");
         }
+    }
+    let n = config.members.len();
+    if let Some(g) = args.gates.iter().find(|&&g| g >= n) {
+        bail!(
+            "invalid --gate: member {g} does not exist (members are 0..{})",
+            n - 1
+        );
     }
     let mut results = Results::open(&args.out)?;
     let configs = configurations(&config, &args)?;
@@ -240,15 +254,26 @@ fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result<Vec<Config
                 Some(k),
             ));
         }
-        let mut gated: Vec<Mode> = args
-            .thresholds
-            .iter()
-            .map(|&threshold| Mode::Gated {
-                gate: 0,
-                threshold,
-                when_unsure: WhenUnsure::Average,
-            })
-            .collect();
+        let gates = match args.gates.is_empty() {
+            true => vec![0],
+            false => args.gates.clone(),
+        };
+        let mut gated = Vec::new();
+        for &gate in &gates {
+            let mut unsure = vec![WhenUnsure::Average];
+            if args.defer {
+                unsure.extend((0..n).filter(|&k| k != gate).map(WhenUnsure::Defer));
+            }
+            for &threshold in &args.thresholds {
+                for &when_unsure in &unsure {
+                    gated.push(Mode::Gated {
+                        gate,
+                        threshold,
+                        when_unsure,
+                    });
+                }
+            }
+        }
         if own != Mode::Average && !gated.contains(&own) {
             gated.push(own);
         }
