@@ -340,6 +340,7 @@ fn samples_are_deterministic_and_disjoint() {
 fn eval_runs_end_to_end_and_resumes() {
     let out = scratch("e2e.jsonl", "");
     let summary = scratch("e2e-summary.json", "");
+    let intervals = scratch("e2e-intervals.svg", "");
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_gac"))
             .args([
@@ -373,6 +374,8 @@ fn eval_runs_end_to_end_and_resumes() {
             .arg(&out)
             .arg("--summary")
             .arg(&summary)
+            .arg("--plot-paired")
+            .arg(&intervals)
             .output()
             .unwrap()
     };
@@ -412,6 +415,12 @@ fn eval_runs_end_to_end_and_resumes() {
             "{v}"
         );
     }
+    let svg = std::fs::read_to_string(&intervals).unwrap();
+    assert_eq!(
+        svg.matches("<circle").count(),
+        3,
+        "one interval per ensemble: {svg}"
+    );
     let lines = std::fs::read_to_string(&out).unwrap().lines().count();
     assert_eq!(lines, 5 * 2 * 3, "5 configurations x 2 tasks x 3 examples");
     let second = run();

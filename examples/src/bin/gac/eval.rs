@@ -8,7 +8,7 @@ use clap::Args;
 use gac_core::{Ensemble, GenerateOptions, Member, Mode, Schedule, WhenUnsure};
 use gac_examples::config::{EnsembleConfig, RuntimeKind};
 use gac_examples::eval::paired::RESAMPLES;
-use gac_examples::eval::plot::svg;
+use gac_examples::eval::plot::{intervals_svg, svg};
 use gac_examples::eval::{
     compare, extract, fingerprint, is_correct, letter_skew, load_task, paired_table, points,
     sample, summaries, table, Record, Results, Task,
@@ -64,6 +64,10 @@ pub struct EvalArgs {
     /// Also draw accuracy against ms/token per configuration into this SVG file.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
+    /// Also draw each ensemble's difference to the better member (over all examples) with its
+    /// interval into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    plot_paired: Option<PathBuf>,
     /// Also write the table's numbers and the comparisons with the better member as JSON.
     #[arg(long, value_name = "FILE")]
     summary: Option<PathBuf>,
@@ -166,6 +170,17 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             RESAMPLES
         );
         println!("{}", paired_table(&comparisons));
+    }
+    if let Some(path) = &args.plot_paired {
+        let overall: Vec<_> = comparisons
+            .iter()
+            .filter(|c| c.task == "all")
+            .cloned()
+            .collect();
+        let title = "each ensemble against the better member, all examples";
+        std::fs::write(path, intervals_svg(title, &overall))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("gac eval: interval plot in {}", path.display());
     }
     if let Some(path) = &args.summary {
         let summary = serde_json::json!({
