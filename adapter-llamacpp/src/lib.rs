@@ -127,12 +127,17 @@ pub fn load_model(path: &Path, options: &LlamaOptions) -> Result<Arc<LlamaModel>
 
 /// Reads only a GGUF file's vocabulary (no weights), as gac sees it.
 pub fn load_vocab(path: &Path) -> Result<Vocab, LoadError> {
+    Ok(load_encoder(path)?.vocab().clone())
+}
+
+/// A GGUF file's vocabulary and llama.cpp's tokenizer for it, without the weights.
+pub fn load_encoder(path: &Path) -> Result<Box<dyn Encoder>, LoadError> {
     check_gguf(path)?;
     let params = LlamaModelParams::default()
         .with_n_gpu_layers(0)
         .with_vocab_only(true);
-    let model = load_checked(path, &params)?;
-    vocab_of(&model, &model_name(path)).map_err(|e| LoadError::Vocab(path.to_path_buf(), e))
+    let model = Arc::new(load_checked(path, &params)?);
+    Ok(Box::new(ModelText::new(model_name(path), model, path)?))
 }
 
 fn load_checked(path: &Path, params: &LlamaModelParams) -> Result<LlamaModel, LoadError> {

@@ -466,3 +466,54 @@ fn verbose_shows_the_runtimes_log_and_quiet_only_the_answer() {
     );
     assert!(stderr.contains("llama_model_load"), "{stderr}");
 }
+
+#[test]
+fn vocab_words_probe_compares_how_tokenizers_split_words() {
+    let (smollm, gemma) = (path(SMOLLM), path(GEMMA));
+    let mistral = format!("mistralrs:{smollm}");
+    let out = succeeds(&[
+        "vocab", "--model", &smollm, "--model", &gemma, "--model", &mistral, "--words",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let probe = stdout.split("words split into").nth(1).unwrap_or_default();
+    let share = |pair: &str| -> f64 {
+        let line = probe
+            .lines()
+            .find(|l| l.trim_start().starts_with(pair))
+            .unwrap();
+        line.rsplit(' ')
+            .next()
+            .unwrap()
+            .trim_end_matches('%')
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        stdout.contains("words split into the same pieces (42 words"),
+        "{stdout}"
+    );
+    // The same model in two runtimes splits every word alike; SmolLM2 and Gemma-3 do not.
+    assert_eq!(share("0 & 2:"), 100.0, "{stdout}");
+    assert!(share("0 & 1:") < 90.0 && share("0 & 1:") > 20.0, "{stdout}");
+    let words = scratch("words.txt", "the\n\nphotosynthesis\n");
+    let out = succeeds(&[
+        "vocab",
+        "--model",
+        &smollm,
+        "--model",
+        &gemma,
+        "--json",
+        "--words",
+        words.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["same_split"]["words"], 2, "{v}");
+    let missing = fails(&[
+        "vocab",
+        "--model",
+        &smollm,
+        "--words",
+        "/nonexistent/words.txt",
+    ]);
+    assert!(missing.contains("/nonexistent/words.txt"), "{missing}");
+}
