@@ -626,3 +626,26 @@ fn any_member_can_gate_and_an_unsure_step_can_defer() {
         "{stderr}"
     );
 }
+
+#[test]
+fn list_tasks_shows_what_the_data_folder_holds() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gac"))
+        .args(["eval", "--list-tasks", "--data"])
+        .arg(data())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (task, n) in [("boolq", 3270), ("bigbench:date_understanding", 369)] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{task} ")))
+            .unwrap();
+        assert!(line.ends_with(&format!("{n} questions")), "{line}");
+    }
+    assert!(!stdout.contains("unavailable"), "{stdout}");
+}

@@ -11,7 +11,7 @@ use gac_examples::eval::paired::RESAMPLES;
 use gac_examples::eval::plot::{intervals_svg, svg};
 use gac_examples::eval::{
     compare, extract, fingerprint, is_correct, letter_skew, load_task, paired_table, points,
-    sample, summaries, table, Record, Results, Task,
+    sample, summaries, table, Record, Results, Task, TASKS,
 };
 
 use super::progress;
@@ -22,8 +22,15 @@ pub struct EvalArgs {
     members: super::MemberArgs,
     /// Tasks (repeatable): mmlu, boolq, piqa, commonsenseqa, openbookqa, nq-open, asdiv,
     /// bigbench:NAME (a task.json under DATA/bigbench), jsonl:PATH (your own data).
-    #[arg(long = "task", value_name = "NAME", required = true)]
+    #[arg(
+        long = "task",
+        value_name = "NAME",
+        required_unless_present = "list_tasks"
+    )]
     tasks: Vec<String>,
+    /// List the tasks found in the data folder (with their number of questions) and exit.
+    #[arg(long)]
+    list_tasks: bool,
     /// Folder with the fetched benchmark data (default: $GAC_CACHE/data, or .cache/data).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
@@ -94,7 +101,35 @@ fn data_dir(args: &EvalArgs) -> PathBuf {
     })
 }
 
+/// Prints every task that can be loaded from the data folder, with its size, and those that
+/// cannot, with why.
+fn list_tasks(args: &EvalArgs) -> Result<()> {
+    let data = data_dir(args);
+    let mut names: Vec<String> = TASKS.iter().map(|(n, _)| n.to_string()).collect();
+    let bigbench = data.join("bigbench");
+    if let Ok(dirs) = std::fs::read_dir(&bigbench) {
+        let mut found: Vec<String> = dirs
+            .filter_map(|d| d.ok())
+            .filter(|d| d.path().join("task.json").is_file())
+            .map(|d| format!("bigbench:{}", d.file_name().to_string_lossy()))
+            .collect();
+        found.sort();
+        names.extend(found);
+    }
+    for name in names {
+        match load_task(&name, &data, args.seed) {
+            Ok(task) => println!("{name:<44} {:>6} questions", task.examples.len()),
+            Err(e) => println!("{name:<44} unavailable: {e:#}"),
+        }
+    }
+    println!("jsonl:PATH                                   your own questions (see the README)");
+    Ok(())
+}
+
 pub fn eval(args: EvalArgs) -> Result<()> {
+    if args.list_tasks {
+        return list_tasks(&args);
+    }
     let tasks: Vec<Task> = args
         .tasks
         .iter()
