@@ -83,6 +83,10 @@ struct Sequence {
     request: Option<Request>,
     /// The last evaluation's logits, or why it failed.
     result: Option<Result<Vec<f32>, String>>,
+    /// Buffers of earlier steps, reused so that a step allocates nothing proportional to the
+    /// context or the vocabulary: the last request's ids, and the member's previous logits.
+    spare_tokens: Vec<u32>,
+    spare_logits: Vec<f32>,
 }
 
 struct Request {
@@ -153,11 +157,10 @@ impl SharedContext {
         })
     }
 
-    /// One member per sequence, named `name#i`.
+    /// One member per sequence, each named after the model.
     pub fn members(&self) -> Vec<BatchedMember> {
         (0..self.sequences)
             .map(|seq| BatchedMember {
-                name: self.text.name.clone(),
                 seq,
                 shared: self.shared.clone(),
                 text: self.text.clone(),
@@ -196,14 +199,18 @@ impl Shared {
         let me = &mut state.sequences[seq];
         me.active = true;
         me.result = None;
+        let mut ids = std::mem::take(&mut me.spare_tokens);
+        ids.clear();
+        ids.extend_from_slice(tokens);
         me.request = Some(Request {
-            tokens: tokens.to_vec(),
+            tokens: ids,
             reuse,
             since: Instant::now(),
         });
         loop {
-            if let Some(result) = state.sequences[seq].result.take() {
-                *out = result?;
+            let me = &mut state.sequences[seq];
+            if let Some(result) = me.result.take() {
+                me.spare_logits = std::mem::replace(out, result?);
                 return Ok(());
             }
             let oldest = state
@@ -246,6 +253,7 @@ impl Shared {
                     seq,
                     request,
                     cached: std::mem::take(&mut s.cached),
+                    logits: std::mem::take(&mut s.spare_logits),
                     result: None,
                 })
             })
@@ -267,6 +275,8 @@ impl Shared {
         for w in work {
             let s = &mut state.sequences[w.seq];
             s.cached = w.cached;
+            s.spare_tokens = w.request.tokens;
+            s.spare_logits = w.logits;
             s.result = Some(
                 w.result
                     .unwrap_or_else(|| Err("the batched decode panicked".into())),
@@ -290,6 +300,8 @@ struct Work {
     seq: usize,
     request: Request,
     cached: Vec<u32>,
+    /// The buffer the logits are copied into.
+    logits: Vec<f32>,
     result: Option<Result<Vec<f32>, String>>,
 }
 
@@ -348,7 +360,10 @@ fn decode_all(engine: &mut Engine, work: &mut [Work], batch_size: usize) -> u64 
             next[i] += added[i];
         }
         for (i, row) in rows {
-            work[i].result = Some(Ok(engine.ctx.get_logits_ith(row).to_vec()));
+            let mut logits = std::mem::take(&mut work[i].logits);
+            logits.clear();
+            logits.extend_from_slice(engine.ctx.get_logits_ith(row));
+            work[i].result = Some(Ok(logits));
         }
     }
 }
@@ -387,7 +402,6 @@ fn keep_prefix(ctx: &mut LlamaContext<'static>, w: &mut Work) {
 
 /// A member that is one sequence of a [`SharedContext`].
 pub struct BatchedMember {
-    name: String,
     seq: usize,
     shared: Arc<Shared>,
     text: Arc<ModelText>,
@@ -423,7 +437,7 @@ impl Encoder for BatchedMember {
 
 impl Member for BatchedMember {
     fn name(&self) -> &str {
-        &self.name
+        &self.text.name
     }
 
     fn reset(&mut self) -> gac_core::Result<()> {

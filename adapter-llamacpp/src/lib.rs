@@ -266,7 +266,7 @@ impl LlamaMember {
     }
 
     fn fail(&self, message: impl Into<String>) -> gac_core::Error {
-        gac_core::Error::member(&self.text.name, message)
+        self.text.fail(message)
     }
 
     /// Drops the cached positions past the longest prefix the cache shares with `tokens`; at

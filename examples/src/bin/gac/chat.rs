@@ -9,9 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gac_core::{
-    Ensemble, Finish, GenerateOptions, Generation, Message, Observer, Prompt, TokenLogprob, UnionId,
-};
+use gac_core::{Ensemble, Finish, GenerateOptions, Generation, Message, Observer, Prompt};
 use gac_examples::config::EnsembleConfig;
 use rustyline::error::ReadlineError;
 
@@ -48,8 +46,6 @@ impl Observer for Terminal {
             self.failed.get_or_insert(e);
         }
     }
-
-    fn token(&mut self, _: UnionId, _: Option<&TokenLogprob>) {}
 
     fn cancelled(&self) -> bool {
         self.stop.load(Ordering::Relaxed) || self.failed.is_some()
