@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use gac_core::gguf::{model_name, GgufError};
 use gac_core::vocab::Vocab;
-use gac_core::{Encoder, Member, Message};
+use gac_core::{Encoder, Evaluation, Member, Message};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -26,11 +26,13 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 mod batched;
+mod device_top_k;
 mod runtime;
 mod text;
 mod vocab;
 
 pub use batched::{BatchedMember, SharedContext, BATCH_WINDOW};
+use device_top_k::DeviceTopK;
 pub use runtime::{backend, llama_version, runtime_info, RuntimeInfo, LLAMA_CPP_VERSION};
 use text::ModelText;
 pub use vocab::vocab_of;
@@ -51,6 +53,10 @@ pub struct LlamaOptions {
     /// but llama.cpp's logits depend on how a prompt is split into batches, so an output can
     /// then depend on the one before it.
     pub prompt_cache: bool,
+    /// Hand back only the K most probable tokens, chosen on the model's own device by a
+    /// sampler inside llama.cpp's graph (backend sampling), instead of every logit; the full
+    /// logits of a step are computed again when the ensemble needs them (default: off).
+    pub device_top_k: Option<u32>,
 }
 
 /// Why a model could not be loaded; each variant names the file.
@@ -175,6 +181,13 @@ pub struct LlamaMember {
     prompt_cache: bool,
     /// Index in the last batch of the row whose logits are current, if any.
     logits_row: Option<i32>,
+    /// The device-side top-k, if asked for ([`LlamaOptions::device_top_k`]).
+    top_k: Option<DeviceTopK>,
+    /// Its last head, as (id, probability).
+    head: Vec<(u32, f32)>,
+    /// Whether llama.cpp copied the current row's full logits (not so after a decode whose
+    /// output went through the device top-k).
+    full_logits: bool,
 }
 
 impl fmt::Debug for LlamaMember {
@@ -218,9 +231,18 @@ impl LlamaMember {
             .with_n_ubatch(batch_size)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        let ctx = model
-            .new_context(backend(), params)
-            .map_err(|e| LoadError::Context(path.to_path_buf(), e.to_string()))?;
+        let (ctx, top_k) = match options.device_top_k {
+            None => (model.new_context(backend(), params), None),
+            Some(k) => {
+                // Sequence 0 holds the context and has the top-k sampler; sequence 1 has none
+                // and shares its cache, to compute a step's full logits again.
+                let (top_k, sampler) = DeviceTopK::new(k);
+                let params = params.with_n_seq_max(2).with_kv_unified(true);
+                let ctx = model.new_context_with_samplers(backend(), params, [(0, sampler)]);
+                (ctx, Some(top_k))
+            }
+        };
+        let ctx = ctx.map_err(|e| LoadError::Context(path.to_path_buf(), e.to_string()))?;
         // SAFETY: the context borrows the model, which lives in an `Arc` that this struct keeps
         // alive for as long as the context; `ctx` is declared before `text` (which holds the
         // model), so it is dropped first. The `'static` lifetime never escapes this struct.
@@ -236,6 +258,9 @@ impl LlamaMember {
             reused: 0,
             prompt_cache: options.prompt_cache,
             logits_row: None,
+            top_k,
+            head: Vec::new(),
+            full_logits: false,
         })
     }
 
@@ -349,6 +374,30 @@ impl Member for LlamaMember {
     }
 
     fn logits(&mut self) -> gac_core::Result<&[f32]> {
+        let mut row = self.decode_pending()?;
+        if !self.full_logits {
+            row = self.decode_last_again()?;
+        }
+        Ok(self.ctx.get_logits_ith(row))
+    }
+
+    fn evaluate(&mut self) -> gac_core::Result<Evaluation<'_>> {
+        if self.top_k.is_none() {
+            return self.logits().map(Evaluation::Logits);
+        }
+        let row = self.decode_pending()?;
+        let top_k = self.top_k.as_mut().expect("checked above");
+        match !self.full_logits && top_k.read(&self.ctx, row, &mut self.head) {
+            true => Ok(Evaluation::Head(&self.head)),
+            false => self.logits().map(Evaluation::Logits),
+        }
+    }
+}
+
+impl LlamaMember {
+    /// Evaluates every pushed id that is not in the KV cache yet; returns the batch row of the
+    /// last one's output.
+    fn decode_pending(&mut self) -> gac_core::Result<i32> {
         if self.tokens.is_empty() {
             return Err(self.fail("asked for logits with nothing to evaluate"));
         }
@@ -372,11 +421,43 @@ impl Member for LlamaMember {
                 return Err(self.fail(format!("llama.cpp decode failed: {e}")));
             }
             self.logits_row = Some(self.batch.n_tokens() - 1);
+            self.full_logits = self.top_k.is_none();
             self.cached.extend_from_slice(&self.tokens[start..end]);
         }
-        let row = self
+        Ok(self
             .logits_row
-            .expect("set by the decode above or an earlier one");
-        Ok(self.ctx.get_logits_ith(row))
+            .expect("set by the decode above or an earlier one"))
+    }
+
+    /// The full logits of the last position, whose output went through the device top-k:
+    /// sequence 1, which has no sampler, takes sequence 0's cache up to that position and
+    /// evaluates the last id again; then it is cleared.
+    fn decode_last_again(&mut self) -> gac_core::Result<i32> {
+        let last = self.tokens.len() - 1;
+        let copied = self
+            .ctx
+            .copy_kv_cache_seq(0, 1, None, Some(last as u32))
+            .map_err(|e| self.fail(format!("copying the KV cache: {e}")));
+        self.batch.clear();
+        let added = self
+            .batch
+            .add(
+                LlamaToken(self.tokens[last] as i32),
+                last as i32,
+                &[1],
+                true,
+            )
+            .map_err(|e| self.fail(format!("batch: {e}")));
+        let decoded = copied.and(added).and_then(|()| {
+            self.ctx
+                .decode(&mut self.batch)
+                .map_err(|e| self.fail(format!("llama.cpp decode failed: {e}")))
+        });
+        let cleared = self.ctx.clear_kv_cache_seq(Some(1), None, None);
+        decoded?;
+        cleared.map_err(|e| self.fail(format!("clearing sequence 1: {e}")))?;
+        self.logits_row = Some(0);
+        self.full_logits = true;
+        Ok(0)
     }
 }

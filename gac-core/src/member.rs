@@ -65,6 +65,16 @@ impl Message {
     }
 }
 
+/// What one evaluation of a member hands back.
+#[derive(Debug, Clone, Copy)]
+pub enum Evaluation<'a> {
+    /// Next-token logits, one per vocabulary entry.
+    Logits(&'a [f32]),
+    /// Only the most probable ids, as (id, probability over the whole vocabulary): no id left
+    /// out is more probable than the least probable one listed. Any order.
+    Head(&'a [(u32, f32)]),
+}
+
 /// One model session in an ensemble. Required beyond its [`Encoder`]:
 /// [`push`](Member::push), [`logits`](Member::logits) and [`reset`](Member::reset).
 pub trait Member: Encoder {
@@ -84,6 +94,15 @@ pub trait Member: Encoder {
     /// Evaluates everything pushed since the last call, in one batch, and returns the next-token
     /// logits (one per vocabulary entry).
     fn logits(&mut self) -> Result<&[f32]>;
+
+    /// Evaluates like [`logits`](Member::logits), but may hand back only the member's most
+    /// probable tokens ([`Evaluation::Head`], e.g. chosen on the member's own device). After a
+    /// head, a [`logits`](Member::logits) call with nothing pushed between must give the full
+    /// logits of the same position: the ensemble asks for them at a greedy step that the heads
+    /// cannot decide. Defaults to the full logits.
+    fn evaluate(&mut self) -> Result<Evaluation<'_>> {
+        self.logits().map(Evaluation::Logits)
+    }
 
     /// How many leading positions the last evaluation took from the member's cache instead of
     /// computing them (a prompt that starts like the previous context; see e.g. the llama.cpp
@@ -132,6 +151,9 @@ impl<M: Member + ?Sized> Member for Box<M> {
     }
     fn logits(&mut self) -> Result<&[f32]> {
         (**self).logits()
+    }
+    fn evaluate(&mut self) -> Result<Evaluation<'_>> {
+        (**self).evaluate()
     }
     fn reused(&self) -> usize {
         (**self).reused()

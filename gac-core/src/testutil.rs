@@ -1,8 +1,9 @@
 //! A synthetic member for tests: it "wants" to write a fixed text and gives the highest logit
 //! to the longest token of its vocabulary that continues it. Knobs force the awkward paths: an
-//! error or a panic at a given evaluation, a small context window, fixed logits.
+//! error or a panic at a given evaluation, a small context window, fixed logits, a member that
+//! hands back only its head.
 
-use crate::member::{Encoder, Member};
+use crate::member::{Encoder, Evaluation, Member};
 use crate::vocab::{Token, Vocab};
 use crate::{Error, Result};
 
@@ -29,6 +30,10 @@ pub struct ScriptedMember {
     pub noise: Option<u64>,
     /// Return exactly these logits at every evaluation instead (one per vocabulary entry).
     pub fixed_logits: Option<Vec<f32>>,
+    /// Hand back only the k most probable tokens from `evaluate` (as a device-side top-k
+    /// would); `logits` still gives them all.
+    pub head: Option<usize>,
+    head_buf: Vec<(u32, f32)>,
 }
 
 impl ScriptedMember {
@@ -58,6 +63,8 @@ impl ScriptedMember {
             noise: None,
             unsure_every: None,
             fixed_logits: None,
+            head: None,
+            head_buf: Vec::new(),
         }
     }
 }
@@ -162,5 +169,28 @@ impl Member for ScriptedMember {
             self.logits.copy_from_slice(fixed);
         }
         Ok(&self.logits)
+    }
+
+    fn evaluate(&mut self) -> Result<Evaluation<'_>> {
+        let Some(k) = self.head else {
+            return self.logits().map(Evaluation::Logits);
+        };
+        let logits = self.logits()?;
+        let max = logits
+            .iter()
+            .fold(f64::NEG_INFINITY, |a, &b| a.max(f64::from(b)));
+        let sum: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
+        let mut all: Vec<(u32, f32)> = (0..logits.len() as u32)
+            .map(|i| {
+                (
+                    i,
+                    ((f64::from(logits[i as usize]) - max).exp() / sum) as f32,
+                )
+            })
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(k);
+        self.head_buf = all;
+        Ok(Evaluation::Head(&self.head_buf))
     }
 }

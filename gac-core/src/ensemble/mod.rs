@@ -164,10 +164,7 @@ impl Ensemble {
                     name,
                     tx: cmd_tx,
                     rx: reply_rx,
-                    dist: Some(Dist {
-                        probs: vec![0.0; vocab_len],
-                        head: Vec::new(),
-                    }),
+                    dist: Some(Dist::new(vocab_len)),
                     top: 0.0,
                     pending: Vec::new(),
                 });

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use crate::combine::{Mode, Schedule, WhenUnsure};
-use crate::select::{Candidates, Chain, Input};
+use crate::select::{Candidates, Chain, Filled, Input};
 use crate::text::{find_stop, held_back, Utf8Stream};
 use crate::union::{Union, UnionId, END};
 use crate::{Error, Result};
@@ -47,25 +47,26 @@ impl Run<'_> {
     /// Combines these members' last distributions (weights renormalized over them) and picks;
     /// with the pick's probability when logprobs are asked for.
     fn choose(&mut self, which: &[usize], step: usize) -> Result<Picked> {
-        // In f64: large f32 weights must not overflow their sum and normalize to 0.
-        let total: f64 = which.iter().map(|&i| f64::from(self.weights[i])).sum();
-        let inputs: Vec<Input> = which
-            .iter()
-            .map(|&i| {
-                let dist = self.workers[i].dist.as_ref().expect("evaluated");
-                Input {
-                    probs: &dist.probs,
-                    head: &dist.head,
-                    projection: self.union.projection(i),
-                    weight: match total > 0.0 {
-                        true => (f64::from(self.weights[i]) / total) as f32,
-                        false => 1.0 / which.len() as f32,
-                    },
-                    max_fold: self.union.max_fold(i),
-                }
-            })
-            .collect();
-        if !self.chain.scatter(&mut self.candidates, &inputs) {
+        let inputs = inputs_of(&self.workers, self.weights, self.union, which);
+        let mut filled = self.chain.scatter(&mut self.candidates, &inputs);
+        if filled == Filled::NeedsFull {
+            // The heads do not decide this greedy step: the members that gave only theirs
+            // evaluate their whole distribution, for this step alone.
+            let heads: Vec<usize> = which
+                .iter()
+                .copied()
+                .filter(|&i| !self.workers[i].dist.as_ref().expect("evaluated").full)
+                .collect();
+            for &i in &heads {
+                self.workers[i].send_full()?;
+            }
+            for &i in &heads {
+                self.workers[i].receive(&mut self.stats.members[i])?;
+            }
+            let inputs = inputs_of(&self.workers, self.weights, self.union, which);
+            filled = self.chain.scatter(&mut self.candidates, &inputs);
+        }
+        if filled != Filled::Mass {
             return Err(Error::ZeroMass { step });
         }
         let top = self.logprobs.map(|n| self.top_logprobs(n));
@@ -252,4 +253,34 @@ impl Run<'_> {
         }
         Ok(out)
     }
+}
+
+/// These members' last distributions as the selection reads them, with their weights
+/// renormalized over them.
+fn inputs_of<'a>(
+    workers: &'a [Worker],
+    weights: &[f32],
+    union: &'a Union,
+    which: &[usize],
+) -> Vec<Input<'a>> {
+    // In f64: large f32 weights must not overflow their sum and normalize to 0.
+    let total: f64 = which.iter().map(|&i| f64::from(weights[i])).sum();
+    which
+        .iter()
+        .map(|&i| {
+            let dist = workers[i].dist.as_ref().expect("evaluated");
+            Input {
+                probs: &dist.probs,
+                head: &dist.head,
+                floor: dist.floor,
+                full: dist.full,
+                projection: union.projection(i),
+                weight: match total > 0.0 {
+                    true => (f64::from(weights[i]) / total) as f32,
+                    false => 1.0 / which.len() as f32,
+                },
+                max_fold: union.max_fold(i),
+            }
+        })
+        .collect()
 }

@@ -460,3 +460,83 @@ fn a_conversation_needs_every_member_to_have_a_chat_template() {
         .unwrap_err();
     assert_eq!(err, Error::EmptyPrompt);
 }
+
+/// A noisy pair whose members hand back only their `k` most probable tokens.
+fn noisy_heads(seed: u64, k: usize) -> Vec<Box<dyn Member>> {
+    let mut a = ScriptedMember::new("a", A, "");
+    a.noise = Some(seed);
+    a.head = Some(k);
+    let mut b = ScriptedMember::new("b", B, "");
+    b.noise = Some(seed + 100);
+    b.head = Some(k);
+    vec![boxed(a), boxed(b)]
+}
+
+#[test]
+fn members_that_give_only_heads_pick_what_whole_distributions_pick() {
+    let opts = GenerateOptions {
+        max_tokens: 20,
+        ..Default::default()
+    };
+    let (mut heads, mut fallbacks) = (0, 0);
+    for seed in 0..40 {
+        let (full, _) = run(noisy_pair(seed), Mode::Average, &opts).unwrap();
+        let (g, _) = run(noisy_heads(seed, 3), Mode::Average, &opts).unwrap();
+        assert_eq!(g.tokens, full.tokens, "seed {seed}");
+        for m in &g.stats.members {
+            heads += m.head_evals;
+            fallbacks += m.full_after_head;
+            assert!(m.full_after_head <= m.head_evals, "{m:?}");
+        }
+    }
+    // These members' distributions are flat: their heads of 3 rarely decide.
+    assert!(
+        fallbacks > 0 && fallbacks <= heads,
+        "{fallbacks} of {heads}"
+    );
+
+    // Confident members that agree: their heads decide every step, nothing else is evaluated.
+    let mut a = ScriptedMember::new("a", A, "hello world");
+    a.head = Some(2);
+    let mut b = ScriptedMember::new("b", A, "hello world");
+    b.head = Some(2);
+    let (g, _) = run(vec![boxed(a), boxed(b)], Mode::Average, &opts).unwrap();
+    assert_eq!(g.text, "hello world");
+    for m in &g.stats.members {
+        assert_eq!(
+            (m.head_evals, m.full_after_head),
+            (g.stats.steps, 0),
+            "{m:?}"
+        );
+    }
+}
+
+#[test]
+fn sampling_over_a_head_draws_only_from_the_head() {
+    // A member that gives only its most probable token: every draw is the greedy pick.
+    let member = |head| {
+        let mut m = ScriptedMember::new("a", A, "");
+        m.noise = Some(9);
+        m.head = head;
+        vec![boxed(m)]
+    };
+    let sampling = GenerateOptions {
+        max_tokens: 20,
+        pick: PickConfig {
+            temperature: 1.5,
+            seed: 5,
+            ..PickConfig::default()
+        },
+        ..Default::default()
+    };
+    let greedy = GenerateOptions {
+        max_tokens: 20,
+        ..Default::default()
+    };
+    let (drawn, _) = run(member(Some(1)), Mode::Average, &sampling).unwrap();
+    let (best, _) = run(member(None), Mode::Average, &greedy).unwrap();
+    let (free, _) = run(member(None), Mode::Average, &sampling).unwrap();
+    assert_eq!(drawn.tokens, best.tokens);
+    assert_ne!(free.tokens, best.tokens, "the draw itself is not greedy");
+    assert_eq!(drawn.stats.members[0].full_after_head, 0);
+}

@@ -89,6 +89,14 @@ pub struct MemberStats {
     pub decode_time: Duration,
     /// Time spent in softmax (on the member's thread).
     pub softmax_time: Duration,
+    /// Evaluations where the member gave only its most probable tokens
+    /// ([`Evaluation::Head`](crate::Evaluation::Head)).
+    pub head_evals: usize,
+    /// Greedy steps where the heads could not decide and the member's whole distribution was
+    /// asked for after its head.
+    pub full_after_head: usize,
+    /// Time of those evaluations.
+    pub full_after_head_time: Duration,
     /// Time spent re-encoding chosen tokens and pushing them.
     pub push_time: Duration,
 }

@@ -6,7 +6,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use crate::combine::softmax;
-use crate::member::Member;
+use crate::member::{Evaluation, Member};
 use crate::select::HEAD_FLOOR;
 use crate::{Error, Result};
 
@@ -21,13 +21,86 @@ pub(super) enum Piece {
 /// A member's distribution after an evaluation; the buffers travel between threads and are
 /// reused, so the loop allocates nothing proportional to a vocabulary.
 pub(super) struct Dist {
+    /// Probabilities over the member's vocabulary; zero outside `head` unless `full`.
     pub(super) probs: Vec<f32>,
+    /// The ids that can decide a greedy pick (see [`crate::select::Input::head`]).
     pub(super) head: Vec<u32>,
+    /// No id outside `head` is more probable than this.
+    pub(super) floor: f32,
+    /// `probs` is the whole distribution (the member gave logits, not only its head).
+    pub(super) full: bool,
+}
+
+impl Dist {
+    /// Zeroed buffers for a vocabulary of this size.
+    pub(super) fn new(vocab_len: usize) -> Self {
+        Self {
+            probs: vec![0.0; vocab_len],
+            head: Vec::new(),
+            floor: HEAD_FLOOR,
+            full: false,
+        }
+    }
+
+    /// The softmax of `logits`; returns the largest probability.
+    fn set_logits(&mut self, name: &str, logits: &[f32]) -> Result<f32> {
+        if logits.len() != self.probs.len() {
+            return Err(Error::member(
+                name,
+                format!(
+                    "{} logits for a vocabulary of {}",
+                    logits.len(),
+                    self.probs.len()
+                ),
+            ));
+        }
+        let top = softmax(logits, &mut self.probs, HEAD_FLOOR, &mut self.head)
+            .ok_or_else(|| Error::member(name, "logits are not finite (NaN or inf)"))?;
+        self.floor = HEAD_FLOOR;
+        self.full = true;
+        Ok(top)
+    }
+
+    /// A member's head alone (zeros elsewhere); returns the largest probability.
+    fn set_head(&mut self, name: &str, head: &[(u32, f32)]) -> Result<f32> {
+        match self.full {
+            true => self.probs.fill(0.0),
+            false => self.head.iter().for_each(|&j| self.probs[j as usize] = 0.0),
+        }
+        self.head.clear();
+        self.full = false;
+        let (mut top, mut floor) = (0.0f32, 1.0f32);
+        for &(id, p) in head {
+            let slot = self.probs.get_mut(id as usize).ok_or_else(|| {
+                Error::member(
+                    name,
+                    format!("its head names id {id}, outside its vocabulary"),
+                )
+            })?;
+            if !(0.0..=1.0 + 1e-3).contains(&p) || *slot != 0.0 {
+                return Err(Error::member(
+                    name,
+                    format!("its head gives id {id} the probability {p} (or lists it twice)"),
+                ));
+            }
+            *slot = p;
+            self.head.push(id);
+            (top, floor) = (top.max(p), floor.min(p));
+        }
+        if head.is_empty() {
+            return Err(Error::member(name, "its head is empty"));
+        }
+        self.floor = floor;
+        Ok(top)
+    }
 }
 
 pub(super) enum Cmd {
     /// Push the pieces, evaluate, and send back the distribution in these buffers.
     Eval(Vec<Piece>, Dist),
+    /// Send back the whole distribution of the position just evaluated (the member gave only
+    /// its head).
+    Full(Dist),
     /// Push the pieces of a step that skipped the member; no reply (an error is kept for the
     /// next command's reply).
     Idle(Vec<Piece>),
@@ -51,6 +124,10 @@ pub(super) struct Timing {
     softmax: Duration,
     /// Positions the evaluation took from the member's cache.
     reused: usize,
+    /// The member gave only its head.
+    head: bool,
+    /// This was a [`Cmd::Full`] after a head.
+    full_after_head: bool,
 }
 
 pub(super) fn worker(member: &mut dyn Member, rx: Receiver<Cmd>, tx: Sender<Result<Reply>>) {
@@ -90,7 +167,8 @@ pub(super) fn handle(
 ) -> Result<Reply> {
     let mut timing = Timing::default();
     let pieces = match &cmd {
-        Cmd::Eval(pieces, _) | Cmd::Idle(pieces) | Cmd::Flush(pieces) => pieces,
+        Cmd::Eval(pieces, _) | Cmd::Idle(pieces) | Cmd::Flush(pieces) => &pieces[..],
+        Cmd::Full(_) => &[],
     };
     let t = Instant::now();
     let before = generated.len();
@@ -110,23 +188,28 @@ pub(super) fn handle(
         Cmd::Flush(_) => Ok(Reply::Flushed(std::mem::take(generated))),
         Cmd::Eval(_, mut dist) => {
             let t = Instant::now();
-            let logits = member.logits()?;
+            let evaluation = member.evaluate()?;
             timing.eval = t.elapsed();
             let t = Instant::now();
-            if logits.len() != dist.probs.len() {
-                return Err(Error::member(
-                    name,
-                    format!(
-                        "{} logits for a vocabulary of {}",
-                        logits.len(),
-                        dist.probs.len()
-                    ),
-                ));
-            }
-            let top = softmax(logits, &mut dist.probs, HEAD_FLOOR, &mut dist.head)
-                .ok_or_else(|| Error::member(name, "logits are not finite (NaN or inf)"))?;
+            let top = match evaluation {
+                Evaluation::Logits(logits) => dist.set_logits(name, logits)?,
+                Evaluation::Head(head) => {
+                    timing.head = true;
+                    dist.set_head(name, head)?
+                }
+            };
             timing.softmax = t.elapsed();
             timing.reused = member.reused();
+            Ok(Reply::Evaluated { dist, top, timing })
+        }
+        Cmd::Full(mut dist) => {
+            let t = Instant::now();
+            let logits = member.logits()?;
+            timing.eval = t.elapsed();
+            timing.full_after_head = true;
+            let t = Instant::now();
+            let top = dist.set_logits(name, logits)?;
+            timing.softmax = t.elapsed();
             Ok(Reply::Evaluated { dist, top, timing })
         }
     }
@@ -162,12 +245,24 @@ impl Worker {
             .map_err(|_| self.disconnected())
     }
 
+    /// Asks for the whole distribution of the position just evaluated.
+    pub(super) fn send_full(&mut self) -> Result<()> {
+        let dist = self.dist.take().expect("one evaluation at a time");
+        self.tx
+            .send(Cmd::Full(dist))
+            .map_err(|_| self.disconnected())
+    }
+
     pub(super) fn receive(&mut self, stats: &mut MemberStats) -> Result<()> {
         match self.rx.recv().map_err(|_| self.disconnected())?? {
             Reply::Evaluated { dist, top, timing } => {
                 self.dist = Some(dist);
                 self.top = top;
-                if stats.prompt_time.is_zero() && stats.decode_evals == 0 {
+                stats.head_evals += usize::from(timing.head);
+                if timing.full_after_head {
+                    stats.full_after_head += 1;
+                    stats.full_after_head_time += timing.eval;
+                } else if stats.prompt_time.is_zero() && stats.decode_evals == 0 {
                     stats.prompt_time = timing.eval;
                     stats.prompt_reused = timing.reused;
                 } else {

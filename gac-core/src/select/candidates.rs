@@ -9,10 +9,16 @@ pub const HEAD_FLOOR: f32 = 1e-4;
 /// One member's distribution as the scatter reads it.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
-    /// Probabilities over the member's vocabulary.
+    /// Probabilities over the member's vocabulary (zero outside the head when the member
+    /// handed back only its head).
     pub probs: &'a [f32],
-    /// The ids whose probability is at least [`HEAD_FLOOR`].
+    /// The ids that can decide a greedy pick: every id more probable than `floor`.
     pub head: &'a [u32],
+    /// No id outside the head is more probable than this: [`HEAD_FLOOR`] for a whole
+    /// distribution, the least probable listed id for a member's own head.
+    pub floor: f32,
+    /// Whether `probs` is the whole distribution; false when only the head is known.
+    pub full: bool,
     /// Member id → union id (special tokens → `sink`).
     pub projection: &'a [u32],
     /// The member's weight in this step (the weights of a step sum to 1).
@@ -21,10 +27,40 @@ pub struct Input<'a> {
     pub max_fold: usize,
 }
 
+impl Input<'_> {
+    /// An upper bound on the mass a union token can get from this member's ids outside its
+    /// head: `floor` for each id that maps to it, and, for a head alone, at most what the head
+    /// leaves of 1 (with room for rounding).
+    fn tail(&self) -> f32 {
+        let per_token = self.floor * self.max_fold as f32;
+        let bound = match self.full {
+            true => per_token,
+            false => {
+                let head: f32 = self.head.iter().map(|&j| self.probs[j as usize]).sum();
+                per_token.min((1.0 - head).max(0.0) + 1e-5)
+            }
+        };
+        self.weight * bound
+    }
+}
+
+/// What a scatter left in the candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filled {
+    /// Candidates with mass.
+    Mass,
+    /// No token got any mass.
+    Empty,
+    /// The heads do not decide the greedy pick and a member gave only its head: its whole
+    /// distribution is needed.
+    NeedsFull,
+}
+
 /// How the members' distributions enter the candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scatter {
-    /// Every token of every member, weighted (paper Eq. 3).
+    /// Every token of every member, weighted (paper Eq. 3); of a member that gave only its
+    /// head, the head.
     Full,
     /// Only the heads, when they prove which token is the full distribution's argmax (greedy
     /// picks only); otherwise [`Scatter::Full`].
@@ -85,9 +121,8 @@ impl Candidates {
         }
     }
 
-    /// Fills the candidates from the members' distributions; returns false when no token got
-    /// any mass.
-    pub fn scatter(&mut self, how: Scatter, members: &[Input]) -> bool {
+    /// Fills the candidates from the members' distributions.
+    pub fn scatter(&mut self, how: Scatter, members: &[Input]) -> Filled {
         self.clear();
         let sparse = match how {
             Scatter::Full => false,
@@ -95,13 +130,29 @@ impl Candidates {
             Scatter::TopK(k) => self.top_k_union(members, k),
         };
         if !sparse {
+            if how == Scatter::Heads && members.iter().any(|m| !m.full) {
+                return Filled::NeedsFull;
+            }
             self.clear();
             for m in members {
-                scatter_add(&mut self.acc, m.projection, m.probs, m.weight);
+                match m.full {
+                    true => scatter_add(&mut self.acc, m.projection, m.probs, m.weight),
+                    false => self.add_head(m),
+                }
             }
             self.written_all = true;
         }
-        self.written_all || !self.list.is_empty()
+        match self.written_all || !self.list.is_empty() {
+            true => Filled::Mass,
+            false => Filled::Empty,
+        }
+    }
+
+    /// Adds a member's weighted head (special tokens to the sink, as in a full scatter).
+    fn add_head(&mut self, m: &Input) {
+        for &j in m.head {
+            self.acc[m.projection[j as usize] as usize] += m.weight * m.probs[j as usize];
+        }
     }
 
     /// The candidates are the whole dense buffer, not (yet) a list.
@@ -236,12 +287,8 @@ impl Candidates {
                 second = x.0;
             }
         }
-        // A union token's true mass exceeds its head mass by less than HEAD_FLOOR for every one
-        // of a member's ids outside the head that maps to it.
-        let tails: f32 = members
-            .iter()
-            .map(|m| m.weight * HEAD_FLOOR * m.max_fold as f32)
-            .sum();
+        // What the ids outside the heads could still add to any one union token.
+        let tails: f32 = members.iter().map(Input::tail).sum();
         if best.0 - second > tails && best.0 > tails {
             self.list.push(best);
             self.sorted = true;

@@ -8,7 +8,7 @@
 mod candidates;
 mod stages;
 
-pub use candidates::{argmax, descending, Candidates, Input, Scatter, HEAD_FLOOR};
+pub use candidates::{argmax, descending, Candidates, Filled, Input, Scatter, HEAD_FLOOR};
 pub use stages::{Chooser, Stage, Stages, Temperature, TopK, TopP};
 
 use crate::pick::{PickConfig, SplitMix64};
@@ -67,17 +67,17 @@ impl Chain {
         self
     }
 
-    /// Runs the chain on this step's member distributions; `None` when no token has mass.
+    /// Runs the chain on this step's member distributions; `None` when no token has mass or
+    /// a member's whole distribution is needed ([`Filled::NeedsFull`]).
     pub fn select(&mut self, candidates: &mut Candidates, members: &[Input]) -> Option<UnionId> {
         match self.scatter(candidates, members) {
-            true => self.choose(candidates),
-            false => None,
+            Filled::Mass => self.choose(candidates),
+            Filled::Empty | Filled::NeedsFull => None,
         }
     }
 
-    /// The first part of [`Chain::select`]: fills the candidates; false when no token got any
-    /// mass.
-    pub fn scatter(&self, candidates: &mut Candidates, members: &[Input]) -> bool {
+    /// The first part of [`Chain::select`]: fills the candidates.
+    pub fn scatter(&self, candidates: &mut Candidates, members: &[Input]) -> Filled {
         candidates.scatter(self.scatter, members)
     }
 
@@ -112,6 +112,8 @@ mod tests {
         let input = Input {
             probs,
             head: &head,
+            floor: HEAD_FLOOR,
+            full: true,
             projection: &projection,
             weight: 1.0,
             max_fold: 1,
@@ -215,6 +217,8 @@ mod tests {
         let input = Input {
             probs: &probs,
             head: &projection,
+            floor: HEAD_FLOOR,
+            full: true,
             projection: &projection,
             weight: 1.0,
             max_fold: 1,
@@ -227,5 +231,30 @@ mod tests {
         );
         assert_eq!(chain.select(&mut c, &[input]), Some(UnionId(0)));
         assert_eq!(c.list().iter().map(|x| x.1).collect::<Vec<_>>(), [0, 1]);
+    }
+
+    #[test]
+    fn a_head_alone_decides_a_greedy_pick_only_when_what_it_leaves_out_cannot() {
+        let projection = [0, 1, 2];
+        let decide = |probs: &[f32], head: &[u32]| {
+            let input = Input {
+                probs,
+                head,
+                floor: head.iter().map(|&j| probs[j as usize]).fold(1.0, f32::min),
+                full: false,
+                projection: &projection,
+                weight: 1.0,
+                max_fold: 1,
+            };
+            let mut c = Candidates::new(3);
+            let chain = Chain::for_pick(&PickConfig::default(), None);
+            chain.scatter(&mut c, &[input])
+        };
+        // The whole distribution listed: nothing is left out.
+        assert_eq!(decide(&[0.5, 0.3, 0.2], &[0, 1, 2]), Filled::Mass);
+        // 0.2 left out could tie the runner-up with the leader.
+        assert_eq!(decide(&[0.5, 0.3, 0.0], &[0, 1]), Filled::NeedsFull);
+        // 0.1 left out cannot close a margin of 0.5.
+        assert_eq!(decide(&[0.7, 0.2, 0.0], &[0, 1]), Filled::Mass);
     }
 }
