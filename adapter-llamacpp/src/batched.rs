@@ -107,6 +107,14 @@ impl SharedContext {
         options: &LlamaOptions,
         sequences: usize,
     ) -> Result<Self, LoadError> {
+        if options.device_top_k.is_some() {
+            return Err(LoadError::Context(
+                path.to_path_buf(),
+                "the device-side top-k needs a context of its own, not one shared by several \
+                 sequences (serve it with one slot)"
+                    .into(),
+            ));
+        }
         let sequences = sequences.max(1);
         let text = Arc::new(ModelText::new(name, model.clone(), path)?);
         let context_size = options

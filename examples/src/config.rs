@@ -12,6 +12,7 @@
 //! gpu_layers = 99   # optional
 //! threads = 1       # optional CPU threads (llama.cpp members only)
 //! context = 4096    # optional context window in tokens
+//! device_top_k = 64 # optional: hand back only the 64 most probable tokens (llama.cpp only)
 //! runtime = "llamacpp"      # optional: or "mistralrs"
 //!
 //! [[member]]
@@ -91,6 +92,9 @@ pub struct MemberConfig {
     pub threads: Option<i32>,
     /// Context window in tokens.
     pub context: Option<u32>,
+    /// Hand back only this many most probable tokens, chosen inside llama.cpp's graph on the
+    /// member's own device, instead of every logit (llama.cpp only).
+    pub device_top_k: Option<u32>,
 }
 
 fn one() -> f32 {
@@ -127,6 +131,7 @@ impl MemberConfig {
             gpu_layers: None,
             threads: None,
             context: None,
+            device_top_k: None,
         }
     }
 }
@@ -178,6 +183,12 @@ impl EnsembleConfig {
                     "0 holds no token",
                 ));
             }
+            if m.device_top_k == Some(0) {
+                return Err(Error::config(
+                    format!("member[{i}].device_top_k"),
+                    "0 tokens would leave nothing to choose from",
+                ));
+            }
             if m.runtime == RuntimeKind::MistralRs {
                 if m.threads.is_some() {
                     return Err(Error::config(
@@ -191,6 +202,13 @@ impl EnsembleConfig {
                         format!("member[{i}].gpu_layers"),
                         "a mistral.rs member runs wholly on its device (`gpu`, or the CPU); \
                          partial offloading is llama.cpp's",
+                    ));
+                }
+                if m.device_top_k.is_some() {
+                    return Err(Error::config(
+                        format!("member[{i}].device_top_k"),
+                        "the device-side top-k is llama.cpp's backend sampling; \
+                         a mistral.rs member hands back every logit",
                     ));
                 }
             }

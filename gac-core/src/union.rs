@@ -30,6 +30,8 @@ pub struct Union {
     /// Per member: the most member ids that share one union id (End folds all End tokens; a
     /// byte piece and a text token can spell the same bytes).
     max_fold: Vec<usize>,
+    /// Per member and union id: how many of the member's ids map to it (saturating).
+    folds: Vec<Box<[u16]>>,
 }
 
 impl Union {
@@ -67,6 +69,7 @@ impl Union {
         let mut projections = Vec::with_capacity(vocabs.len());
         let mut reverse = Vec::with_capacity(vocabs.len());
         let mut max_fold = Vec::with_capacity(vocabs.len());
+        let mut member_folds = Vec::with_capacity(vocabs.len());
         for (vocab, mut projection) in vocabs.iter().zip(raw_projections) {
             let mut back = vec![NONE; texts.len()].into_boxed_slice();
             let mut folds = vec![0usize; texts.len()];
@@ -87,13 +90,15 @@ impl Union {
             }
             projections.push(projection.into_boxed_slice());
             reverse.push(back);
-            max_fold.push(folds.into_iter().max().unwrap_or(0).max(1));
+            max_fold.push(folds.iter().copied().max().unwrap_or(0).max(1));
+            member_folds.push(folds.iter().map(|&f| f.min(u16::MAX.into()) as u16).collect());
         }
         Ok(Self {
             texts,
             projections,
             reverse,
             max_fold,
+            folds: member_folds,
         })
     }
 
@@ -131,6 +136,11 @@ impl Union {
     /// The most ids of this member that map to one union token (at least 1).
     pub fn max_fold(&self, member: usize) -> usize {
         self.max_fold[member]
+    }
+
+    /// How many of this member's ids map to each union token (saturating at `u16::MAX`).
+    pub fn folds(&self, member: usize) -> &[u16] {
+        &self.folds[member]
     }
 
     /// The member's own token for a union token, if it has one.

@@ -1,7 +1,7 @@
 //! The step loop of one generation: evaluate the members a step needs, combine, pick, queue the
 //! chosen token for every member, stream the text and check the stop rules.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::combine::{Mode, Schedule, WhenUnsure};
 use crate::select::{Candidates, Chain, Filled, Input};
@@ -47,9 +47,12 @@ impl Run<'_> {
     /// Combines these members' last distributions (weights renormalized over them) and picks;
     /// with the pick's probability when logprobs are asked for.
     fn choose(&mut self, which: &[usize], step: usize) -> Result<Picked> {
+        let started = Instant::now();
+        let mut evaluating = Duration::ZERO;
         let inputs = inputs_of(&self.workers, self.weights, self.union, which);
         let mut filled = self.chain.scatter(&mut self.candidates, &inputs);
         if filled == Filled::NeedsFull {
+            let t = Instant::now();
             // The heads do not decide this greedy step: the members that gave only theirs
             // evaluate their whole distribution, for this step alone.
             let heads: Vec<usize> = which
@@ -63,6 +66,7 @@ impl Run<'_> {
             for &i in &heads {
                 self.workers[i].receive(&mut self.stats.members[i])?;
             }
+            evaluating = t.elapsed();
             let inputs = inputs_of(&self.workers, self.weights, self.union, which);
             filled = self.chain.scatter(&mut self.candidates, &inputs);
         }
@@ -74,6 +78,8 @@ impl Run<'_> {
         let x = self.chain.choose(&mut self.candidates);
         self.stats.pick_time += t.elapsed();
         let x = x.ok_or(Error::ZeroMass { step })?;
+        // The members' evaluations are theirs, not the combine's.
+        self.stats.combine_time += started.elapsed() - evaluating;
         Ok((
             x,
             top.map(|(total, top)| TokenLogprob {
@@ -129,9 +135,7 @@ impl Run<'_> {
                 (which, !confident, Some(top))
             }
         };
-        let t = Instant::now();
         let x = self.choose(&which, step)?;
-        self.stats.combine_time += t.elapsed();
         Ok((x, ensembled, confidence))
     }
 
@@ -280,6 +284,7 @@ fn inputs_of<'a>(
                     false => 1.0 / which.len() as f32,
                 },
                 max_fold: union.max_fold(i),
+                folds: union.folds(i),
             }
         })
         .collect()

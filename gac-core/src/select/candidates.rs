@@ -25,22 +25,38 @@ pub struct Input<'a> {
     pub weight: f32,
     /// The most member ids that map to one union token.
     pub max_fold: usize,
+    /// How many member ids map to each union token.
+    pub folds: &'a [u16],
 }
 
 impl Input<'_> {
-    /// An upper bound on the mass a union token can get from this member's ids outside its
-    /// head: `floor` for each id that maps to it, and, for a head alone, at most what the head
-    /// leaves of 1 (with room for rounding).
-    fn tail(&self) -> f32 {
-        let per_token = self.floor * self.max_fold as f32;
-        let bound = match self.full {
-            true => per_token,
+    /// The most mass the ids outside the head hold together: unbounded for a whole
+    /// distribution (each is below `floor`, which is tiny), what a head alone leaves of 1 (with
+    /// room for rounding).
+    fn outside(&self) -> f32 {
+        match self.full {
+            true => f32::INFINITY,
             false => {
                 let head: f32 = self.head.iter().map(|&j| self.probs[j as usize]).sum();
-                per_token.min((1.0 - head).max(0.0) + 1e-5)
+                (1.0 - head).max(0.0) + 1e-5
             }
-        };
-        self.weight * bound
+        }
+    }
+
+    /// The most weighted mass a union token can gain from `missing` of this member's ids that
+    /// map to it but are outside the head.
+    fn gain(&self, missing: usize, outside: f32) -> f32 {
+        self.weight * (self.floor * missing as f32).min(outside)
+    }
+
+    /// How many of the member's ids that map to union token `u` are outside its head.
+    fn missing(&self, u: u32) -> usize {
+        let listed = self
+            .head
+            .iter()
+            .filter(|&&j| self.projection[j as usize] == u)
+            .count();
+        usize::from(self.folds[u as usize]).saturating_sub(listed)
     }
 }
 
@@ -276,25 +292,40 @@ impl Candidates {
                 }
             }
         }
-        // The best (by `descending`) and the runner-up's mass, in one pass: no sort.
-        let (mut best, mut second) = ((0.0f32, 0u32), 0.0f32);
+        let best = self
+            .touched
+            .iter()
+            .map(|&u| (self.acc[u as usize], u))
+            .min_by(descending)
+            .unwrap_or((0.0, 0));
+        // A token outside every head gains at most `uniform` from the ids left out.
+        let outside: Vec<f32> = members.iter().map(Input::outside).collect();
+        let uniform: f32 = members
+            .iter()
+            .zip(&outside)
+            .map(|(m, &o)| m.gain(m.max_fold, o))
+            .sum();
+        if best.0 <= uniform {
+            return false;
+        }
+        // A rival that could reach the best with that much gets its own bound: only its ids
+        // outside each head can add to it.
         for &u in &self.touched {
-            let x = (self.acc[u as usize], u);
-            if descending(&x, &best).is_lt() {
-                second = best.0;
-                best = x;
-            } else if x.0 > second {
-                second = x.0;
+            let mass = self.acc[u as usize];
+            if u == best.1 || mass + uniform < best.0 {
+                continue;
+            }
+            let gain: f32 = members
+                .iter()
+                .zip(&outside)
+                .map(|(m, &o)| m.gain(m.missing(u), o))
+                .sum();
+            if mass + gain >= best.0 {
+                return false;
             }
         }
-        // What the ids outside the heads could still add to any one union token.
-        let tails: f32 = members.iter().map(Input::tail).sum();
-        if best.0 - second > tails && best.0 > tails {
-            self.list.push(best);
-            self.sorted = true;
-            true
-        } else {
-            false
-        }
+        self.list.push(best);
+        self.sorted = true;
+        true
     }
 }

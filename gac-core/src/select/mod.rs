@@ -117,6 +117,7 @@ mod tests {
             projection: &projection,
             weight: 1.0,
             max_fold: 1,
+            folds: &vec![1; probs.len()],
         };
         chain.select(candidates, &[input]).map(|u| u.0)
     }
@@ -222,6 +223,7 @@ mod tests {
             projection: &projection,
             weight: 1.0,
             max_fold: 1,
+            folds: &[1; 4],
         };
         let nested = Stages(vec![Box::new(TopK(2))]);
         let mut chain = Chain::new(
@@ -235,7 +237,9 @@ mod tests {
 
     #[test]
     fn a_head_alone_decides_a_greedy_pick_only_when_what_it_leaves_out_cannot() {
-        let projection = [0, 1, 2];
+        // Member ids 1 and 2 spell the same union token 1.
+        let projection = [0, 1, 1, 2];
+        let folds = [1, 2, 1];
         let decide = |probs: &[f32], head: &[u32]| {
             let input = Input {
                 probs,
@@ -244,17 +248,20 @@ mod tests {
                 full: false,
                 projection: &projection,
                 weight: 1.0,
-                max_fold: 1,
+                max_fold: 2,
+                folds: &folds,
             };
             let mut c = Candidates::new(3);
             let chain = Chain::for_pick(&PickConfig::default(), None);
             chain.scatter(&mut c, &[input])
         };
         // The whole distribution listed: nothing is left out.
-        assert_eq!(decide(&[0.5, 0.3, 0.2], &[0, 1, 2]), Filled::Mass);
-        // 0.2 left out could tie the runner-up with the leader.
-        assert_eq!(decide(&[0.5, 0.3, 0.0], &[0, 1]), Filled::NeedsFull);
+        assert_eq!(decide(&[0.5, 0.2, 0.1, 0.2], &[0, 1, 2, 3]), Filled::Mass);
+        // Id 2, left out, may hold 0.3 and lift union token 1 to 0.6.
+        assert_eq!(decide(&[0.4, 0.3, 0.0, 0.0], &[0, 1]), Filled::NeedsFull);
         // 0.1 left out cannot close a margin of 0.5.
-        assert_eq!(decide(&[0.7, 0.2, 0.0], &[0, 1]), Filled::Mass);
+        assert_eq!(decide(&[0.7, 0.2, 0.0, 0.0], &[0, 1]), Filled::Mass);
+        // A token outside the head may be as probable as the only one listed.
+        assert_eq!(decide(&[0.3, 0.0, 0.0, 0.0], &[0]), Filled::NeedsFull);
     }
 }

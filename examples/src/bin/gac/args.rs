@@ -56,6 +56,11 @@ pub struct EnsembleArgs {
     /// at most 4096).
     #[arg(long = "ctx", value_name = "TOKENS", conflicts_with = "config")]
     contexts: Vec<u32>,
+    /// The llama.cpp member whose --model it follows hands back only its K most probable
+    /// tokens, chosen inside llama.cpp's graph on its own device, instead of every logit
+    /// (greedy steps its head cannot decide evaluate the full logits again).
+    #[arg(long = "device-top-k", value_name = "K", conflicts_with = "config")]
+    device_top_k: Vec<u32>,
 }
 
 /// Which member each occurrence of a per-member flag belongs to: the last `--model` before it.
@@ -105,6 +110,12 @@ impl EnsembleArgs {
         }
         for (m, c) in bind("--ctx", "contexts")?.into_iter().zip(&self.contexts) {
             config.members[m].context = Some(*c);
+        }
+        for (m, k) in bind("--device-top-k", "device_top_k")?
+            .into_iter()
+            .zip(&self.device_top_k)
+        {
+            config.members[m].device_top_k = Some(*k);
         }
         let n = config.members.len();
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as i32;

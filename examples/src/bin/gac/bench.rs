@@ -36,11 +36,16 @@ pub struct BenchArgs {
     /// Prompts (repeatable); default: three built-in ones.
     #[arg(long = "prompt")]
     prompts: Vec<String>,
+    /// Also measure llama.cpp members handing back only their K most probable tokens (chosen
+    /// inside llama.cpp's graph) against full logits, for each K given (repeatable).
+    #[arg(long = "device-top-k", value_name = "K")]
+    device_top_k: Vec<u32>,
 }
 
 struct Row {
     name: String,
     stats: Vec<Stats>,
+    texts: Vec<String>,
 }
 
 impl Row {
@@ -124,9 +129,11 @@ fn run(
     };
     let bar = progress::bar("bench", prompts.len(), name);
     let start = std::time::Instant::now();
-    let mut stats = Vec::new();
+    let (mut stats, mut texts) = (Vec::new(), Vec::new());
     for prompt in prompts {
-        stats.push(ensemble.generate(prompt, &options, &mut |_| {})?.stats);
+        let g = ensemble.generate(prompt, &options, &mut |_| {})?;
+        stats.push(g.stats);
+        texts.push(g.text);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -138,6 +145,7 @@ fn run(
     Ok(Row {
         name: name.to_string(),
         stats,
+        texts,
     })
 }
 
@@ -276,6 +284,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 recompute.as_secs_f64() / catch_up.as_secs_f64()
             );
         }
+    }
+    if !args.device_top_k.is_empty() && !llama_paths.is_empty() {
+        device_top_k(&llama_paths, &options, &args, &prompts)?;
     }
     if !llama_paths.is_empty() {
         println!("\nPrompt cache of llama.cpp members: the first evaluation of a few-shot prompt right after another one with the same shots, cold (cache off) and reusing the shots' cache:\n");
@@ -426,4 +437,88 @@ fn catch_up_vs_recompute(
     member.logits()?;
     let recompute = t.elapsed();
     Ok((ids.len(), catch_up, recompute))
+}
+
+/// Full logits against a device-side top-k of each K: each llama.cpp member alone (its decode
+/// step, and the host's work on what the step hands back: softmax over the vocabulary, or
+/// writing the head), then all of them averaged (how many member evaluations had to give
+/// the full logits again, and whether the text is the same).
+fn device_top_k(
+    paths: &[PathBuf],
+    options: &LlamaOptions,
+    args: &BenchArgs,
+    prompts: &[String],
+) -> Result<()> {
+    let ks: Vec<Option<u32>> = std::iter::once(None)
+        .chain(args.device_top_k.iter().copied().map(Some))
+        .collect();
+    let load = |path: &PathBuf, k: Option<u32>| -> Result<Box<dyn Member>> {
+        let options = LlamaOptions {
+            device_top_k: k,
+            ..options.clone()
+        };
+        let m = LlamaMember::load(path, &options)
+            .with_context(|| format!("loading {}", path.display()))?;
+        Ok(Box::new(m))
+    };
+    let label = |k: Option<u32>| k.map_or("full logits".to_string(), |k| format!("top-{k}"));
+    let mut lines = Vec::new();
+    for path in paths {
+        let mut full_step = 0.0;
+        for &k in &ks {
+            let mut e = Ensemble::new(vec![load(path, k)?], None, Mode::Average)?;
+            let name = format!("{} {}", e.members()[0].name(), label(k));
+            let row = run(&mut e, &name, prompts, args.tokens, Schedule::Lazy)?;
+            let m = |f: fn(&gac_core::ensemble::MemberStats) -> f64| {
+                mean(row.stats.iter().map(|s| f(&s.members[0])))
+            };
+            let decode = m(|s| s.ms_per_eval());
+            let host = m(|s| ms(s.softmax_time) / (s.decode_evals + 1) as f64);
+            let step = decode + host;
+            if k.is_none() {
+                full_step = step;
+            }
+            lines.push(format!(
+                "| {name} | {decode:.2} | {host:.3} | {:.2}% | {step:.2} | {:.3}x | {} |",
+                100.0 * host / decode,
+                step / full_step,
+                fallbacks(&row)
+            ));
+        }
+    }
+    let mut full_texts = Vec::new();
+    for &k in &ks {
+        let members = paths.iter().map(|p| load(p, k)).collect::<Result<_>>()?;
+        let mut e = Ensemble::new(members, None, Mode::Average)?;
+        let name = format!("average ensemble, {}", label(k));
+        let row = run(&mut e, &name, prompts, args.tokens, Schedule::Lazy)?;
+        if k.is_none() {
+            full_texts = row.texts.clone();
+        }
+        let same = row.texts.iter().zip(&full_texts).filter(|(a, b)| a == b);
+        lines.push(format!(
+            "| {name} (decode ms/token) | {:.2} | | | | | {} (same text: {} of {}) |",
+            row.ms_per_token(),
+            fallbacks(&row),
+            same.count(),
+            row.texts.len()
+        ));
+    }
+    println!("\nDevice-side top-k (llama.cpp backend sampling) against full logits, greedy; `host` is the work on what a step hands back (softmax over the vocabulary, or writing the head), per evaluation:\n");
+    println!("| member | decode ms/eval | host ms/eval | host / decode | step ms | step vs full logits | evaluations that needed the full logits again |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// "n of m (p%)": member evaluations that had to give the full logits after their head.
+fn fallbacks(row: &Row) -> String {
+    let members = row.stats.iter().flat_map(|s| &s.members);
+    let (heads, full) = members.fold((0, 0), |(h, f), m| (h + m.head_evals, f + m.full_after_head));
+    match heads {
+        0 => "-".to_string(),
+        _ => format!("{full} of {heads} ({:.1}%)", 100.0 * full as f64 / heads as f64),
+    }
 }

@@ -82,6 +82,10 @@ pub struct EvalArgs {
     /// RAYON_NUM_THREADS).
     #[arg(long, default_value_t = 1)]
     threads: i32,
+    /// llama.cpp members hand back only their K most probable tokens, chosen inside llama.cpp's
+    /// graph (see `generate --device-top-k`); greedy answers stay those of full distributions.
+    #[arg(long = "device-top-k", value_name = "K")]
+    device_top_k: Option<u32>,
     /// Context window per member, in tokens (default: the model's, at most 4096). A question
     /// that does not fit is recorded as a failed generation.
     #[arg(long = "ctx", value_name = "TOKENS")]
@@ -151,6 +155,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     for m in &mut config.members {
         if m.runtime == RuntimeKind::LlamaCpp {
             m.threads = Some(args.threads);
+            m.device_top_k = args.device_top_k.or(m.device_top_k);
         }
         m.context = args.context.or(m.context);
     }

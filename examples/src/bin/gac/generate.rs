@@ -130,6 +130,15 @@ pub(crate) fn print_stats(g: &Generation) {
             m.softmax_time.as_secs_f64() * 1e3 / (m.decode_evals + 1) as f64,
             m.push_time.as_secs_f64() * 1e3,
         );
+        if m.head_evals > 0 {
+            eprintln!(
+                "gac:     device top-k: {} of {} evals gave only their head; {} steps needed the full logits again ({:.1} ms)",
+                m.head_evals,
+                m.decode_evals + 1,
+                m.full_after_head,
+                m.full_after_head_time.as_secs_f64() * 1e3,
+            );
+        }
     }
 }
 
@@ -170,6 +179,9 @@ fn generation_json(g: &Generation, union: &Union, config: &EnsembleConfig) -> se
             "ms_per_eval": m.ms_per_eval(),
             "softmax_ms": m.softmax_time.as_secs_f64() * 1e3,
             "reencode_ms": m.push_time.as_secs_f64() * 1e3,
+            "head_evals": m.head_evals,
+            "full_after_head": m.full_after_head,
+            "full_after_head_ms": m.full_after_head_time.as_secs_f64() * 1e3,
         })).collect::<Vec<_>>(),
     })
 }

@@ -121,7 +121,8 @@ pub(crate) struct MemberArgs {
         conflicts_with = "config"
     )]
     models: Vec<PathBuf>,
-    /// A TOML file listing members (path, weight, gpu, gpu_layers, threads, context) and an
+    /// A TOML file listing members (path, weight, gpu, gpu_layers, threads, context,
+    /// device_top_k) and an
     /// optional [gate]; see the README.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -273,6 +274,7 @@ pub(crate) fn load_slots(
                     gpu_layers: m.gpu_layers,
                     context: m.context,
                     prompt_cache,
+                    device_top_k: m.device_top_k,
                 };
                 let model = gac_llamacpp::load_model(&m.path, &options).with_context(what)?;
                 let name = gac_core::gguf::model_name(&m.path);
