@@ -357,6 +357,14 @@ mod tests {
                 "[[member]]\npath='a'\nruntime='mistralrs'\ngpu_layers=8",
                 "member[0].gpu_layers: a mistral.rs member runs wholly",
             ),
+            (
+                "[[member]]\npath='a'\ndevice_top_k=0",
+                "member[0].device_top_k",
+            ),
+            (
+                "[[member]]\npath='a'\nruntime='mistralrs'\ndevice_top_k=8",
+                "member[0].device_top_k: the device-side top-k is llama.cpp's",
+            ),
         ];
         for (toml, needle) in cases {
             let err = parse(toml).unwrap_err().to_string();

@@ -154,8 +154,24 @@ fn bench_prints_every_table() {
         "4",
         "--prompt",
         "The history of the printing press begins",
+        "--device-top-k",
+        "8",
     ]);
     let table = String::from_utf8(out.stdout).unwrap();
+    // Full logits against the device top-k, per member and averaged.
+    for name in [
+        "SmolLM2-135M-Instruct.Q4_1 full logits",
+        "SmolLM2-135M-Instruct.Q4_1 top-8",
+        "gemma-3-270m-q4_k_m top-8",
+        "average ensemble, full logits",
+        "average ensemble, top-8",
+    ] {
+        assert_eq!(rows(&table, name).len(), 1, "{name} in {table}");
+    }
+    assert!(
+        rows(&table, "average ensemble, top-8")[0][6].contains("same text: 1 of 1"),
+        "{table}"
+    );
     for name in [
         "SmolLM2-135M-Instruct.Q4_1 alone",
         "gemma-3-270m-q4_k_m alone",
@@ -237,6 +253,7 @@ fn bad_settings_are_named() {
         (&["--top-p", "0", "hi"], "top_p"),
         (&[""], "prompt is empty"),
         (&["--union-top-k", "0", "hi"], "union_top_k"),
+        (&["--device-top-k", "0", "hi"], "member[1].device_top_k"),
     ];
     for (args, needle) in cases {
         let err = m(args);
@@ -253,6 +270,8 @@ fn bad_settings_are_named() {
         "generate",
         "--model",
         &smollm,
+        "--device-top-k",
+        "8",
         "--model",
         &gemma,
         "--weight",
@@ -272,6 +291,9 @@ fn bad_settings_are_named() {
         ),
         (Some(1.0), Some(0.0))
     );
+    let head_evals = |i: usize| v["members"][i]["head_evals"].as_u64();
+    let steps = v["stats"]["steps"].as_u64();
+    assert_eq!((head_evals(0), head_evals(1)), (steps, Some(0)), "{v}");
     let none = fails(&["generate", "hi"]);
     assert!(none.contains("at least one member"), "{none}");
     let long = "word ".repeat(100);

@@ -91,7 +91,12 @@ impl Union {
             projections.push(projection.into_boxed_slice());
             reverse.push(back);
             max_fold.push(folds.iter().copied().max().unwrap_or(0).max(1));
-            member_folds.push(folds.iter().map(|&f| f.min(u16::MAX.into()) as u16).collect());
+            member_folds.push(
+                folds
+                    .iter()
+                    .map(|&f| f.min(u16::MAX.into()) as u16)
+                    .collect(),
+            );
         }
         Ok(Self {
             texts,

@@ -516,9 +516,14 @@ fn device_top_k(
 /// "n of m (p%)": member evaluations that had to give the full logits after their head.
 fn fallbacks(row: &Row) -> String {
     let members = row.stats.iter().flat_map(|s| &s.members);
-    let (heads, full) = members.fold((0, 0), |(h, f), m| (h + m.head_evals, f + m.full_after_head));
+    let (heads, full) = members.fold((0, 0), |(h, f), m| {
+        (h + m.head_evals, f + m.full_after_head)
+    });
     match heads {
         0 => "-".to_string(),
-        _ => format!("{full} of {heads} ({:.1}%)", 100.0 * full as f64 / heads as f64),
+        _ => format!(
+            "{full} of {heads} ({:.1}%)",
+            100.0 * full as f64 / heads as f64
+        ),
     }
 }
