@@ -175,7 +175,7 @@ fn bench_prints_every_table() {
     for name in [
         "SmolLM2-135M-Instruct.Q4_1 alone",
         "gemma-3-270m-q4_k_m alone",
-        "average ensemble",
+        "average ensemble |",
         "gated ensemble (lazy)",
         "gated ensemble (eager)",
     ] {

@@ -341,6 +341,7 @@ fn eval_runs_end_to_end_and_resumes() {
     let out = scratch("e2e.jsonl", "");
     let summary = scratch("e2e-summary.json", "");
     let intervals = scratch("e2e-intervals.svg", "");
+    let points = scratch("e2e-points.png", "");
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_gac"))
             .args([
@@ -376,6 +377,8 @@ fn eval_runs_end_to_end_and_resumes() {
             .arg(&summary)
             .arg("--plot-paired")
             .arg(&intervals)
+            .arg("--plot")
+            .arg(&points)
             .output()
             .unwrap()
     };
@@ -421,6 +424,8 @@ fn eval_runs_end_to_end_and_resumes() {
         3,
         "one interval per ensemble: {svg}"
     );
+    let png = image::open(&points).expect("the --plot file is a PNG");
+    assert_eq!((png.width(), png.height()), (640, 420));
     let lines = std::fs::read_to_string(&out).unwrap().lines().count();
     assert_eq!(lines, 5 * 2 * 3, "5 configurations x 2 tasks x 3 examples");
     let second = run();

@@ -1,6 +1,15 @@
-//! SVG plots: accuracy against ms/token, one point per configuration (the picture of the
-//! paper's Tables 3 and 5 for your models), and each ensemble's difference to the better member
-//! with its interval.
+//! Plots with plotters: accuracy against ms/token, one point per configuration (the picture of
+//! the paper's Tables 3 and 5 for your models), and each ensemble's difference to the better
+//! member with its interval. The file name chooses the format: `.png` a PNG, anything else an
+//! SVG. Text is drawn in DejaVu Sans, built into the binary, so no system font is needed.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::{register_font, FontStyle};
 
 use super::paired::Paired;
 
@@ -15,170 +24,233 @@ pub struct Point {
     pub accuracy: f64,
 }
 
-/// Draws the points as a self-contained SVG document.
-pub fn svg(title: &str, points: &[Point]) -> String {
-    let (w, h, left, right, top, bottom) = (640.0, 420.0, 70.0, 170.0, 40.0, 60.0);
-    let max_x = points.iter().map(|p| p.ms_per_token).fold(1.0, f64::max) * 1.1;
-    let (min_y, max_y) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
-        (lo.min(p.accuracy), hi.max(p.accuracy))
-    });
-    let (min_y, max_y) = if points.is_empty() {
-        (0.0, 100.0)
-    } else {
-        // Whole-number ends 4k apart, so that the five ticks fall on whole numbers.
-        let lo = (min_y - 5.0).max(0.0).floor();
-        let span = ((max_y + 5.0 - lo) / 4.0).ceil() * 4.0;
-        let lo = lo.min((100.0 - span).max(0.0));
-        (lo, lo + span)
-    };
-    let x = |v: f64| left + v / max_x * (w - left - right);
-    let y = |v: f64| h - bottom - (v - min_y) / (max_y - min_y).max(1e-9) * (h - top - bottom);
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n\
-         <line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
-         <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n\
-         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">ms/token</text>\n\
-         <text x=\"18\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {})\">accuracy (%)</text>\n",
-        (w - right + left) / 2.0,
-        escape(title),
-        h - bottom,
-        w - right,
-        h - bottom,
-        h - bottom,
-        (w - right + left) / 2.0,
-        h - 20.0,
-        (h - bottom + top) / 2.0,
-        (h - bottom + top) / 2.0,
-    );
-    for i in 0..=4 {
-        let vx = max_x * i as f64 / 4.0;
-        let vy = min_y + (max_y - min_y) * i as f64 / 4.0;
-        out.push_str(&format!(
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{vx:.0}</text>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{vy:.0}</text>\n",
-            x(vx),
-            h - bottom + 18.0,
-            left - 6.0,
-            y(vy) + 4.0
-        ));
-    }
-    let mut labels: Vec<(f64, f64)> = Vec::new();
-    for p in points {
-        let (cx, cy) = (x(p.ms_per_token), y(p.accuracy));
-        let (lx, mut ly) = (cx + 8.0, cy + 4.0);
-        // Labels of nearby points would overlap: move this one down a line until it is clear.
-        while labels
-            .iter()
-            .any(|&(ox, oy)| (ox - lx).abs() < 100.0 && (oy - ly).abs() < 14.0)
-        {
-            ly += 14.0;
-        }
-        labels.push((lx, ly));
-        out.push_str(&format!(
-            "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"5\" fill=\"#2a6fdb\"/>\n<text x=\"{lx:.1}\" y=\"{ly:.1}\">{}</text>\n",
-            escape(&p.label)
-        ));
-    }
-    out.push_str("</svg>\n");
-    out
+const FONT: &str = "sans-serif";
+const ACCENT: RGBColor = RGBColor(0x2a, 0x6f, 0xdb);
+
+/// Draws the points into `path` (SVG, or PNG for a `.png` name).
+pub fn plot_points(path: &Path, title: &str, points: &[Point]) -> Result<(), String> {
+    render!(path, (640, 420), |root| points_chart(root, title, points))
 }
 
-/// Draws each comparison as a row: its 95% interval as a bar, the difference as a dot, a line
-/// at zero (no difference), and the McNemar p-value at the right.
-pub fn intervals_svg(title: &str, rows: &[Paired]) -> String {
-    let (w, left, right, top, row_h) = (640.0, 230.0, 90.0, 50.0, 26.0);
-    let h = top + row_h * rows.len().max(1) as f64 + 50.0;
+/// Draws each comparison as a row into `path`: its 95% interval as a bar, the difference as a
+/// dot, a line at zero (no difference), and the McNemar p-value at the right.
+pub fn plot_intervals(path: &Path, title: &str, rows: &[Paired]) -> Result<(), String> {
+    let height = 100 + 26 * rows.len().max(1) as u32;
+    render!(path, (640, height), |root| intervals_chart(
+        root, title, rows
+    ))
+}
+
+/// Runs a chart function on the backend the file name asks for.
+macro_rules! render {
+    ($path:expr, $size:expr, $chart:expr) => {{
+        fonts()?;
+        let failed = |e: &dyn std::fmt::Display| format!("cannot draw {}: {e}", $path.display());
+        let png = $path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+        match png {
+            true => ($chart)(BitMapBackend::new($path, $size).into_drawing_area())
+                .map_err(|e| failed(&e)),
+            false => {
+                ($chart)(SVGBackend::new($path, $size).into_drawing_area()).map_err(|e| failed(&e))
+            }
+        }
+    }};
+}
+use render;
+
+/// Registers the built-in font once.
+fn fonts() -> Result<(), String> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED
+        .get_or_init(|| register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok());
+    ok.then_some(())
+        .ok_or_else(|| "the built-in DejaVu Sans font could not be read".to_string())
+}
+
+type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+fn points_chart<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    points: &[Point],
+) -> DrawResult<DB> {
+    root.fill(&WHITE)?;
+    let max_x = points.iter().map(|p| p.ms_per_token).fold(1.0, f64::max) * 1.1;
+    let (lo, hi) = accuracy_range(points);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT, 16))
+        .margin(12)
+        .margin_right(170)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..max_x, lo..hi)?;
+    chart
+        .configure_mesh()
+        .x_desc("ms/token")
+        .y_desc("accuracy (%)")
+        .light_line_style(RGBColor(0xee, 0xee, 0xee))
+        .label_style((FONT, 12))
+        .draw()?;
+    chart.draw_series(
+        points
+            .iter()
+            .map(|p| Circle::new((p.ms_per_token, p.accuracy), 5, ACCENT.filled())),
+    )?;
+    // Labels of nearby points would overlap: move one down a line until it is clear.
+    let mut placed: Vec<(i32, i32)> = Vec::new();
+    for p in points {
+        let (x, y) = chart.backend_coord(&(p.ms_per_token, p.accuracy));
+        let (lx, mut ly) = (x + 8, y - 6);
+        while placed
+            .iter()
+            .any(|&(ox, oy)| (ox - lx).abs() < 100 && (oy - ly).abs() < 14)
+        {
+            ly += 14;
+        }
+        placed.push((lx, ly));
+        root.draw(&Text::new(p.label.clone(), (lx, ly), (FONT, 12)))?;
+    }
+    root.present()
+}
+
+/// Whole-number ends 4k apart around the accuracies, so that five ticks fall on whole numbers.
+fn accuracy_range(points: &[Point]) -> (f64, f64) {
+    if points.is_empty() {
+        return (0.0, 100.0);
+    }
+    let (min, max) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+        (lo.min(p.accuracy), hi.max(p.accuracy))
+    });
+    let lo = (min - 5.0).max(0.0).floor();
+    let span = ((max + 5.0 - lo) / 4.0).ceil() * 4.0;
+    let lo = lo.min((100.0 - span).max(0.0));
+    (lo, lo + span)
+}
+
+fn intervals_chart<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    rows: &[Paired],
+) -> DrawResult<DB> {
+    root.fill(&WHITE)?;
     let reach = rows
         .iter()
         .map(|r| r.low.abs().max(r.high.abs()))
         .fold(1.0, f64::max)
         .ceil();
-    let x = |v: f64| left + (v + reach) / (2.0 * reach) * (w - left - right);
-    let bottom = h - 40.0;
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n\
-         <line x1=\"{:.1}\" y1=\"{top}\" x2=\"{:.1}\" y2=\"{bottom}\" stroke=\"#888\" stroke-dasharray=\"4 3\"/>\n\
-         <text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">difference to the better member (points, 95% interval)</text>\n",
-        w / 2.0,
-        escape(title),
-        x(0.0),
-        x(0.0),
-        x(0.0),
-        h - 12.0,
-    );
-    for v in [-reach, -reach / 2.0, 0.0, reach / 2.0, reach] {
-        out.push_str(&format!(
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{v:+.0}</text>\n",
-            x(v),
-            bottom + 16.0
-        ));
-    }
+    let n = rows.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT, 16))
+        .margin(12)
+        .margin_left(230)
+        .margin_right(80)
+        .x_label_area_size(40)
+        .build_cartesian_2d(-reach..reach, 0.0..n)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .disable_y_axis()
+        .x_labels(5)
+        .x_desc("difference to the better member (points, 95% interval)")
+        .label_style((FONT, 12))
+        .draw()?;
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![(0.0, 0.0), (0.0, n)],
+        RGBColor(0x88, 0x88, 0x88),
+    )))?;
     for (i, r) in rows.iter().enumerate() {
-        let cy = top + row_h * (i as f64 + 0.5);
-        out.push_str(&format!(
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{} vs {} ({})</text>\n\
-             <line x1=\"{:.1}\" y1=\"{cy:.1}\" x2=\"{:.1}\" y2=\"{cy:.1}\" stroke=\"#2a6fdb\" stroke-width=\"3\"/>\n\
-             <circle cx=\"{:.1}\" cy=\"{cy:.1}\" r=\"5\" fill=\"#2a6fdb\"/>\n\
-             <text x=\"{}\" y=\"{:.1}\">p = {:.3}</text>\n",
-            left - 8.0,
-            cy + 4.0,
-            escape(&r.config),
-            escape(&r.baseline),
-            escape(&r.task),
-            x(r.low),
-            x(r.high),
-            x(r.difference),
-            w - right + 8.0,
-            cy + 4.0,
-            r.p_value
-        ));
+        let y = n - i as f64 - 0.5;
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(r.low, y), (r.high, y)],
+            ACCENT.stroke_width(3),
+        )))?;
+        chart.draw_series(std::iter::once(Circle::new(
+            (r.difference, y),
+            5,
+            ACCENT.filled(),
+        )))?;
+        let (left, cy) = chart.backend_coord(&(-reach, y));
+        let (right, _) = chart.backend_coord(&(reach, y));
+        let label = format!("{} vs {} ({})", r.config, r.baseline, r.task);
+        let end = TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Right, VPos::Center));
+        root.draw(&Text::new(label, (left - 8, cy), end))?;
+        let start = TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+        root.draw(&Text::new(
+            format!("p = {:.3}", r.p_value),
+            (right + 8, cy),
+            start,
+        ))?;
     }
-    out.push_str("</svg>\n");
-    out
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    root.present()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn points_land_inside_the_axes_and_labels_are_escaped() {
-        let points = [
-            Point {
-                label: "member:0".into(),
-                ms_per_token: 20.0,
-                accuracy: 30.0,
-            },
-            Point {
-                label: "a<b".into(),
-                ms_per_token: 40.0,
-                accuracy: 50.0,
-            },
-        ];
-        let doc = svg("t", &points);
-        assert!(doc.starts_with("<svg") && doc.trim_end().ends_with("</svg>"));
-        assert_eq!(doc.matches("<circle").count(), 2);
-        assert!(doc.contains("a&lt;b") && !doc.contains("a<b"));
-        let attr = |line: &str, name: &str| -> f64 {
-            let value = line.split(&format!("{name}=\"")).nth(1).unwrap();
-            value.split('"').next().unwrap().parse().unwrap()
-        };
-        for c in doc.lines().filter(|l| l.starts_with("<circle")) {
-            let (cx, cy) = (attr(c, "cx"), attr(c, "cy"));
-            assert!(
-                (70.0..=470.0).contains(&cx) && (40.0..=360.0).contains(&cy),
-                "{c}"
-            );
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("gac-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    /// The value of attribute `name` in an SVG element's line.
+    fn attr(line: &str, name: &str) -> f64 {
+        let value = line.split(&format!(" {name}=\"")).nth(1).unwrap();
+        value.split('"').next().unwrap().parse().unwrap()
+    }
+
+    fn point(label: &str, ms_per_token: f64, accuracy: f64) -> Point {
+        Point {
+            label: label.into(),
+            ms_per_token,
+            accuracy,
         }
+    }
+
+    #[test]
+    fn points_land_inside_the_plot_and_labels_are_escaped() {
+        let path = scratch("points.svg");
+        let points = [point("member:0", 20.0, 30.0), point("a<b", 40.0, 50.0)];
+        plot_points(&path, "t", &points).unwrap();
+        let doc = std::fs::read_to_string(&path).unwrap();
+        assert!(doc.starts_with("<svg") && doc.trim_end().ends_with("</svg>"));
+        assert!(doc.contains("a&lt;b") && !doc.contains(">a<b<"));
+        let circles: Vec<(f64, f64)> = doc
+            .lines()
+            .filter(|l| l.trim_start().starts_with("<circle"))
+            .map(|l| (attr(l, "cx"), attr(l, "cy")))
+            .collect();
+        assert_eq!(circles.len(), 2);
+        // More ms/token is further right; more accuracy is higher up.
+        assert!(circles[0].0 < circles[1].0 && circles[0].1 > circles[1].1);
+        for (cx, cy) in circles {
+            assert!((62.0..=470.0).contains(&cx) && (12.0..=380.0).contains(&cy));
+        }
+    }
+
+    #[test]
+    fn a_png_name_gives_a_png_with_the_points_drawn() {
+        let path = scratch("points.png");
+        plot_points(
+            &path,
+            "accuracy vs ms/token",
+            &[point("average", 30.0, 40.0)],
+        )
+        .unwrap();
+        let image = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(image.dimensions(), (640, 420));
+        let accent = image.pixels().filter(|p| p.0 == [0x2a, 0x6f, 0xdb]).count();
+        let dark = image
+            .pixels()
+            .filter(|p| p.0.iter().all(|&c| c < 80))
+            .count();
+        assert!(accent > 40, "the point: {accent} pixels");
+        assert!(dark > 500, "axes and text: {dark} pixels");
+        let err = plot_points(Path::new("/no/such/dir/p.png"), "t", &[]).unwrap_err();
+        assert!(err.contains("/no/such/dir/p.png"), "{err}");
     }
 
     #[test]
@@ -195,53 +267,63 @@ mod tests {
             losses: 5,
             p_value: 0.7265625,
         };
-        let doc = intervals_svg(
-            "t",
-            &[row("average", -4.8, -2.1, 0.2), row("a<b", 1.0, 3.0, 6.0)],
-        );
-        assert!(doc.starts_with("<svg") && doc.trim_end().ends_with("</svg>"));
-        assert!(doc.contains("a&lt;b") && !doc.contains("a<b"));
-        let attr = |line: &str, name: &str| -> f64 {
-            let value = line.split(&format!("{name}=\"")).nth(1).unwrap();
-            value.split('"').next().unwrap().parse().unwrap()
-        };
+        let rows = [row("average", -4.8, -2.1, 0.2), row("a<b", 1.0, 3.0, 6.0)];
+        for name in ["intervals.svg", "intervals.png"] {
+            plot_intervals(&scratch(name), "t", &rows).unwrap();
+        }
+        let doc = std::fs::read_to_string(scratch("intervals.svg")).unwrap();
+        assert!(doc.contains("a&lt;b vs member:1 (all)") && doc.contains("p = 0.727"));
         let dots: Vec<f64> = doc
             .lines()
-            .filter(|l| l.starts_with("<circle"))
+            .filter(|l| l.trim_start().starts_with("<circle"))
             .map(|l| attr(l, "cx"))
             .collect();
+        // Bars: the wide polylines, as (left, right) x.
         let bars: Vec<(f64, f64)> = doc
             .lines()
-            .filter(|l| l.starts_with("<line") && l.contains("stroke-width"))
-            .map(|l| (attr(l, "x1"), attr(l, "x2")))
+            .filter(|l| l.contains("<polyline") && l.contains("stroke-width=\"3\""))
+            .map(|l| {
+                let points = l
+                    .split("points=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap();
+                let xs: Vec<f64> = points
+                    .split_whitespace()
+                    .map(|p| p.split(',').next().unwrap().parse().unwrap())
+                    .collect();
+                (xs[0], xs[1])
+            })
             .collect();
-        assert_eq!((dots.len(), bars.len()), (2, 2));
+        assert_eq!((dots.len(), bars.len()), (2, 2), "{doc}");
         for (dot, (lo, hi)) in dots.iter().zip(&bars) {
-            assert!(lo < dot && dot < hi && (230.0..=550.0).contains(lo) && *hi <= 550.0);
+            assert!(lo < dot && dot < hi, "{lo} {dot} {hi}");
         }
-        // One scale: the zero line sits between the first row's interval ends.
-        let zero = doc
-            .lines()
-            .find(|l| l.contains("stroke-dasharray"))
-            .unwrap();
-        assert!(bars[0].0 < attr(zero, "x1") && attr(zero, "x1") < bars[0].1);
-        assert!(doc.contains("p = 0.727"));
+        // One scale: the second row's interval lies right of the first row's difference.
+        assert!(bars[1].0 > dots[0]);
+        let png = image::open(scratch("intervals.png")).unwrap();
+        assert_eq!((png.width(), png.height()), (640, 152));
     }
 
     #[test]
     fn labels_of_coinciding_points_do_not_overlap() {
-        let point = |label: &str| Point {
-            label: label.into(),
-            ms_per_token: 40.0,
-            accuracy: 23.3,
-        };
-        let doc = svg("t", &[point("average"), point("average:top5")]);
-        let ys: Vec<&str> = doc
-            .lines()
-            .filter(|l| l.starts_with("<text") && l.contains("average"))
-            .map(|l| l.split("y=\"").nth(1).unwrap().split('"').next().unwrap())
+        let path = scratch("coinciding.svg");
+        let points = [
+            point("average", 40.0, 23.3),
+            point("average:top5", 40.0, 23.3),
+        ];
+        plot_points(&path, "t", &points).unwrap();
+        let doc = std::fs::read_to_string(&path).unwrap();
+        // Each `<text ...>` line is followed by its content.
+        let lines: Vec<&str> = doc.lines().collect();
+        let ys: Vec<f64> = lines
+            .windows(2)
+            .filter(|w| w[0].starts_with("<text") && w[1].starts_with("average"))
+            .map(|w| attr(w[0], "y"))
             .collect();
-        assert_eq!(ys.len(), 2);
-        assert_ne!(ys[0], ys[1]);
+        assert_eq!(ys.len(), 2, "{doc}");
+        assert!((ys[0] - ys[1]).abs() >= 14.0, "{ys:?}");
     }
 }

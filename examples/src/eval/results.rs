@@ -239,7 +239,7 @@ pub fn table(records: &[Record], configs: &[String], tasks: &[String]) -> String
     out
 }
 
-/// One point per configuration with results, for [`crate::eval::plot::svg`].
+/// One point per configuration with results, for [`crate::eval::plot::plot_points`].
 pub fn points(
     records: &[Record],
     configs: &[String],

@@ -8,7 +8,7 @@ use clap::Args;
 use gac_core::{Ensemble, GenerateOptions, Member, Mode, Schedule, WhenUnsure};
 use gac_examples::config::{EnsembleConfig, RuntimeKind};
 use gac_examples::eval::paired::RESAMPLES;
-use gac_examples::eval::plot::{intervals_svg, svg};
+use gac_examples::eval::plot::{plot_intervals, plot_points};
 use gac_examples::eval::{
     compare, extract, fingerprint, is_correct, letter_skew, load_task, paired_table, points,
     sample, summaries, table, Record, Results, Task, TASKS,
@@ -68,11 +68,12 @@ pub struct EvalArgs {
     /// same setup, asked the same way, is not generated again). One run at a time per file.
     #[arg(long, value_name = "FILE", default_value = "gac-eval.jsonl")]
     out: PathBuf,
-    /// Also draw accuracy against ms/token per configuration into this SVG file.
+    /// Also draw accuracy against ms/token per configuration into this file (SVG, or PNG for a
+    /// name ending in .png).
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
     /// Also draw each ensemble's difference to the better member (over all examples) with its
-    /// interval into this SVG file.
+    /// interval into this file (SVG, or PNG for a name ending in .png).
     #[arg(long, value_name = "FILE")]
     plot_paired: Option<PathBuf>,
     /// Also write the table's numbers and the comparisons with the better member as JSON.
@@ -218,8 +219,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             .cloned()
             .collect();
         let title = "each ensemble against the better member, all examples";
-        std::fs::write(path, intervals_svg(title, &overall))
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        plot_intervals(path, title, &overall).map_err(anyhow::Error::msg)?;
         eprintln!("gac eval: interval plot in {}", path.display());
     }
     if let Some(path) = &args.summary {
@@ -237,8 +237,8 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             "accuracy (mean over {} tasks) vs ms/token",
             task_names.len()
         );
-        std::fs::write(plot, svg(&title, &points(&current, &names, &task_names)))
-            .with_context(|| format!("cannot write {}", plot.display()))?;
+        plot_points(plot, &title, &points(&current, &names, &task_names))
+            .map_err(anyhow::Error::msg)?;
         eprintln!("gac eval: plot in {}", plot.display());
     }
     eprintln!("gac eval: per-example results in {}", args.out.display());
