@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use gac_examples::eval::tasks::bigbench_tasks;
 use gac_examples::eval::{
     extract, is_correct, letter_skew, load_task, sample, table, Example, Record, Results, Target,
     TASKS,
@@ -38,7 +39,7 @@ fn every_task_loads_its_real_file() {
         ("bigbench:sports_understanding", 1000),
         ("bigbench:object_counting", 1000),
         ("bigbench:causal_judgment", 190),
-        ("bigbench:logical_deduction_three_objects", 300),
+        ("bigbench:logical_deduction/three_objects", 300),
     ];
     assert_eq!(TASKS.len(), 7);
     for (name, count) in counts {
@@ -50,6 +51,47 @@ fn every_task_loads_its_real_file() {
             prompt.ends_with("\nAnswer:") && prompt.matches("\nAnswer: ").count() == 2,
             "{name}: {prompt}"
         );
+    }
+}
+
+#[test]
+fn every_bigbench_task_of_the_archive_loads() {
+    let root = data().join("bigbench");
+    let (found, left_out) = bigbench_tasks(&root);
+    // 947 files are kept; the 40 parents whose questions are in subtasks are not tasks.
+    assert_eq!((found.len(), left_out.len()), (907, 94));
+    let (mut choice, mut text) = (0, 0);
+    for name in &found {
+        let task = load_task(name, &data(), SEED).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        match task.examples[0].target {
+            Target::Choice { .. } => choice += 1,
+            _ => text += 1,
+        }
+        let prompt = task.prompt(&[&task.examples[0]], &task.examples[0]);
+        assert!(prompt.ends_with("\nAnswer:"), "{name}");
+    }
+    assert!(
+        choice > 200 && text > 600,
+        "{choice} multiple choice, {text} short answer"
+    );
+    let err = |name: &str| format!("{:#}", load_task(name, &data(), SEED).unwrap_err());
+    let parent = err("bigbench:logical_deduction");
+    assert!(
+        parent.contains("in subtasks")
+            && parent.contains("bigbench:logical_deduction/three_objects"),
+        "{parent}"
+    );
+    let large = err(&left_out[0]);
+    assert!(
+        large.contains("left out") && large.contains("bytes"),
+        "{large}"
+    );
+    for (name, needle) in [
+        ("bigbench:../langtest", "invalid BIG-bench task"),
+        ("bigbench:a/b/c", "invalid BIG-bench task"),
+        ("bigbench:no_such_task", "no BIG-bench task 'no_such_task'"),
+    ] {
+        assert!(err(name).contains(needle), "{name}: {}", err(name));
     }
 }
 
@@ -304,7 +346,7 @@ fn no_task_teaches_one_letter() {
         "commonsenseqa",
         "openbookqa",
         "bigbench:date_understanding",
-        "bigbench:logical_deduction_three_objects",
+        "bigbench:logical_deduction/three_objects",
         "bigbench:navigate",
         "bigbench:causal_judgment",
         "bigbench:sports_understanding",
@@ -650,7 +692,74 @@ fn list_tasks_shows_what_the_data_folder_holds() {
             .lines()
             .find(|l| l.starts_with(&format!("{task} ")))
             .unwrap();
-        assert!(line.ends_with(&format!("{n} questions")), "{line}");
+        assert!(line.contains(&format!(" {n} questions, ")), "{line}");
     }
-    assert!(!stdout.contains("unavailable"), "{stdout}");
+    let line = |task: &str| stdout.lines().find(|l| l.starts_with(task)).unwrap();
+    assert!(line("boolq ").ends_with("yes/no, chance 50.0%"));
+    assert!(line("bigbench:navigate ").ends_with("multiple choice, chance 50.0%"));
+    assert!(line("bigbench:object_counting ").ends_with("short answers, chance 0.0%"));
+    // Only what the fetch left out for its size is unavailable.
+    let unavailable: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("unavailable"))
+        .collect();
+    assert_eq!(unavailable.len(), 94, "{stdout}");
+    assert!(
+        unavailable.iter().all(|l| l.contains("was left out")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_screen_runs_members_alone_on_every_matching_task() {
+    let out = scratch("screen.jsonl", "");
+    let summary = scratch("screen.json", "");
+    let run = Command::new(env!("CARGO_BIN_EXE_gac"))
+        .args(["eval", "--screen", "--model"])
+        .arg(asset(SMOLLM))
+        .arg("--model")
+        .arg(asset(GEMMA))
+        .args(["--task", "bigbench:logical_deduction/*", "--limit", "3"])
+        .args([
+            "--shots",
+            "1",
+            "--max-tokens",
+            "4",
+            "--max-gap",
+            "20",
+            "--data",
+        ])
+        .arg(data())
+        .arg("--out")
+        .arg(&out)
+        .arg("--summary")
+        .arg(&summary)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("tasks have every member above chance"),
+        "{stdout}"
+    );
+    for subtask in ["three_objects", "five_objects", "seven_objects"] {
+        let row = format!("| bigbench:logical_deduction/{subtask} | 3 |");
+        assert!(stdout.contains(&row), "{stdout}");
+    }
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    for r in rows.as_array().unwrap() {
+        let above = r["above_chance"].as_array().unwrap();
+        let all_above = above.iter().all(|a| a.as_bool().unwrap());
+        let close = r["gap"].as_f64().unwrap() <= 20.0;
+        assert_eq!(r["candidate"].as_bool(), Some(all_above && close), "{r}");
+    }
+    // Only the members were run: 2 members x 3 subtasks x 3 questions.
+    let records = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(records.lines().count(), 18);
+    assert!(records.lines().all(|l| l.contains("\"config\":\"member:")));
 }

@@ -6,6 +6,7 @@ pub mod paired;
 pub mod plot;
 pub mod results;
 pub mod score;
+pub mod screen;
 pub mod tasks;
 
 pub use paired::{compare, paired_table, Paired};

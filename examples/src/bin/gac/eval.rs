@@ -11,7 +11,11 @@ use gac_examples::eval::paired::RESAMPLES;
 use gac_examples::eval::plot::{plot_intervals, plot_points};
 use gac_examples::eval::{
     compare, extract, fingerprint, is_correct, letter_skew, load_task, paired_table, points,
-    sample, summaries, table, Record, Results, Task, TASKS,
+    sample,
+    screen::{screen, screen_table},
+    summaries, table,
+    tasks::{bigbench_tasks, chance, expand_tasks, task_kind},
+    Record, Results, Task, TASKS,
 };
 
 use super::progress;
@@ -61,6 +65,21 @@ pub struct EvalArgs {
     /// Skip the members-alone configurations.
     #[arg(long)]
     no_single: bool,
+    /// Screen tasks instead: run the members alone (no ensembles) and report, per task, whether
+    /// every member is above chance and all within --max-gap points of each other, where an
+    /// ensemble of them can help. Meant for a small --limit over many tasks
+    /// (`--task 'bigbench:*'`).
+    #[arg(long, conflicts_with_all = ["thresholds", "union_top_ks", "no_single", "plot", "plot_paired"])]
+    screen: bool,
+    /// With --screen: the largest accuracy gap between the members, in points, for a task to
+    /// be an ensemble candidate.
+    #[arg(
+        long,
+        value_name = "POINTS",
+        default_value_t = 10.0,
+        requires = "screen"
+    )]
+    max_gap: f64,
     /// Token limit per answer.
     #[arg(long, default_value_t = 16)]
     max_tokens: usize,
@@ -76,7 +95,8 @@ pub struct EvalArgs {
     /// interval into this file (SVG, or PNG for a name ending in .png).
     #[arg(long, value_name = "FILE")]
     plot_paired: Option<PathBuf>,
-    /// Also write the table's numbers and the comparisons with the better member as JSON.
+    /// Also write the table's numbers and the comparisons with the better member as JSON (with
+    /// --screen: the screen's rows).
     #[arg(long, value_name = "FILE")]
     summary: Option<PathBuf>,
     /// CPU threads per llama.cpp member (mistral.rs members share one pool, sized by
@@ -111,20 +131,16 @@ fn data_dir(args: &EvalArgs) -> PathBuf {
 fn list_tasks(args: &EvalArgs) -> Result<()> {
     let data = data_dir(args);
     let mut names: Vec<String> = TASKS.iter().map(|(n, _)| n.to_string()).collect();
-    let bigbench = data.join("bigbench");
-    if let Ok(dirs) = std::fs::read_dir(&bigbench) {
-        let mut found: Vec<String> = dirs
-            .filter_map(|d| d.ok())
-            .filter(|d| d.path().join("task.json").is_file())
-            .map(|d| format!("bigbench:{}", d.file_name().to_string_lossy()))
-            .collect();
-        found.sort();
-        names.extend(found);
-    }
-    for name in names {
-        match load_task(&name, &data, args.seed) {
-            Ok(task) => println!("{name:<44} {:>6} questions", task.examples.len()),
-            Err(e) => println!("{name:<44} unavailable: {e:#}"),
+    let (bigbench, left_out) = bigbench_tasks(&data.join("bigbench"));
+    names.extend(bigbench);
+    for name in names.iter().chain(&left_out) {
+        match load_task(name, &data, args.seed) {
+            Ok(task) => println!(
+                "{name:<52} {:>6} questions, {}",
+                task.examples.len(),
+                task_kind(&task)
+            ),
+            Err(e) => println!("{name:<52} unavailable: {e:#}"),
         }
     }
     println!("jsonl:PATH                                   your own questions (see the README)");
@@ -135,8 +151,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     if args.list_tasks {
         return list_tasks(&args);
     }
-    let tasks: Vec<Task> = args
-        .tasks
+    let tasks: Vec<Task> = expand_tasks(&args.tasks, &data_dir(&args))?
         .iter()
         .map(|t| load_task(t, &data_dir(&args), args.seed))
         .collect::<Result<_>>()?;
@@ -203,6 +218,25 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     }
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
     let task_names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
+    if args.screen {
+        let chances: Vec<f64> = tasks.iter().map(chance).collect();
+        let members = summaries(&current, &names, &task_names);
+        let rows = screen(&members, &task_names, &chances, args.max_gap);
+        let candidates = rows.iter().filter(|r| r.candidate).count();
+        println!(
+            "{candidates} of {} tasks have every member above chance (exact binomial p <= 0.05) and within {} points:\n",
+            rows.len(),
+            args.max_gap
+        );
+        println!("{}", screen_table(&rows, &names));
+        if let Some(path) = &args.summary {
+            std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("gac eval: screen in {}", path.display());
+        }
+        eprintln!("gac eval: per-example results in {}", args.out.display());
+        return Ok(());
+    }
     println!("{}", table(&current, &names, &task_names));
     let comparisons = compare(&current, &names, &task_names, args.seed);
     if !comparisons.is_empty() {
@@ -291,7 +325,7 @@ fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result<Vec<Config
             ));
         }
     }
-    if n > 1 {
+    if n > 1 && !args.screen {
         configs.push(make(
             "average".into(),
             all.clone(),
