@@ -4,6 +4,7 @@
 //!
 //! ```toml
 //! name = "my-ensemble"      # optional: the model name `gac serve` reports
+//! weighting = "fixed"       # optional: or "confidence" (weights times each step's top probability)
 //!
 //! [[member]]
 //! path = "models/a.gguf"
@@ -30,7 +31,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use gac_core::ensemble::validate;
-use gac_core::{Error, Mode, Result, Schedule, WhenUnsure};
+use gac_core::{Error, Mode, Result, Schedule, Weighting, WhenUnsure};
 
 /// A whole ensemble: its members and, optionally, a gate.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -43,6 +44,9 @@ pub struct EnsembleConfig {
     pub members: Vec<MemberConfig>,
     /// Gated mode, if present.
     pub gate: Option<GateConfig>,
+    /// `fixed` (default) or `confidence`: each member's weight times its top probability at
+    /// each step.
+    pub weighting: Option<String>,
 }
 
 /// Which inference runtime hosts a member.
@@ -214,7 +218,20 @@ impl EnsembleConfig {
             }
         }
         self.schedule()?;
+        self.weighting()?;
         validate(&self.weights(), &self.mode()?, self.members.len())
+    }
+
+    /// How the weights are set at each step: `weighting`, fixed by default.
+    pub fn weighting(&self) -> Result<Weighting> {
+        match self.weighting.as_deref() {
+            None | Some("fixed") => Ok(Weighting::Fixed),
+            Some("confidence") => Ok(Weighting::Confidence),
+            Some(other) => Err(Error::config(
+                "weighting",
+                format!("'{other}' is neither 'fixed' nor 'confidence'"),
+            )),
+        }
     }
 
     /// When gated mode evaluates the non-gate members: the `[gate]`'s `schedule`, or by default
@@ -345,6 +362,10 @@ mod tests {
             (
                 "[[member]]\npath='a'\n[gate]\nmember=0\nthreshold=0.5\nschedule='soon'",
                 "schedule: 'soon'",
+            ),
+            (
+                "weighting='loud'\n[[member]]\npath='a'",
+                "weighting: 'loud' is neither",
             ),
             ("[[member]]\npath='a'\nweigth=1", "weigth"),
             ("[[member]]\npath='a'\nruntime='vllm'", "vllm"),

@@ -408,6 +408,9 @@ fn eval_runs_end_to_end_and_resumes() {
                 "0.5",
                 "--union-top-k",
                 "5",
+                "--confidence",
+                "--learn-weights",
+                "2",
                 "--max-tokens",
                 "6",
                 "--data",
@@ -435,13 +438,21 @@ fn eval_runs_end_to_end_and_resumes() {
         "| member:0 |",
         "| member:1 |",
         "| average |",
+        "| average:confidence |",
+        "| average:learned |",
         "| gated:0.5 |",
     ] {
         assert!(stdout.contains(row), "{stdout}");
     }
     // Every ensemble against the better member, per task and over all, with intervals.
     assert!(stdout.contains("against the better member"), "{stdout}");
-    for config in ["average", "gated:0.5"] {
+    assert!(stderr.contains("learned weights for boolq: "), "{stderr}");
+    for config in [
+        "average",
+        "average:confidence",
+        "average:learned",
+        "gated:0.5",
+    ] {
         let rows = stdout
             .lines()
             .filter(|l| l.starts_with(&format!("| {config} | member:")))
@@ -450,9 +461,9 @@ fn eval_runs_end_to_end_and_resumes() {
     }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
-    assert_eq!(json["configurations"].as_array().unwrap().len(), 5);
+    assert_eq!(json["configurations"].as_array().unwrap().len(), 7);
     let versus = json["versus_better_member"].as_array().unwrap();
-    assert_eq!(versus.len(), 3 * 3, "3 ensembles x (2 tasks + all): {json}");
+    assert_eq!(versus.len(), 5 * 3, "5 ensembles x (2 tasks + all): {json}");
     for v in versus {
         let d = v["difference"].as_f64().unwrap();
         assert!(
@@ -463,13 +474,22 @@ fn eval_runs_end_to_end_and_resumes() {
     let svg = std::fs::read_to_string(&intervals).unwrap();
     assert_eq!(
         svg.matches("<circle").count(),
-        3,
+        5,
         "one interval per ensemble: {svg}"
     );
     let png = image::open(&points).expect("the --plot file is a PNG");
     assert_eq!((png.width(), png.height()), (640, 420));
     let lines = std::fs::read_to_string(&out).unwrap().lines().count();
-    assert_eq!(lines, 5 * 2 * 3, "5 configurations x 2 tasks x 3 examples");
+    assert_eq!(
+        lines,
+        7 * 2 * 3 + 2 * 2 * 2,
+        "7 configurations x 2 tasks x 3 examples, and 2 held-out per member and task"
+    );
+    let held_out = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        held_out.matches("\"config\":\"member:1:held-out\"").count(),
+        4
+    );
     let second = run();
     assert!(second.status.success());
     assert_eq!(

@@ -162,6 +162,17 @@ pub enum Schedule {
     Eager,
 }
 
+/// How the members' weights are set at a step where several are combined.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Weighting {
+    /// The ensemble's own weights, the same at every step (paper Eq. 3).
+    #[default]
+    Fixed,
+    /// Each member's weight times its confidence at this step (its top probability), so a
+    /// member that is sure of its next token counts more than one that is not.
+    Confidence,
+}
+
 /// How members are combined at each step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {

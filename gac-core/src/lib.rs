@@ -31,7 +31,7 @@ pub mod tokenizer_json;
 pub mod union;
 pub mod vocab;
 
-pub use combine::{Mode, Schedule, WhenUnsure};
+pub use combine::{Mode, Schedule, Weighting, WhenUnsure};
 pub use ensemble::{
     Ensemble, Finish, GenerateOptions, Generation, Observer, Prompt, Stats, StepStats, TokenLogprob,
 };

@@ -10,6 +10,8 @@ pub mod screen;
 pub mod tasks;
 
 pub use paired::{compare, paired_table, Paired};
-pub use results::{fingerprint, points, sample, summaries, table, Record, Results, Summary};
+pub use results::{
+    fingerprint, held_out, points, sample, summaries, table, Record, Results, Summary,
+};
 pub use score::{extract, is_correct, Extracted};
 pub use tasks::{letter_skew, load_task, Example, Target, Task, TASKS};

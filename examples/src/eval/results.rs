@@ -281,6 +281,16 @@ fn mean(values: &[f64]) -> f64 {
     }
 }
 
+/// `n` examples kept apart from [`sample`]'s (neither evaluated nor shown), from the same order:
+/// fewer when the task has too few questions.
+pub fn held_out(len: usize, limit: usize, shots: usize, n: usize, seed: u64) -> Vec<usize> {
+    let (chosen, shown) = sample(len, limit, shots, seed);
+    let taken = chosen.len() + shown.len();
+    let mut order = sample(len, len, 0, seed).0;
+    order.truncate((taken + n).min(len));
+    order.split_off(taken.min(order.len()))
+}
+
 /// Picks `limit` examples to evaluate and `shots` others to show, deterministically for a seed.
 pub fn sample(len: usize, limit: usize, shots: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let mut order: Vec<usize> = (0..len).collect();

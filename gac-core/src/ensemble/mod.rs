@@ -182,6 +182,7 @@ impl Ensemble {
                     None => Chain::for_pick(&options.pick, options.union_top_k),
                 },
                 schedule: options.schedule,
+                weighting: options.weighting,
                 logprobs: options.logprobs,
                 stats: Stats::default(),
             };

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::combine::{Mode, Schedule, WhenUnsure};
+use crate::combine::{Mode, Schedule, Weighting, WhenUnsure};
 use crate::select::{Candidates, Chain, Filled, Input};
 use crate::text::{find_stop, held_back, Utf8Stream};
 use crate::union::{Union, UnionId, END};
@@ -27,6 +27,8 @@ pub(super) struct Run<'a> {
     pub(super) chain: Chain,
     /// When gated mode evaluates the non-gate members.
     pub(super) schedule: Schedule,
+    /// Fixed weights or confidence-weighted.
+    pub(super) weighting: Weighting,
     /// How many alternatives to report with each token's probability, if any.
     pub(super) logprobs: Option<usize>,
     pub(super) stats: Stats,
@@ -49,7 +51,13 @@ impl Run<'_> {
     fn choose(&mut self, which: &[usize], step: usize) -> Result<Picked> {
         let started = Instant::now();
         let mut evaluating = Duration::ZERO;
-        let inputs = inputs_of(&self.workers, self.weights, self.union, which);
+        let inputs = inputs_of(
+            &self.workers,
+            self.weights,
+            self.weighting,
+            self.union,
+            which,
+        );
         let mut filled = self.chain.scatter(&mut self.candidates, &inputs);
         if filled == Filled::NeedsFull {
             let t = Instant::now();
@@ -67,7 +75,13 @@ impl Run<'_> {
                 self.workers[i].receive(&mut self.stats.members[i])?;
             }
             evaluating = t.elapsed();
-            let inputs = inputs_of(&self.workers, self.weights, self.union, which);
+            let inputs = inputs_of(
+                &self.workers,
+                self.weights,
+                self.weighting,
+                self.union,
+                which,
+            );
             filled = self.chain.scatter(&mut self.candidates, &inputs);
         }
         if filled != Filled::Mass {
@@ -259,16 +273,21 @@ impl Run<'_> {
     }
 }
 
-/// These members' last distributions as the selection reads them, with their weights
-/// renormalized over them.
+/// These members' last distributions as the selection reads them, with their weights (times
+/// their confidence at this step, if so weighted) renormalized over them.
 fn inputs_of<'a>(
     workers: &'a [Worker],
     weights: &[f32],
+    weighting: Weighting,
     union: &'a Union,
     which: &[usize],
 ) -> Vec<Input<'a>> {
+    let weight = |i: usize| match weighting {
+        Weighting::Fixed => f64::from(weights[i]),
+        Weighting::Confidence => f64::from(weights[i]) * f64::from(workers[i].top),
+    };
     // In f64: large f32 weights must not overflow their sum and normalize to 0.
-    let total: f64 = which.iter().map(|&i| f64::from(weights[i])).sum();
+    let total: f64 = which.iter().map(|&i| weight(i)).sum();
     which
         .iter()
         .map(|&i| {
@@ -280,7 +299,7 @@ fn inputs_of<'a>(
                 full: dist.full,
                 projection: union.projection(i),
                 weight: match total > 0.0 {
-                    true => (f64::from(weights[i]) / total) as f32,
+                    true => (weight(i) / total) as f32,
                     false => 1.0 / which.len() as f32,
                 },
                 max_fold: union.max_fold(i),

@@ -540,3 +540,36 @@ fn sampling_over_a_head_draws_only_from_the_head() {
     assert_ne!(free.tokens, best.tokens, "the draw itself is not greedy");
     assert_eq!(drawn.stats.members[0].full_after_head, 0);
 }
+
+#[test]
+fn confidence_weighting_lets_the_surer_member_count_more() {
+    // Member a: "h" 0.8, "e" 0.2 (sure). Member b: "e" 0.65, "l" 0.35 (less sure).
+    // Fixed weights: "e" (0.425) beats "h" (0.4); by confidence (0.8 vs 0.65), "h" wins.
+    let probs = |pairs: &[(usize, f32)]| {
+        let mut logits = vec![f32::NEG_INFINITY; A.len()];
+        for &(i, p) in pairs {
+            logits[i] = p.ln();
+        }
+        logits
+    };
+    let members = || {
+        vec![
+            fixed("a", A, probs(&[(1, 0.8), (2, 0.2)])),
+            fixed("b", A, probs(&[(2, 0.65), (3, 0.35)])),
+        ]
+    };
+    let one = GenerateOptions {
+        max_tokens: 1,
+        ..Default::default()
+    };
+    let (fixed_weights, _) = run(members(), Mode::Average, &one).unwrap();
+    let confident = GenerateOptions {
+        weighting: crate::Weighting::Confidence,
+        ..one
+    };
+    let (by_confidence, _) = run(members(), Mode::Average, &confident).unwrap();
+    assert_eq!(
+        (fixed_weights.text.as_str(), by_confidence.text.as_str()),
+        ("e", "h")
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::combine::Schedule;
+use crate::combine::{Schedule, Weighting};
 use crate::member::Message;
 use crate::pick::PickConfig;
 use crate::union::UnionId;
@@ -25,6 +25,8 @@ pub struct GenerateOptions {
     pub union_top_k: Option<usize>,
     /// When gated mode evaluates the non-gate members (ignored in average mode).
     pub schedule: Schedule,
+    /// Fixed weights, or each member's weight times its confidence at the step.
+    pub weighting: Weighting,
     /// Report each picked token's probability under the combined distribution, with this many
     /// of that step's most probable tokens (see [`TokenLogprob`]); `None` reports nothing.
     pub logprobs: Option<usize>,
@@ -39,6 +41,7 @@ impl Default for GenerateOptions {
             chat: false,
             union_top_k: None,
             schedule: Schedule::Lazy,
+            weighting: Weighting::Fixed,
             logprobs: None,
         }
     }

@@ -41,6 +41,10 @@ pub struct EnsembleArgs {
     /// has a GPU of its own, else lazy.
     #[arg(long, value_name = "WHEN", requires = "gate")]
     schedule: Option<String>,
+    /// `fixed` weights (default), or `confidence`: at each step, each member's weight times
+    /// its top probability, so a member sure of its next token counts more.
+    #[arg(long, value_name = "HOW")]
+    weighting: Option<String>,
     /// CPU threads of the llama.cpp member whose --model it follows (default: the cores divided
     /// among the members; mistral.rs members share one pool, sized by RAYON_NUM_THREADS).
     #[arg(long = "threads", value_name = "N", conflicts_with = "config")]
@@ -123,6 +127,9 @@ impl EnsembleArgs {
             if m.runtime == RuntimeKind::LlamaCpp && m.threads.is_none() {
                 m.threads = Some((cores / n.max(1) as i32).max(1));
             }
+        }
+        if self.weighting.is_some() {
+            config.weighting = self.weighting.clone();
         }
         if let Some(member) = self.gate {
             parse_when_unsure(&self.when_unsure)?;

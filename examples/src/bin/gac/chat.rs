@@ -57,6 +57,7 @@ pub fn chat(args: ChatArgs, config: EnsembleConfig) -> Result<()> {
         max_tokens: args.max_tokens,
         pick: args.sampling.pick(0.7),
         schedule: config.schedule()?,
+        weighting: config.weighting()?,
         ..GenerateOptions::default()
     };
     options.pick.validate()?;

@@ -5,13 +5,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gac_core::{Ensemble, GenerateOptions, Member, Mode, Schedule, WhenUnsure};
+use gac_core::{Ensemble, GenerateOptions, Member, Mode, Schedule, Weighting, WhenUnsure};
 use gac_examples::config::{EnsembleConfig, RuntimeKind};
 use gac_examples::eval::paired::RESAMPLES;
 use gac_examples::eval::plot::{plot_intervals, plot_points};
 use gac_examples::eval::{
-    compare, extract, fingerprint, is_correct, letter_skew, load_task, paired_table, points,
-    sample,
+    compare, extract, fingerprint, held_out, is_correct, letter_skew, load_task, paired_table,
+    points, sample,
     screen::{screen, screen_table},
     summaries, table,
     tasks::{bigbench_tasks, chance, expand_tasks, task_kind},
@@ -65,11 +65,19 @@ pub struct EvalArgs {
     /// Skip the members-alone configurations.
     #[arg(long)]
     no_single: bool,
+    /// Also evaluate the confidence-weighted average: at each step, each member's weight times
+    /// its top probability.
+    #[arg(long)]
+    confidence: bool,
+    /// Also evaluate the average with weights learned per task: each member's accuracy on N
+    /// questions of the task kept apart from the scored sample and the shots.
+    #[arg(long, value_name = "N", conflicts_with = "no_single")]
+    learn_weights: Option<usize>,
     /// Screen tasks instead: run the members alone (no ensembles) and report, per task, whether
     /// every member is above chance and all within --max-gap points of each other, where an
     /// ensemble of them can help. Meant for a small --limit over many tasks
     /// (`--task 'bigbench:*'`).
-    #[arg(long, conflicts_with_all = ["thresholds", "union_top_ks", "no_single", "plot", "plot_paired"])]
+    #[arg(long, conflicts_with_all = ["thresholds", "union_top_ks", "no_single", "plot", "plot_paired", "confidence", "learn_weights"])]
     screen: bool,
     /// With --screen: the largest accuracy gap between the members, in points, for a task to
     /// be an ensemble candidate.
@@ -196,6 +204,18 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             .map(Some)
             .collect();
     let mut current = Vec::new();
+    let learned = match args.learn_weights {
+        Some(held) if n > 1 => learn_weights(
+            &configs[..n],
+            &mut slots,
+            &tasks,
+            held,
+            &args,
+            &mut results,
+            &mut current,
+        )?,
+        _ => Vec::new(),
+    };
     for c in &configs {
         let members: Vec<Box<dyn Member>> = c
             .members
@@ -203,7 +223,17 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             .map(|&i| slots[i].take().expect("member in its slot"))
             .collect();
         let mut ensemble = Ensemble::new(members, c.weights.clone(), c.mode)?;
-        let outcome = run_config(&mut ensemble, c, &tasks, &args, &mut results);
+        let per_task = c.learned.then_some(&learned[..]);
+        let scored = |t: &Task| sample(t.examples.len(), args.limit, args.shots, args.seed);
+        let outcome = run_config(
+            &mut ensemble,
+            c,
+            &tasks,
+            &args,
+            &mut results,
+            &scored,
+            per_task,
+        );
         for (&i, m) in c.members.iter().zip(ensemble.into_members()) {
             slots[i] = Some(m);
         }
@@ -280,6 +310,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 }
 
 /// One configuration: which members, combined how, and the fingerprint of its setup.
+#[derive(Clone)]
 struct Config {
     name: String,
     members: Vec<usize>,
@@ -287,6 +318,9 @@ struct Config {
     mode: Mode,
     schedule: Schedule,
     union_top_k: Option<usize>,
+    weighting: Weighting,
+    /// Weights learned per task (`--learn-weights`) replace `weights`.
+    learned: bool,
     setup: String,
 }
 
@@ -310,8 +344,22 @@ fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result<Vec<Config
             mode,
             schedule,
             union_top_k: top_k,
+            weighting: Weighting::Fixed,
+            learned: false,
             setup,
         }
+    };
+    // A variant of the average: same members and mode, its own name and setup.
+    let variant = |name: &str, what: &str| {
+        let mut c = make(
+            name.into(),
+            (0..n).collect(),
+            weights.clone(),
+            Mode::Average,
+            None,
+        );
+        c.setup = fingerprint(&format!("{} {what}", c.setup));
+        c
     };
     let mut configs = Vec::new();
     if !args.no_single || n == 1 {
@@ -342,6 +390,16 @@ fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result<Vec<Config
                 Mode::Average,
                 Some(k),
             ));
+        }
+        if args.confidence {
+            let mut c = variant("average:confidence", "weighting=confidence");
+            c.weighting = Weighting::Confidence;
+            configs.push(c);
+        }
+        if let Some(held) = args.learn_weights {
+            let mut c = variant("average:learned", &format!("weights=learned:{held}"));
+            c.learned = true;
+            configs.push(c);
         }
         let gates = match args.gates.is_empty() {
             true => vec![0],
@@ -379,6 +437,64 @@ fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result<Vec<Config
     Ok(configs)
 }
 
+/// Runs each member alone on `held` questions of each task kept apart from the scored sample and
+/// the shots (as `member:I:held-out`), and returns per task each member's weight: its accuracy
+/// there (plus 0.01, so that no weight is 0). Their records go to `current`.
+fn learn_weights(
+    members: &[Config],
+    slots: &mut [Option<Box<dyn Member>>],
+    tasks: &[Task],
+    held: usize,
+    args: &EvalArgs,
+    results: &mut Results,
+    current: &mut Vec<Record>,
+) -> Result<Vec<Vec<f32>>> {
+    let questions = |t: &Task| {
+        let len = t.examples.len();
+        let shots = sample(len, args.limit, args.shots, args.seed).1;
+        (
+            held_out(len, args.limit, args.shots, held, args.seed),
+            shots,
+        )
+    };
+    let mut weights = vec![Vec::new(); tasks.len()];
+    for (i, member) in members.iter().enumerate() {
+        let config = Config {
+            name: format!("{}:held-out", member.name),
+            setup: member.setup.clone(),
+            ..member.clone()
+        };
+        let alone = vec![slots[i].take().expect("member in its slot")];
+        let mut ensemble = Ensemble::new(alone, None, Mode::Average)?;
+        let records = run_config(
+            &mut ensemble,
+            &config,
+            tasks,
+            args,
+            results,
+            &questions,
+            None,
+        );
+        slots[i] = ensemble.into_members().pop();
+        let records = records?;
+        for (t, task) in tasks.iter().enumerate() {
+            let of: Vec<&Record> = records.iter().filter(|r| r.task == task.name).collect();
+            let right = of.iter().filter(|r| r.correct).count();
+            weights[t].push(right as f32 / of.len().max(1) as f32 + 0.01);
+        }
+        current.extend(records);
+    }
+    for (task, w) in tasks.iter().zip(&weights) {
+        let shown: Vec<String> = w.iter().map(|x| format!("{x:.2}")).collect();
+        eprintln!(
+            "gac eval: learned weights for {}: {}",
+            task.name,
+            shown.join(", ")
+        );
+    }
+    Ok(weights)
+}
+
 /// `gated:T` for gate 0 averaging when unsure, else `gated:T:gate=G[:member=K]`.
 fn gated_name(mode: Mode) -> String {
     let Mode::Gated {
@@ -411,8 +527,11 @@ fn setup_fingerprint(
             let m = &config.members[i];
             let size = std::fs::metadata(&m.path).map_or(0, |md| md.len());
             let file = m.path.file_name().unwrap_or_default().to_string_lossy();
+            let top_k = m
+                .device_top_k
+                .map_or(String::new(), |k| format!(":device_top_k={k}"));
             format!(
-                "{:?}:{file}:{size}:gpu={:?}:layers={:?}:threads={:?}:ctx={:?}",
+                "{:?}:{file}:{size}:gpu={:?}:layers={:?}:threads={:?}:ctx={:?}{top_k}",
                 m.runtime, m.gpu, m.gpu_layers, m.threads, m.context
             )
         })
@@ -428,6 +547,9 @@ fn setup_fingerprint(
 /// Where an answer ends.
 const STOPS: [&str; 2] = ["\n\n", "Question:"];
 
+/// Which questions of a task to ask, and which to show as shots.
+type Questions<'a> = dyn Fn(&Task) -> (Vec<usize>, Vec<usize>) + 'a;
+
 /// Evaluates one configuration on every task's sample; returns the sample's records, those of
 /// earlier runs of the same setup reused. A failed generation is recorded as such and the run
 /// goes on.
@@ -437,18 +559,24 @@ fn run_config(
     tasks: &[Task],
     args: &EvalArgs,
     results: &mut Results,
+    questions: &Questions<'_>,
+    per_task_weights: Option<&[Vec<f32>]>,
 ) -> Result<Vec<Record>> {
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
         stop: STOPS.iter().map(|s| s.to_string()).collect(),
         union_top_k: config.union_top_k,
         schedule: config.schedule,
+        weighting: config.weighting,
         ..GenerateOptions::default()
     };
     let (name, setup) = (config.name.as_str(), config.setup.as_str());
     let mut current = Vec::new();
-    for task in tasks {
-        let (chosen, shot_ids) = sample(task.examples.len(), args.limit, args.shots, args.seed);
+    for (t, task) in tasks.iter().enumerate() {
+        if let Some(weights) = per_task_weights {
+            ensemble.set_weights(weights[t].clone())?;
+        }
+        let (chosen, shot_ids) = questions(task);
         let shots: Vec<_> = shot_ids.iter().map(|&i| &task.examples[i]).collect();
         let mut todo = Vec::new();
         for i in chosen {

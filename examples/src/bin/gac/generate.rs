@@ -61,6 +61,7 @@ pub fn generate(args: GenerateArgs, config: EnsembleConfig) -> Result<()> {
         chat: args.chat,
         union_top_k: args.union_top_k,
         schedule: config.schedule()?,
+        weighting: config.weighting()?,
         logprobs: None,
     };
     options.pick.validate()?;

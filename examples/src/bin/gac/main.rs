@@ -141,6 +141,7 @@ impl MemberArgs {
                     .map(|m| member_flag(m))
                     .collect::<Result<_>>()?,
                 gate: None,
+                weighting: None,
             }),
         }
     }

@@ -106,6 +106,7 @@ pub fn vocab(args: VocabArgs) -> Result<()> {
                     name: None,
                     members: vec![m.clone()],
                     gate: None,
+                    weighting: None,
                 };
                 let member = load_members(&one, true, false)
                     .with_context(|| format!("member {i}"))?

@@ -21,6 +21,7 @@ pub struct Limits {
     pub weights: Vec<f32>,
     pub mode: Mode,
     pub schedule: gac_core::Schedule,
+    pub weighting: gac_core::Weighting,
     pub members: usize,
 }
 
@@ -323,6 +324,7 @@ impl Common {
                 chat: false,
                 union_top_k: self.union_top_k,
                 schedule: limits.schedule,
+                weighting: limits.weighting,
                 logprobs,
             },
             weights,

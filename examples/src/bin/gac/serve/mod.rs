@@ -138,6 +138,7 @@ fn load(state: &State, args: &ServeArgs, config: &EnsembleConfig) -> Result<()> 
         weights: config.weights(),
         mode,
         schedule: config.schedule()?,
+        weighting: config.weighting()?,
         members: config.members.len(),
     };
     let union = Arc::new(ensembles[0].union().clone());
