@@ -177,6 +177,9 @@ unsafe extern "C" fn capture_apply(
 ) {
     let captured = &*(*smpl).ctx.cast::<Mutex<Vec<(u32, f32)>>>();
     let cur = &mut *cur_p;
+    if cur.data.is_null() || cur.size == 0 {
+        return;
+    }
     let entries = std::slice::from_raw_parts(cur.data, cur.size);
     if let Ok(mut out) = captured.lock() {
         out.clear();
