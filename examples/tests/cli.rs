@@ -254,7 +254,10 @@ fn bad_settings_are_named() {
         (&[""], "prompt is empty"),
         (&["--union-top-k", "0", "hi"], "union_top_k"),
         (&["--device-top-k", "0", "hi"], "member[1].device_top_k"),
-        (&["--weighting", "loud", "hi"], "weighting: 'loud' is neither"),
+        (
+            &["--weighting", "loud", "hi"],
+            "weighting: 'loud' is neither",
+        ),
     ];
     for (args, needle) in cases {
         let err = m(args);

@@ -92,7 +92,11 @@ pub const TASKS: &[(&str, &str)] = &[
 pub fn load_task(name: &str, data_dir: &Path, seed: u64) -> Result<Task> {
     if let Some(task) = name.strip_prefix("bigbench:") {
         let root = data_dir.join("bigbench");
-        return bigbench(name, &bigbench_file(&root, task)?, seed);
+        let (task, generative) = match task.strip_suffix(GENERATIVE) {
+            Some(task) => (task, true),
+            None => (task, false),
+        };
+        return bigbench(name, &bigbench_file(&root, task)?, seed, generative);
     }
     if let Some(path) = name.strip_prefix("jsonl:") {
         return generic_jsonl(name, Path::new(path));
@@ -355,13 +359,13 @@ fn with_choices(id: String, question: &str, choices: &[&str], index: usize) -> E
 
 /// A BIG-bench `task.json`: multiple choice from `target_scores` (the best-scored option is
 /// correct; with more than 26 options, a short answer: that option written out), short answers
-/// from `target`.
+/// from `target` (also where both are given when `generative`).
 ///
 /// BIG-bench files keep the correct option in a fixed place in many tasks (first in
 /// date_understanding for 364 of 369 questions, last in the arithmetic tasks), which few-shot
 /// examples would teach. So each question's options are sorted, then shuffled
 /// deterministically from `seed`, the task name and the question's index.
-pub fn bigbench(name: &str, path: &Path, seed: u64) -> Result<Task> {
+pub fn bigbench(name: &str, path: &Path, seed: u64, generative: bool) -> Result<Task> {
     let text = read_maybe_gzip(path).with_context(|| {
         format!(
             "cannot read {} (run `scripts/fetch-assets data`)",
@@ -382,7 +386,11 @@ pub fn bigbench(name: &str, path: &Path, seed: u64) -> Result<Task> {
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow!("{}: missing 'input'", at()))?;
         let id = i.to_string();
-        if let Some(scores) = row.get("target_scores").and_then(Value::as_object) {
+        let scores = match generative {
+            true => None,
+            false => row.get("target_scores").and_then(Value::as_object),
+        };
+        if let Some(scores) = scores {
             let mut choices: Vec<&str> = scores.keys().map(String::as_str).collect();
             choices.sort_unstable();
             shuffle(&mut choices, seed ^ fnv1a(name.as_bytes()) ^ i as u64);
@@ -457,6 +465,10 @@ pub fn expand_tasks(patterns: &[String], data_dir: &Path) -> Result<Vec<String>>
     names.retain(|n| seen.insert(n.clone()));
     Ok(names)
 }
+
+/// The suffix that asks for a BIG-bench task's short-answer form (its `target`) where its
+/// questions also have options (`target_scores`), as in `bigbench:arithmetic/2_digit_addition:generative`.
+pub const GENERATIVE: &str = ":generative";
 
 /// The file of BIG-bench task `task` (`TASK` or `TASK/SUBTASK`) under `root`: `task.json.gz`
 /// as `scripts/fetch-assets` keeps them, or a plain `task.json`. A task that is not there is

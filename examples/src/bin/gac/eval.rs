@@ -14,8 +14,8 @@ use gac_examples::eval::{
     points, sample,
     screen::{screen, screen_table},
     summaries, table,
-    tasks::{bigbench_tasks, chance, expand_tasks, task_kind},
-    Record, Results, Task, TASKS,
+    tasks::{bigbench_tasks, chance, expand_tasks, task_kind, GENERATIVE},
+    Record, Results, Target, Task, TASKS,
 };
 
 use super::progress;
@@ -141,14 +141,28 @@ fn list_tasks(args: &EvalArgs) -> Result<()> {
     let mut names: Vec<String> = TASKS.iter().map(|(n, _)| n.to_string()).collect();
     let (bigbench, left_out) = bigbench_tasks(&data.join("bigbench"));
     names.extend(bigbench);
+    let show = |name: &str, task: &Task| {
+        println!(
+            "{name:<64} {:>6} questions, {}",
+            task.examples.len(),
+            task_kind(task)
+        )
+    };
+    let choices = |task: &Task| matches!(task.examples[0].target, Target::Choice { .. });
     for name in names.iter().chain(&left_out) {
         match load_task(name, &data, args.seed) {
-            Ok(task) => println!(
-                "{name:<52} {:>6} questions, {}",
-                task.examples.len(),
-                task_kind(&task)
-            ),
-            Err(e) => println!("{name:<52} unavailable: {e:#}"),
+            Ok(task) => {
+                show(name, &task);
+                // A multiple-choice BIG-bench task may also have short answers.
+                let generative = format!("{name}{GENERATIVE}");
+                if name.starts_with("bigbench:") && choices(&task) {
+                    match load_task(&generative, &data, args.seed) {
+                        Ok(other) if !choices(&other) => show(&generative, &other),
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => println!("{name:<64} unavailable: {e:#}"),
         }
     }
     println!("jsonl:PATH                                   your own questions (see the README)");
