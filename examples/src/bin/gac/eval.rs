@@ -165,7 +165,7 @@ fn list_tasks(args: &EvalArgs) -> Result<()> {
             Err(e) => println!("{name:<64} unavailable: {e:#}"),
         }
     }
-    println!("jsonl:PATH                                   your own questions (see the README)");
+    println!("{:<64} your own questions (see the README)", "jsonl:PATH");
     Ok(())
 }
 
@@ -472,6 +472,7 @@ fn learn_weights(
         )
     };
     let mut weights = vec![Vec::new(); tasks.len()];
+    let mut asked = vec![0; tasks.len()];
     for (i, member) in members.iter().enumerate() {
         let config = Config {
             name: format!("{}:held-out", member.name),
@@ -494,14 +495,19 @@ fn learn_weights(
         for (t, task) in tasks.iter().enumerate() {
             let of: Vec<&Record> = records.iter().filter(|r| r.task == task.name).collect();
             let right = of.iter().filter(|r| r.correct).count();
+            asked[t] = of.len();
             weights[t].push(right as f32 / of.len().max(1) as f32 + 0.01);
         }
         current.extend(records);
     }
-    for (task, w) in tasks.iter().zip(&weights) {
+    for ((task, w), asked) in tasks.iter().zip(&weights).zip(asked) {
         let shown: Vec<String> = w.iter().map(|x| format!("{x:.2}")).collect();
+        let note = match asked {
+            0 => " (no question left apart from the sample and the shots: equal weights)".into(),
+            n => format!(" (from {n} held-out questions)"),
+        };
         eprintln!(
-            "gac eval: learned weights for {}: {}",
+            "gac eval: learned weights for {}: {}{note}",
             task.name,
             shown.join(", ")
         );
