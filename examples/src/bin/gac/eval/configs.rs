@@ -1,0 +1,186 @@
+//! The configurations one `gac eval` run compares, and the fingerprint of each setup.
+
+use anyhow::Result;
+use gac_core::{Mode, Schedule, Weighting, WhenUnsure};
+use gac_examples::config::EnsembleConfig;
+use gac_examples::eval::fingerprint;
+
+use super::run::STOPS;
+use super::EvalArgs;
+
+/// One configuration: which members, combined how, and the fingerprint of its setup.
+#[derive(Clone)]
+pub(super) struct Config {
+    pub(super) name: String,
+    pub(super) members: Vec<usize>,
+    pub(super) weights: Option<Vec<f32>>,
+    pub(super) mode: Mode,
+    pub(super) schedule: Schedule,
+    pub(super) union_top_k: Option<usize>,
+    pub(super) weighting: Weighting,
+    /// Weights learned per task (`--learn-weights`) replace `weights`.
+    pub(super) learned: bool,
+    pub(super) setup: String,
+}
+
+/// Each member alone, the average (with the configuration's weights), each top-k union, the
+/// gated ensembles of --threshold (gate = member 0) and the configuration's own [gate].
+pub(super) fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result<Vec<Config>> {
+    let n = config.members.len();
+    let all: Vec<usize> = (0..n).collect();
+    let weights = Some(config.weights());
+    let (own, own_schedule) = (config.mode()?, config.schedule()?);
+    let make = |name: String, members: Vec<usize>, weights: Option<Vec<f32>>, mode, top_k| {
+        let schedule = match mode == own {
+            true => own_schedule,
+            false => Schedule::Lazy,
+        };
+        let setup = setup_fingerprint(config, &members, &weights, (mode, schedule), top_k, args);
+        Config {
+            name,
+            members,
+            weights,
+            mode,
+            schedule,
+            union_top_k: top_k,
+            weighting: Weighting::Fixed,
+            learned: false,
+            setup,
+        }
+    };
+    // A variant of the average: same members and mode, its own name and setup.
+    let variant = |name: &str, what: &str| {
+        let mut c = make(
+            name.into(),
+            (0..n).collect(),
+            weights.clone(),
+            Mode::Average,
+            None,
+        );
+        c.setup = fingerprint(&format!("{} {what}", c.setup));
+        c
+    };
+    let mut configs = Vec::new();
+    if !args.no_single || n == 1 {
+        for i in 0..n {
+            configs.push(make(
+                format!("member:{i}"),
+                vec![i],
+                None,
+                Mode::Average,
+                None,
+            ));
+        }
+    }
+    if n > 1 && !args.screen {
+        configs.push(make(
+            "average".into(),
+            all.clone(),
+            weights.clone(),
+            Mode::Average,
+            None,
+        ));
+        for &k in &args.union_top_ks {
+            let name = format!("average:top{k}");
+            configs.push(make(
+                name,
+                all.clone(),
+                weights.clone(),
+                Mode::Average,
+                Some(k),
+            ));
+        }
+        if args.confidence {
+            let mut c = variant("average:confidence", "weighting=confidence");
+            c.weighting = Weighting::Confidence;
+            configs.push(c);
+        }
+        if let Some(held) = args.learn_weights {
+            let mut c = variant("average:learned", &format!("weights=learned:{held}"));
+            c.learned = true;
+            configs.push(c);
+        }
+        let gates = match args.gates.is_empty() {
+            true => vec![0],
+            false => args.gates.clone(),
+        };
+        let mut gated = Vec::new();
+        for &gate in &gates {
+            let mut unsure = vec![WhenUnsure::Average];
+            if args.defer {
+                unsure.extend((0..n).filter(|&k| k != gate).map(WhenUnsure::Defer));
+            }
+            for &threshold in &args.thresholds {
+                for &when_unsure in &unsure {
+                    gated.push(Mode::Gated {
+                        gate,
+                        threshold,
+                        when_unsure,
+                    });
+                }
+            }
+        }
+        if own != Mode::Average && !gated.contains(&own) {
+            gated.push(own);
+        }
+        for mode in gated {
+            configs.push(make(
+                gated_name(mode),
+                all.clone(),
+                weights.clone(),
+                mode,
+                None,
+            ));
+        }
+    }
+    Ok(configs)
+}
+
+/// `gated:T` for gate 0 averaging when unsure, else `gated:T:gate=G[:member=K]`.
+fn gated_name(mode: Mode) -> String {
+    let Mode::Gated {
+        gate,
+        threshold,
+        when_unsure,
+    } = mode
+    else {
+        return "average".into();
+    };
+    match (gate, when_unsure) {
+        (0, WhenUnsure::Average) => format!("gated:{threshold}"),
+        (g, WhenUnsure::Average) => format!("gated:{threshold}:gate={g}"),
+        (g, WhenUnsure::Defer(k)) => format!("gated:{threshold}:gate={g}:member={k}"),
+    }
+}
+
+/// Everything besides the question that decides an answer, as a fingerprint.
+fn setup_fingerprint(
+    config: &EnsembleConfig,
+    members: &[usize],
+    weights: &Option<Vec<f32>>,
+    mode: (Mode, Schedule),
+    union_top_k: Option<usize>,
+    args: &EvalArgs,
+) -> String {
+    let members: Vec<String> = members
+        .iter()
+        .map(|&i| {
+            let m = &config.members[i];
+            let size = std::fs::metadata(&m.path).map_or(0, |md| md.len());
+            let file = m.path.file_name().unwrap_or_default().to_string_lossy();
+            let top_k = m
+                .device_top_k
+                .map_or(String::new(), |k| format!(":device_top_k={k}"));
+            format!(
+                "{:?}:{file}:{size}:gpu={:?}:layers={:?}:threads={:?}:ctx={:?}{top_k}",
+                m.runtime, m.gpu, m.gpu_layers, m.threads, m.context
+            )
+        })
+        .collect();
+    fingerprint(&format!(
+        "members=[{}] weights={weights:?} mode={mode:?} union_top_k={union_top_k:?} max_tokens={} prompt_cache={} stop={STOPS:?}",
+        members.join(", "),
+        args.max_tokens,
+        args.prompt_cache,
+    ))
+}

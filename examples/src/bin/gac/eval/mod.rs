@@ -1,0 +1,291 @@
+//! `gac eval`: few-shot generative evaluation of members and ensembles, side by side.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use gac_core::{Ensemble, Member};
+use gac_examples::config::RuntimeKind;
+use gac_examples::eval::paired::RESAMPLES;
+use gac_examples::eval::plot::{plot_intervals, plot_points};
+use gac_examples::eval::screen::{screen, screen_table};
+use gac_examples::eval::tasks::{chance, expand_tasks};
+use gac_examples::eval::{
+    compare, letter_skew, load_task, paired_table, points, sample, summaries, table, Results, Task,
+};
+
+mod configs;
+mod list;
+mod run;
+
+use configs::configurations;
+use list::list_tasks;
+use run::{learn_weights, run_config};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    members: super::MemberArgs,
+    /// Tasks (repeatable): mmlu, boolq, piqa, commonsenseqa, openbookqa, nq-open, asdiv,
+    /// bigbench:NAME (a task.json under DATA/bigbench), jsonl:PATH (your own data).
+    #[arg(
+        long = "task",
+        value_name = "NAME",
+        required_unless_present = "list_tasks"
+    )]
+    tasks: Vec<String>,
+    /// List the tasks found in the data folder (with their number of questions) and exit.
+    #[arg(long)]
+    list_tasks: bool,
+    /// Folder with the fetched benchmark data (default: $GAC_CACHE/data, or .cache/data).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Examples per task.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Answered examples shown before each question.
+    #[arg(long, default_value_t = 3)]
+    shots: usize,
+    /// Seed of the example and shot sample.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Gate thresholds to evaluate; repeatable. A --config with a [gate] adds that gated
+    /// ensemble too.
+    #[arg(long = "threshold", value_name = "T")]
+    thresholds: Vec<f32>,
+    /// Gate members for the --threshold ensembles (repeatable; default: member 0).
+    #[arg(long = "gate", value_name = "N", requires = "thresholds")]
+    gates: Vec<usize>,
+    /// Also evaluate, for each gate and threshold, deferring to each other member alone at
+    /// unsure steps (`when_unsure = member:K`, the paper's defer-to-the-stronger-model variant).
+    #[arg(long, requires = "thresholds")]
+    defer: bool,
+    /// Also evaluate the average over each member's K most probable tokens only (the top-k
+    /// union); repeatable.
+    #[arg(long = "union-top-k", value_name = "K")]
+    union_top_ks: Vec<usize>,
+    /// Skip the members-alone configurations.
+    #[arg(long)]
+    no_single: bool,
+    /// Also evaluate the confidence-weighted average: at each step, each member's weight times
+    /// its top probability.
+    #[arg(long)]
+    confidence: bool,
+    /// Also evaluate the average with weights learned per task: each member's accuracy on N
+    /// questions of the task kept apart from the scored sample and the shots.
+    #[arg(long, value_name = "N", conflicts_with = "no_single")]
+    learn_weights: Option<usize>,
+    /// Screen tasks instead: run the members alone (no ensembles) and report, per task, whether
+    /// every member is above chance and all within --max-gap points of each other, where an
+    /// ensemble of them can help. Meant for a small --limit over many tasks
+    /// (`--task 'bigbench:*'`).
+    #[arg(long, conflicts_with_all = ["thresholds", "union_top_ks", "no_single", "plot", "plot_paired", "confidence", "learn_weights"])]
+    screen: bool,
+    /// With --screen: the largest accuracy gap between the members, in points, for a task to
+    /// be an ensemble candidate.
+    #[arg(
+        long,
+        value_name = "POINTS",
+        default_value_t = 10.0,
+        requires = "screen"
+    )]
+    max_gap: f64,
+    /// Token limit per answer.
+    #[arg(long, default_value_t = 16)]
+    max_tokens: usize,
+    /// Results file (JSON lines; an existing file is resumed: an example already answered in the
+    /// same setup, asked the same way, is not generated again). One run at a time per file.
+    #[arg(long, value_name = "FILE", default_value = "gac-eval.jsonl")]
+    out: PathBuf,
+    /// Also draw accuracy against ms/token per configuration into this file (SVG, or PNG for a
+    /// name ending in .png).
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// Also draw each ensemble's difference to the better member (over all examples) with its
+    /// interval into this file (SVG, or PNG for a name ending in .png).
+    #[arg(long, value_name = "FILE")]
+    plot_paired: Option<PathBuf>,
+    /// Also write the table's numbers and the comparisons with the better member as JSON (with
+    /// --screen: the screen's rows).
+    #[arg(long, value_name = "FILE")]
+    summary: Option<PathBuf>,
+    /// CPU threads per llama.cpp member (mistral.rs members share one pool, sized by
+    /// RAYON_NUM_THREADS).
+    #[arg(long, default_value_t = 1)]
+    threads: i32,
+    /// llama.cpp members hand back only their K most probable tokens, chosen inside llama.cpp's
+    /// graph (see `generate --device-top-k`); greedy answers stay those of full distributions.
+    #[arg(long = "device-top-k", value_name = "K")]
+    device_top_k: Option<u32>,
+    /// Context window per member, in tokens (default: the model's, at most 4096). A question
+    /// that does not fit is recorded as a failed generation.
+    #[arg(long = "ctx", value_name = "TOKENS")]
+    context: Option<u32>,
+    /// Let llama.cpp members reuse the cached few-shot prefix of the previous question instead
+    /// of evaluating every prompt from scratch: about 3x faster, but a reused prefix can round
+    /// differently from a fresh one, so an answer can depend on the question before it.
+    #[arg(long)]
+    prompt_cache: bool,
+}
+
+fn data_dir(args: &EvalArgs) -> PathBuf {
+    args.data.clone().unwrap_or_else(|| {
+        std::env::var_os("GAC_CACHE")
+            .map_or_else(|| PathBuf::from(".cache"), PathBuf::from)
+            .join("data")
+    })
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    if args.list_tasks {
+        return list_tasks(&args);
+    }
+    let tasks: Vec<Task> = expand_tasks(&args.tasks, &data_dir(&args))?
+        .iter()
+        .map(|t| load_task(t, &data_dir(&args), args.seed))
+        .collect::<Result<_>>()?;
+    for task in &tasks {
+        if let Some((top, chance)) = letter_skew(task) {
+            if task.examples.len() >= 20 && top > 2.0 * chance {
+                eprintln!(
+                    "gac eval: warning: in {} one letter is the answer to {:.0}% of the questions (chance: {:.0}%); few-shot examples can teach that letter",
+                    task.name,
+                    100.0 * top,
+                    100.0 * chance
+                );
+            }
+        }
+    }
+    let mut config = args.members.config()?;
+    for m in &mut config.members {
+        if m.runtime == RuntimeKind::LlamaCpp {
+            m.threads = Some(args.threads);
+            m.device_top_k = args.device_top_k.or(m.device_top_k);
+        }
+        m.context = args.context.or(m.context);
+    }
+    config.validate()?;
+    for &t in &args.thresholds {
+        if !(0.0..=1.0).contains(&t) {
+            bail!("invalid threshold: {t} is outside [0, 1]");
+        }
+    }
+    let n = config.members.len();
+    if let Some(g) = args.gates.iter().find(|&&g| g >= n) {
+        bail!(
+            "invalid --gate: member {g} does not exist (members are 0..{})",
+            n - 1
+        );
+    }
+    let mut results = Results::open(&args.out)?;
+    let configs = configurations(&config, &args)?;
+    let mut slots: Vec<Option<Box<dyn Member>>> =
+        super::load_members(&config, false, args.prompt_cache)?
+            .into_iter()
+            .map(Some)
+            .collect();
+    let mut current = Vec::new();
+    let learned = match args.learn_weights {
+        Some(held) if n > 1 => learn_weights(
+            &configs[..n],
+            &mut slots,
+            &tasks,
+            held,
+            &args,
+            &mut results,
+            &mut current,
+        )?,
+        _ => Vec::new(),
+    };
+    for c in &configs {
+        let members: Vec<Box<dyn Member>> = c
+            .members
+            .iter()
+            .map(|&i| slots[i].take().expect("member in its slot"))
+            .collect();
+        let mut ensemble = Ensemble::new(members, c.weights.clone(), c.mode)?;
+        let per_task = c.learned.then_some(&learned[..]);
+        let scored = |t: &Task| sample(t.examples.len(), args.limit, args.shots, args.seed);
+        let outcome = run_config(
+            &mut ensemble,
+            c,
+            &tasks,
+            &args,
+            &mut results,
+            &scored,
+            per_task,
+        );
+        for (&i, m) in c.members.iter().zip(ensemble.into_members()) {
+            slots[i] = Some(m);
+        }
+        current.extend(outcome?);
+    }
+    let ignored = results.records().len().saturating_sub(current.len());
+    if ignored > 0 {
+        eprintln!(
+            "gac eval: {ignored} records in {} belong to other setups or samples and are not counted",
+            args.out.display()
+        );
+    }
+    let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
+    let task_names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
+    if args.screen {
+        let chances: Vec<f64> = tasks.iter().map(chance).collect();
+        let members = summaries(&current, &names, &task_names);
+        let rows = screen(&members, &task_names, &chances, args.max_gap);
+        let candidates = rows.iter().filter(|r| r.candidate).count();
+        println!(
+            "{candidates} of {} tasks have every member above chance (exact binomial p <= 0.05) and within {} points:\n",
+            rows.len(),
+            args.max_gap
+        );
+        println!("{}", screen_table(&rows, &names));
+        if let Some(path) = &args.summary {
+            std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("gac eval: screen in {}", path.display());
+        }
+        eprintln!("gac eval: per-example results in {}", args.out.display());
+        return Ok(());
+    }
+    println!("{}", table(&current, &names, &task_names));
+    let comparisons = compare(&current, &names, &task_names, args.seed);
+    if !comparisons.is_empty() {
+        println!(
+            "Each ensemble against the better member (paired over the same questions; {} bootstrap resamples):\n",
+            RESAMPLES
+        );
+        println!("{}", paired_table(&comparisons));
+    }
+    if let Some(path) = &args.plot_paired {
+        let overall: Vec<_> = comparisons
+            .iter()
+            .filter(|c| c.task == "all")
+            .cloned()
+            .collect();
+        let title = "each ensemble against the better member, all examples";
+        plot_intervals(path, title, &overall).map_err(anyhow::Error::msg)?;
+        eprintln!("gac eval: interval plot in {}", path.display());
+    }
+    if let Some(path) = &args.summary {
+        let summary = serde_json::json!({
+            "configurations": summaries(&current, &names, &task_names),
+            "tasks": task_names,
+            "versus_better_member": comparisons,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("gac eval: summary in {}", path.display());
+    }
+    if let Some(plot) = &args.plot {
+        let title = format!(
+            "accuracy (mean over {} tasks) vs ms/token",
+            task_names.len()
+        );
+        plot_points(plot, &title, &points(&current, &names, &task_names))
+            .map_err(anyhow::Error::msg)?;
+        eprintln!("gac eval: plot in {}", plot.display());
+    }
+    eprintln!("gac eval: per-example results in {}", args.out.display());
+    Ok(())
+}
