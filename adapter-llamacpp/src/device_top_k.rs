@@ -59,12 +59,12 @@ impl DeviceTopK {
     ) -> bool {
         // The "selected" token is the capture's placeholder, not a choice.
         let _ = self.reader.sample(ctx, row);
-        let captured = self
+        let mut captured = self
             .captured
             .lock()
             .expect("the capture sampler never panics");
-        head.clear();
-        head.extend_from_slice(&captured);
+        // Trade buffers instead of copying: the capture clears the one it gets next time.
+        std::mem::swap(&mut *captured, head);
         head.iter().any(|&(_, p)| p > 0.0)
     }
 }
@@ -177,13 +177,12 @@ unsafe extern "C" fn capture_apply(
 ) {
     let captured = &*(*smpl).ctx.cast::<Mutex<Vec<(u32, f32)>>>();
     let cur = &mut *cur_p;
-    if cur.data.is_null() || cur.size == 0 {
-        return;
-    }
-    let entries = std::slice::from_raw_parts(cur.data, cur.size);
     if let Ok(mut out) = captured.lock() {
         out.clear();
-        out.extend(entries.iter().map(|d| (d.id as u32, d.p)));
+        if !cur.data.is_null() {
+            let entries = std::slice::from_raw_parts(cur.data, cur.size);
+            out.extend(entries.iter().map(|d| (d.id as u32, d.p)));
+        }
     }
     cur.selected = 0;
 }

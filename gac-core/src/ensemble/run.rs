@@ -51,14 +51,7 @@ impl Run<'_> {
     fn choose(&mut self, which: &[usize], step: usize) -> Result<Picked> {
         let started = Instant::now();
         let mut evaluating = Duration::ZERO;
-        let inputs = inputs_of(
-            &self.workers,
-            self.weights,
-            self.weighting,
-            self.union,
-            which,
-        );
-        let mut filled = self.chain.scatter(&mut self.candidates, &inputs);
+        let mut filled = self.scatter(which);
         if filled == Filled::NeedsFull {
             let t = Instant::now();
             // The heads do not decide this greedy step: the members that gave only theirs
@@ -75,14 +68,7 @@ impl Run<'_> {
                 self.workers[i].receive(&mut self.stats.members[i])?;
             }
             evaluating = t.elapsed();
-            let inputs = inputs_of(
-                &self.workers,
-                self.weights,
-                self.weighting,
-                self.union,
-                which,
-            );
-            filled = self.chain.scatter(&mut self.candidates, &inputs);
+            filled = self.scatter(which);
         }
         if filled != Filled::Mass {
             return Err(Error::ZeroMass { step });
@@ -102,6 +88,18 @@ impl Run<'_> {
                 top,
             }),
         ))
+    }
+
+    /// Puts these members' last distributions into the candidates.
+    fn scatter(&mut self, which: &[usize]) -> Filled {
+        let inputs = inputs_of(
+            &self.workers,
+            self.weights,
+            self.weighting,
+            self.union,
+            which,
+        );
+        self.chain.scatter(&mut self.candidates, &inputs)
     }
 
     /// The scattered candidates' total mass and their `n` most probable, as log-probabilities.
@@ -297,6 +295,7 @@ fn inputs_of<'a>(
                 head: &dist.head,
                 floor: dist.floor,
                 full: dist.full,
+                outside: dist.outside,
                 projection: union.projection(i),
                 weight: match total > 0.0 {
                     true => (weight(i) / total) as f32,

@@ -29,6 +29,8 @@ pub(super) struct Dist {
     pub(super) floor: f32,
     /// `probs` is the whole distribution (the member gave logits, not only its head).
     pub(super) full: bool,
+    /// The most mass outside `head` (see [`crate::select::Input::outside`]).
+    pub(super) outside: f32,
 }
 
 impl Dist {
@@ -39,6 +41,7 @@ impl Dist {
             head: Vec::new(),
             floor: HEAD_FLOOR,
             full: false,
+            outside: 1.0,
         }
     }
 
@@ -58,6 +61,7 @@ impl Dist {
             .ok_or_else(|| Error::member(name, "logits are not finite (NaN or inf)"))?;
         self.floor = HEAD_FLOOR;
         self.full = true;
+        self.outside = f32::INFINITY;
         Ok(top)
     }
 
@@ -91,6 +95,9 @@ impl Dist {
             return Err(Error::member(name, "its head is empty"));
         }
         self.floor = floor;
+        // What the head leaves of 1, with room for rounding.
+        let listed: f32 = head.iter().map(|&(_, p)| p).sum();
+        self.outside = (1.0 - listed).max(0.0) + 1e-5;
         Ok(top)
     }
 }

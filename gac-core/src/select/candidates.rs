@@ -19,6 +19,9 @@ pub struct Input<'a> {
     pub floor: f32,
     /// Whether `probs` is the whole distribution; false when only the head is known.
     pub full: bool,
+    /// The most mass the ids outside the head hold together: infinite for a whole distribution
+    /// (each of them is below `floor`, which is tiny), what a head alone leaves of 1.
+    pub outside: f32,
     /// Member id → union id (special tokens → `sink`).
     pub projection: &'a [u32],
     /// The member's weight in this step (the weights of a step sum to 1).
@@ -30,23 +33,10 @@ pub struct Input<'a> {
 }
 
 impl Input<'_> {
-    /// The most mass the ids outside the head hold together: unbounded for a whole
-    /// distribution (each is below `floor`, which is tiny), what a head alone leaves of 1 (with
-    /// room for rounding).
-    fn outside(&self) -> f32 {
-        match self.full {
-            true => f32::INFINITY,
-            false => {
-                let head: f32 = self.head.iter().map(|&j| self.probs[j as usize]).sum();
-                (1.0 - head).max(0.0) + 1e-5
-            }
-        }
-    }
-
     /// The most weighted mass a union token can gain from `missing` of this member's ids that
     /// map to it but are outside the head.
-    fn gain(&self, missing: usize, outside: f32) -> f32 {
-        self.weight * (self.floor * missing as f32).min(outside)
+    fn gain(&self, missing: usize) -> f32 {
+        self.weight * (self.floor * missing as f32).min(self.outside)
     }
 
     /// How many of the member's ids that map to union token `u` are outside its head.
@@ -299,12 +289,7 @@ impl Candidates {
             .min_by(descending)
             .unwrap_or((0.0, 0));
         // A token outside every head gains at most `uniform` from the ids left out.
-        let outside: Vec<f32> = members.iter().map(Input::outside).collect();
-        let uniform: f32 = members
-            .iter()
-            .zip(&outside)
-            .map(|(m, &o)| m.gain(m.max_fold, o))
-            .sum();
+        let uniform: f32 = members.iter().map(|m| m.gain(m.max_fold)).sum();
         if best.0 <= uniform {
             return false;
         }
@@ -315,11 +300,7 @@ impl Candidates {
             if u == best.1 || mass + uniform < best.0 {
                 continue;
             }
-            let gain: f32 = members
-                .iter()
-                .zip(&outside)
-                .map(|(m, &o)| m.gain(m.missing(u), o))
-                .sum();
+            let gain: f32 = members.iter().map(|m| m.gain(m.missing(u))).sum();
             if mass + gain >= best.0 {
                 return false;
             }
