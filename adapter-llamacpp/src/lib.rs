@@ -8,6 +8,9 @@
 //! like the previous context (a system prompt, few-shot examples) only evaluates what differs,
 //! like llama.cpp server's prompt cache.
 //!
+//! A [`RemoteMember`] is a model that runs in a llama-server, here or on another machine,
+//! reached over HTTP; it hands back the server's most probable next tokens (`n_probs`).
+//!
 //! llama.cpp's own log lines are `tracing` events (see [`backend`]).
 
 use std::fmt;
@@ -27,12 +30,14 @@ use llama_cpp_2::token::LlamaToken;
 
 mod batched;
 mod device_top_k;
+mod remote;
 mod runtime;
 mod text;
 mod vocab;
 
 pub use batched::{BatchedMember, SharedContext, BATCH_WINDOW};
 use device_top_k::DeviceTopK;
+pub use remote::{RemoteClock, RemoteMember, RemoteOptions, RemoteTotals};
 pub use runtime::{backend, llama_version, runtime_info, RuntimeInfo, LLAMA_CPP_VERSION};
 use text::ModelText;
 pub use vocab::vocab_of;
@@ -77,6 +82,8 @@ pub enum LoadError {
     Vocab(PathBuf, gac_core::Error),
     /// The llama.cpp library found at run time is another version than gac was built against.
     Version(String),
+    /// A llama-server (its address) cannot be used as a member.
+    Remote(String, String),
 }
 
 impl fmt::Display for LoadError {
@@ -101,6 +108,7 @@ impl fmt::Display for LoadError {
                 "the llama.cpp library found at run time is version {v}, but gac was built against {LLAMA_CPP_VERSION} \
                  (llama-cpp-sys-2 0.1.161's vendored source): build that source as shared libraries and put them first on LD_LIBRARY_PATH"
             ),
+            LoadError::Remote(url, e) => write!(f, "llama-server at {url}: {e}"),
         }
     }
 }

@@ -19,6 +19,13 @@
 //! [[member]]
 //! path = "models/b.gguf"
 //!
+//! [[member]]                # a model that runs in a llama-server
+//! runtime = "http"
+//! url = "http://gpu-box:8080"
+//! vocab = "models/c.gguf"   # the GGUF file the server runs (read without weights), or a tokenizer.json
+//! n_probs = 20              # optional: most probable tokens asked for each step (default 20)
+//! timeout = 60              # optional: seconds to wait for one answer (default 60)
+//!
 //! [gate]            # optional: gated mode
 //! member = 0
 //! threshold = 0.5
@@ -58,6 +65,8 @@ pub enum RuntimeKind {
     LlamaCpp,
     /// mistral.rs through mistralrs-core.
     MistralRs,
+    /// A llama-server reached over HTTP (`url`).
+    Http,
 }
 
 impl std::str::FromStr for RuntimeKind {
@@ -67,10 +76,22 @@ impl std::str::FromStr for RuntimeKind {
         match s {
             "llamacpp" => Ok(RuntimeKind::LlamaCpp),
             "mistralrs" => Ok(RuntimeKind::MistralRs),
+            "http" => Ok(RuntimeKind::Http),
             _ => Err(Error::config(
                 "runtime",
-                format!("'{s}' is neither 'llamacpp' nor 'mistralrs'"),
+                format!("'{s}' is not 'llamacpp', 'mistralrs' or 'http'"),
             )),
+        }
+    }
+}
+
+impl RuntimeKind {
+    /// The runtime's name in messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            RuntimeKind::LlamaCpp => "llama.cpp",
+            RuntimeKind::MistralRs => "mistral.rs",
+            RuntimeKind::Http => "llama-server",
         }
     }
 }
@@ -79,11 +100,22 @@ impl std::str::FromStr for RuntimeKind {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
-    /// Path to the model file.
+    /// Path to the model file (none for a remote member).
+    #[serde(default)]
     pub path: PathBuf,
-    /// The runtime that hosts it: `llamacpp` (default) or `mistralrs`.
+    /// The runtime that hosts it: `llamacpp` (default), `mistralrs` or `http`.
     #[serde(default)]
     pub runtime: RuntimeKind,
+    /// A remote member's llama-server, `http://HOST:PORT`.
+    pub url: Option<String>,
+    /// A remote member's vocabulary: the GGUF file its server runs (read without weights) or a
+    /// `tokenizer.json`.
+    pub vocab: Option<PathBuf>,
+    /// How many most probable tokens a remote member asks for each step (default 20, or the
+    /// run's top-k union when larger).
+    pub n_probs: Option<u32>,
+    /// Seconds a remote member waits for one answer (default 60).
+    pub timeout: Option<f32>,
     /// Weight in the average (>= 0).
     #[serde(default = "one")]
     pub weight: f32,
@@ -136,7 +168,130 @@ impl MemberConfig {
             threads: None,
             context: None,
             device_top_k: None,
+            url: None,
+            vocab: None,
+            n_probs: None,
+            timeout: None,
         }
+    }
+
+    /// A member served by the llama-server at `url`.
+    pub fn remote(url: impl Into<String>) -> Self {
+        Self {
+            runtime: RuntimeKind::Http,
+            url: Some(url.into()),
+            ..Self::new("")
+        }
+    }
+
+    /// The file that names the member: its model, or a remote member's vocabulary.
+    pub fn file(&self) -> &Path {
+        self.vocab.as_deref().unwrap_or(&self.path)
+    }
+
+    /// Where the member is, for messages: its model file, or its server's address.
+    pub fn place(&self) -> String {
+        match &self.url {
+            Some(url) => url.clone(),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    /// Checks the fields that only some runtimes take.
+    fn validate_runtime(&self, i: usize) -> Result<()> {
+        let field = |name: &str| format!("member[{i}].{name}");
+        let remote_only = [
+            ("url", self.url.is_some()),
+            ("vocab", self.vocab.is_some()),
+            ("n_probs", self.n_probs.is_some()),
+            ("timeout", self.timeout.is_some()),
+        ];
+        if self.runtime != RuntimeKind::Http {
+            if self.path.as_os_str().is_empty() {
+                return Err(Error::config(field("path"), "missing (the model file)"));
+            }
+            if let Some((name, _)) = remote_only.iter().find(|(_, given)| *given) {
+                return Err(Error::config(
+                    field(name),
+                    "only a remote member (runtime = \"http\") takes it",
+                ));
+            }
+            return Ok(());
+        }
+        let local_only = [
+            (
+                "path",
+                !self.path.as_os_str().is_empty(),
+                "its model runs in the server; give the model's GGUF as `vocab`",
+            ),
+            (
+                "gpu",
+                self.gpu.is_some(),
+                "the server places its model (its own -ngl / --device)",
+            ),
+            (
+                "gpu_layers",
+                self.gpu_layers.is_some(),
+                "the server places its model (its own -ngl)",
+            ),
+            (
+                "threads",
+                self.threads.is_some(),
+                "the server's own --threads sets them",
+            ),
+            (
+                "context",
+                self.context.is_some(),
+                "the server's own --ctx-size sets it",
+            ),
+            (
+                "device_top_k",
+                self.device_top_k.is_some(),
+                "a remote member hands back its top `n_probs` tokens",
+            ),
+        ];
+        if let Some((name, _, why)) = local_only.iter().find(|(_, given, _)| *given) {
+            return Err(Error::config(
+                field(name),
+                format!("not for a remote member: {why}"),
+            ));
+        }
+        match &self.url {
+            None => {
+                return Err(Error::config(
+                    field("url"),
+                    "missing (http://HOST:PORT of the llama-server)",
+                ))
+            }
+            Some(url) if !url.starts_with("http://") || url.len() <= "http://".len() => {
+                return Err(Error::config(
+                    field("url"),
+                    format!("'{url}' is not http://HOST:PORT"),
+                ))
+            }
+            Some(_) => {}
+        }
+        if self.vocab.is_none() {
+            return Err(Error::config(
+                field("vocab"),
+                "missing (the GGUF file the server runs, or its tokenizer.json)",
+            ));
+        }
+        if self.n_probs == Some(0) {
+            return Err(Error::config(
+                field("n_probs"),
+                "0 tokens would leave nothing to choose from",
+            ));
+        }
+        if let Some(t) = self.timeout {
+            if !(t > 0.0 && t.is_finite()) {
+                return Err(Error::config(
+                    field("timeout"),
+                    format!("{t} is not a positive number of seconds"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -151,8 +306,11 @@ impl EnsembleConfig {
         let base = path.parent().unwrap_or(Path::new(""));
         let mut config = config;
         for m in &mut config.members {
-            if m.path.is_relative() {
+            if m.path.is_relative() && !m.path.as_os_str().is_empty() {
                 m.path = base.join(&m.path);
+            }
+            if let Some(vocab) = m.vocab.as_mut().filter(|v| v.is_relative()) {
+                *vocab = base.join(&*vocab);
             }
         }
         config.validate()?;
@@ -165,6 +323,7 @@ impl EnsembleConfig {
             return Err(Error::NoMembers);
         }
         for (i, m) in self.members.iter().enumerate() {
+            m.validate_runtime(i)?;
             if let Some(t) = m.threads {
                 if t < 1 {
                     return Err(Error::config(
@@ -235,8 +394,9 @@ impl EnsembleConfig {
     }
 
     /// When gated mode evaluates the non-gate members: the `[gate]`'s `schedule`, or by default
-    /// eager when every member is pinned to a GPU of its own (they decode in parallel), lazy
-    /// otherwise (members that share a device would only slow the gate down).
+    /// eager when every member has a device of its own (pinned to a GPU of its own, or served
+    /// by a llama-server of its own: they decode in parallel), lazy otherwise (members that
+    /// share a device would only slow the gate down).
     pub fn schedule(&self) -> Result<Schedule> {
         match self.gate.as_ref().and_then(|g| g.schedule.as_deref()) {
             Some("lazy") => Ok(Schedule::Lazy),
@@ -246,13 +406,27 @@ impl EnsembleConfig {
                 format!("'{other}' is neither 'lazy' nor 'eager'"),
             )),
             None => {
-                let mut gpus: Vec<i32> = self.members.iter().filter_map(|m| m.gpu).collect();
-                gpus.sort_unstable();
-                gpus.dedup();
-                Ok(match gpus.len() == self.members.len() {
+                let mut devices: Vec<String> = self
+                    .members
+                    .iter()
+                    .filter_map(|m| m.url.clone().or(m.gpu.map(|g| format!("GPU {g}"))))
+                    .collect();
+                devices.sort_unstable();
+                devices.dedup();
+                Ok(match devices.len() == self.members.len() {
                     true => Schedule::Eager,
                     false => Schedule::Lazy,
                 })
+            }
+        }
+    }
+
+    /// Remote members that were not given `n_probs` ask for at least `k` tokens a step (a run's
+    /// top-k union takes that many from each member).
+    pub fn remote_heads_at_least(&mut self, k: usize) {
+        for m in &mut self.members {
+            if m.runtime == RuntimeKind::Http && m.n_probs.is_none() && k > 20 {
+                m.n_probs = Some(k as u32);
             }
         }
     }
@@ -343,6 +517,37 @@ mod tests {
     }
 
     #[test]
+    fn remote_members_parse() {
+        let mut c = parse(
+            r#"
+            [[member]]
+            runtime = "http"
+            url = "http://a:8080"
+            vocab = "a.gguf"
+            [[member]]
+            runtime = "http"
+            url = "http://b:8080"
+            vocab = "b.json"
+            n_probs = 5
+            timeout = 2.5
+            [gate]
+            member = 0
+            threshold = 0.5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.members[0].runtime, RuntimeKind::Http);
+        assert_eq!(c.members[0].file(), Path::new("a.gguf"));
+        assert_eq!(c.members[1].place(), "http://b:8080");
+        assert_eq!(c.schedule().unwrap(), Schedule::Eager, "a server each");
+        c.remote_heads_at_least(50);
+        assert_eq!(c.members[0].n_probs, Some(50));
+        assert_eq!(c.members[1].n_probs, Some(5), "given, so kept");
+        c.members[1].url = Some("http://a:8080".into());
+        assert_eq!(c.schedule().unwrap(), Schedule::Lazy, "one shared server");
+    }
+
+    #[test]
     fn bad_values_are_named() {
         let cases = [
             ("", "at least one member"),
@@ -385,6 +590,39 @@ mod tests {
             (
                 "[[member]]\npath='a'\nruntime='mistralrs'\ndevice_top_k=8",
                 "member[0].device_top_k: the device-side top-k is llama.cpp's",
+            ),
+            ("[[member]]\nweight=1", "member[0].path: missing"),
+            (
+                "[[member]]\npath='a'\nurl='http://h:1'",
+                "member[0].url: only a remote member",
+            ),
+            (
+                "[[member]]\nruntime='http'\nvocab='v.gguf'",
+                "member[0].url: missing",
+            ),
+            (
+                "[[member]]\nruntime='http'\nurl='h:1'\nvocab='v.gguf'",
+                "member[0].url: 'h:1' is not http://HOST:PORT",
+            ),
+            (
+                "[[member]]\nruntime='http'\nurl='http://h:1'",
+                "member[0].vocab: missing",
+            ),
+            (
+                "[[member]]\nruntime='http'\nurl='http://h:1'\nvocab='v'\ngpu=0",
+                "member[0].gpu: not for a remote member",
+            ),
+            (
+                "[[member]]\nruntime='http'\nurl='http://h:1'\nvocab='v'\npath='a.gguf'",
+                "member[0].path: not for a remote member",
+            ),
+            (
+                "[[member]]\nruntime='http'\nurl='http://h:1'\nvocab='v'\nn_probs=0",
+                "member[0].n_probs",
+            ),
+            (
+                "[[member]]\nruntime='http'\nurl='http://h:1'\nvocab='v'\ntimeout=-1",
+                "member[0].timeout: -1 is not a positive",
             ),
         ];
         for (toml, needle) in cases {

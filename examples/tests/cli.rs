@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use gac_tests::{asset, scratch, GEMMA, SMOLLM};
+use gac_tests::{asset, scratch, LlamaServer, GEMMA, SMOLLM};
 
 fn gac(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gac"))
@@ -542,4 +542,107 @@ fn vocab_words_probe_compares_how_tokenizers_split_words() {
         "/nonexistent/words.txt",
     ]);
     assert!(missing.contains("/nonexistent/words.txt"), "{missing}");
+}
+
+#[test]
+fn remote_members_from_the_command_line() {
+    let (smollm, gemma) = (path(SMOLLM), path(GEMMA));
+    let server = LlamaServer::start(SMOLLM, 1);
+    // One member served, one here, gated with the served one as the gate.
+    let out = succeeds(&[
+        "generate",
+        "--model",
+        &server.url,
+        "--vocab",
+        &smollm,
+        "--n-probs",
+        "8",
+        "--timeout",
+        "30",
+        "--model",
+        &gemma,
+        "--union-top-k",
+        "8",
+        "--gate",
+        "0",
+        "--max-tokens",
+        "8",
+        "--json",
+        "The capital of France is",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
+    assert_eq!(v["members"][0]["path"].as_str(), Some(server.url.as_str()));
+    let steps = v["stats"]["steps"].as_u64();
+    assert_eq!(v["members"][0]["head_evals"].as_u64(), steps, "{v}");
+
+    // gac bench's remote table: all local, member 0 remote, all remote.
+    let gemma_server = LlamaServer::start(GEMMA, 1);
+    let out = succeeds(&[
+        "bench",
+        "--model",
+        &smollm,
+        "--model",
+        &gemma,
+        "--remote",
+        &server.url,
+        "--remote",
+        &gemma_server.url,
+        "--union-top-k",
+        "5",
+        "--tokens",
+        "4",
+        "--prompt",
+        "The history of the printing press begins",
+    ]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    for name in [
+        "all local, top-5",
+        "member 0 remote, top-5",
+        "all remote, top-5",
+    ] {
+        assert_eq!(rows(&table, name).len(), 1, "{name} in {table}");
+    }
+    let all_remote = &rows(&table, "all remote, top-5")[0];
+    assert!(all_remote[3].parse::<f64>().unwrap() >= 0.0, "{table}");
+    assert!(all_remote[5].contains("of 1"), "{table}");
+
+    // What is wrong is named.
+    let cases: &[(&[&str], &str)] = &[
+        (&["--model", &server.url, "hi"], "member[0].vocab: missing"),
+        (
+            &["--model", &server.url, "--vocab", &gemma, "hi"],
+            "whose vocabulary is not the one of",
+        ),
+        (
+            &[
+                "--model",
+                &server.url,
+                "--vocab",
+                &smollm,
+                "--threads",
+                "2",
+                "hi",
+            ],
+            "member[0].threads: not for a remote member",
+        ),
+        (
+            &["--model", &smollm, "--n-probs", "4", "hi"],
+            "member[0].n_probs: only a remote member",
+        ),
+        (
+            &["--model", "https://example.org", "--vocab", &smollm, "hi"],
+            "member[0].url: 'https://example.org' is not http://HOST:PORT",
+        ),
+        (
+            &["--vocab", &smollm, "--model", &server.url, "hi"],
+            "--vocab: it comes before",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut all = vec!["generate"];
+        all.extend_from_slice(args);
+        let err = fails(&all);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
 }

@@ -14,7 +14,7 @@ use tokenizers::Tokenizer;
 use crate::vocab::{
     bytes_from_gpt2, bytes_from_sentencepiece, gpt2_char_to_byte, sentencepiece_byte, Token, Vocab,
 };
-use crate::{Error, Result};
+use crate::{Encoder, Error, Result};
 
 /// Special tokens that end a generation in the common model families.
 pub const END_TOKENS: &[&str] = &[
@@ -35,6 +35,49 @@ pub fn vocab_from_file(path: &Path) -> Result<Vocab> {
     let name = path.display().to_string();
     let tokenizer = Tokenizer::from_file(path).map_err(|e| Error::vocab(&name, e.to_string()))?;
     vocab_from_tokenizer(&tokenizer, &name, END_TOKENS)
+}
+
+/// A `tokenizer.json` as an [`Encoder`]: its vocabulary and its tokenizer, which reads
+/// special-token markup in text as plain text (no chat template: a tokenizer.json has none).
+#[derive(Debug)]
+pub struct TokenizerText {
+    tokenizer: Tokenizer,
+    vocab: Vocab,
+}
+
+impl TokenizerText {
+    /// Loads a `tokenizer.json` (its vocabulary as [`vocab_from_file`] builds it).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let name = path.display().to_string();
+        let mut tokenizer =
+            Tokenizer::from_file(path).map_err(|e| Error::vocab(&name, e.to_string()))?;
+        let vocab = vocab_from_tokenizer(&tokenizer, &name, END_TOKENS)?;
+        tokenizer.set_encode_special_tokens(true);
+        Ok(Self { tokenizer, vocab })
+    }
+
+    fn ids(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(text, special)
+            .map_err(|e| Error::vocab(self.vocab.name(), e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+}
+
+impl Encoder for TokenizerText {
+    fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    fn encode(&self, text: &[u8]) -> Result<Vec<u32>> {
+        self.vocab.encode_checked(text, |s| self.ids(s, false).ok())
+    }
+
+    /// The prompt with what the tokenizer's post-processor adds (e.g. BOS).
+    fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.ids(prompt, true)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

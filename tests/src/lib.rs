@@ -13,6 +13,9 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
+mod server;
+pub use server::{LlamaServer, LLAMA_SERVER};
+
 /// SmolLM2-135M-Instruct (Q4_1), byte-level BPE, 49,152 tokens.
 pub const SMOLLM: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Gemma-3-270M (Q4_K_M), SentencePiece with byte fallback, 262,144 tokens.

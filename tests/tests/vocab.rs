@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use gac_core::tokenizer_json::vocab_from_file;
-use gac_core::{Token, Union, Vocab};
+use gac_core::tokenizer_json::{vocab_from_file, TokenizerText};
+use gac_core::{Encoder, Token, Union, Vocab};
 use gac_tests::{asset, GEMMA, SMOLLM};
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
@@ -122,4 +122,29 @@ fn union_of_five_real_vocabularies_maps_every_token_to_its_bytes() {
         .intersection(&text_bytes(&vocabs[4]))
         .count();
     assert_eq!(union.overlap(3, 4), shared);
+}
+
+/// A tokenizer.json as a member's encoder (a remote member's `vocab`): ids that spell the text
+/// exactly, markup kept as text, the post-processor's BOS on a prompt.
+#[test]
+fn tokenizer_json_encodes_like_a_member() {
+    let path = asset("tokenizers/gemma3.json");
+    let text = TokenizerText::from_file(&path).unwrap();
+    let tokenizer = Tokenizer::from_file(&path).unwrap();
+    for s in ["Le café est très bon", "中国的首都是", "a <end_of_turn> b"] {
+        let ids = text.encode(s.as_bytes()).unwrap();
+        assert_eq!(text.vocab().decode(&ids), s.as_bytes(), "{s:?}");
+        assert!(
+            ids.iter()
+                .all(|&id| text.vocab().tokens()[id as usize] != Token::Special),
+            "{s:?}: markup became a control token: {ids:?}"
+        );
+    }
+    let bos = tokenizer.token_to_id("<bos>").unwrap();
+    let prompt = text.encode_prompt("Hello").unwrap();
+    assert_eq!(prompt[0], bos);
+    assert_eq!(&prompt[1..], text.encode(b"Hello").unwrap());
+    // Bytes that are not whole UTF-8 are spelled with byte tokens.
+    let half = &"é".as_bytes()[..1];
+    assert_eq!(text.vocab().decode(&text.encode(half).unwrap()), half);
 }

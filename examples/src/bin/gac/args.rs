@@ -1,6 +1,8 @@
 //! The flags that describe an ensemble (members, per-member placement, gate), shared by
 //! `gac generate` and `gac serve`; per-member flags bind to the `--model` they follow.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
 use clap::Args;
 use gac_core::PickConfig;
@@ -65,6 +67,18 @@ pub struct EnsembleArgs {
     /// (greedy steps its head cannot decide evaluate the full logits again).
     #[arg(long = "device-top-k", value_name = "K", conflicts_with = "config")]
     device_top_k: Vec<u32>,
+    /// The vocabulary of the remote member (`--model http://HOST:PORT`) it follows: the GGUF
+    /// file its llama-server runs (read without weights) or a tokenizer.json.
+    #[arg(long = "vocab", value_name = "FILE", conflicts_with = "config")]
+    vocabs: Vec<PathBuf>,
+    /// How many most probable tokens the remote member it follows asks for each step
+    /// (default: 20, or the --union-top-k when larger).
+    #[arg(long = "n-probs", value_name = "K", conflicts_with = "config")]
+    n_probs: Vec<u32>,
+    /// Seconds the remote member it follows waits for one answer before it retries (twice)
+    /// and then fails (default 60).
+    #[arg(long = "timeout", value_name = "SECS", conflicts_with = "config")]
+    timeouts: Vec<f32>,
 }
 
 /// Which member each occurrence of a per-member flag belongs to: the last `--model` before it.
@@ -121,7 +135,24 @@ impl EnsembleArgs {
         {
             config.members[m].device_top_k = Some(*k);
         }
-        let n = config.members.len();
+        for (m, v) in bind("--vocab", "vocabs")?.into_iter().zip(&self.vocabs) {
+            config.members[m].vocab = Some(v.clone());
+        }
+        for (m, k) in bind("--n-probs", "n_probs")?.into_iter().zip(&self.n_probs) {
+            config.members[m].n_probs = Some(*k);
+        }
+        for (m, t) in bind("--timeout", "timeouts")?
+            .into_iter()
+            .zip(&self.timeouts)
+        {
+            config.members[m].timeout = Some(*t);
+        }
+        // The cores are divided among the members that run here.
+        let n = config
+            .members
+            .iter()
+            .filter(|m| m.runtime != RuntimeKind::Http)
+            .count();
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as i32;
         for m in &mut config.members {
             if m.runtime == RuntimeKind::LlamaCpp && m.threads.is_none() {

@@ -49,7 +49,8 @@ fn read_prompt(prompt: &str) -> Result<String> {
     Ok(text)
 }
 
-pub fn generate(args: GenerateArgs, config: EnsembleConfig) -> Result<()> {
+pub fn generate(args: GenerateArgs, mut config: EnsembleConfig) -> Result<()> {
+    config.remote_heads_at_least(args.union_top_k.unwrap_or(0));
     let prompt = read_prompt(&args.prompt)?;
     if prompt.is_empty() {
         bail!("the prompt is empty");
@@ -133,7 +134,7 @@ pub(crate) fn print_stats(g: &Generation) {
         );
         if m.head_evals > 0 {
             eprintln!(
-                "gac:     device top-k: {} of {} evals gave only their head; {} steps needed the full logits again ({:.1} ms)",
+                "gac:     heads: {} of {} evals gave only their most probable tokens; {} steps needed the full distribution again ({:.1} ms)",
                 m.head_evals,
                 m.decode_evals + 1,
                 m.full_after_head,
@@ -172,7 +173,7 @@ fn generation_json(g: &Generation, union: &Union, config: &EnsembleConfig) -> se
         })).collect::<Vec<_>>(),
         "members": s.members.iter().zip(&config.members).map(|(m, c)| json!({
             "name": m.name,
-            "path": c.path,
+            "path": c.place(),
             "weight": c.weight,
             "prompt_tokens": m.prompt_tokens,
             "prompt_ms": m.prompt_time.as_secs_f64() * 1e3,

@@ -2,13 +2,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use gac_core::Member;
+use gac_core::{Encoder, Member};
 use gac_examples::config::{EnsembleConfig, MemberConfig, RuntimeKind};
-use gac_llamacpp::{LlamaMember, LlamaOptions, SharedContext};
+use gac_llamacpp::{LlamaMember, LlamaOptions, RemoteMember, RemoteOptions, SharedContext};
 
 mod args;
 mod bench;
@@ -114,7 +114,8 @@ enum Command {
 #[derive(Args, Debug)]
 pub(crate) struct MemberArgs {
     /// A GGUF model file; repeat for each member (order matters: member 0, 1, ...). Prefix it
-    /// with `mistralrs:` to run it in mistral.rs instead of llama.cpp (`llamacpp:` is the default).
+    /// with `mistralrs:` to run it in mistral.rs instead of llama.cpp (`llamacpp:` is the
+    /// default). `http://HOST:PORT` is a model served by a llama-server (give its --vocab).
     #[arg(
         long = "model",
         value_name = "[RUNTIME:]PATH",
@@ -122,8 +123,8 @@ pub(crate) struct MemberArgs {
     )]
     models: Vec<PathBuf>,
     /// A TOML file listing members (path, weight, gpu, gpu_layers, threads, context,
-    /// device_top_k) and an
-    /// optional [gate]; see the README.
+    /// device_top_k; runtime = "http" with url, vocab, n_probs, timeout) and an optional
+    /// [gate]; see the README.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -147,9 +148,12 @@ impl MemberArgs {
     }
 }
 
-/// `--model [RUNTIME:]PATH`.
+/// `--model [RUNTIME:]PATH` or `--model http://HOST:PORT`.
 pub(crate) fn member_flag(flag: &Path) -> Result<MemberConfig> {
     let text = flag.to_string_lossy();
+    if text.starts_with("http://") || text.starts_with("https://") {
+        return Ok(MemberConfig::remote(text));
+    }
     if let Some((runtime, path)) = text.split_once(':') {
         if let Ok(runtime) = runtime.parse::<RuntimeKind>() {
             return Ok(MemberConfig {
@@ -159,6 +163,16 @@ pub(crate) fn member_flag(flag: &Path) -> Result<MemberConfig> {
         }
     }
     Ok(MemberConfig::new(flag))
+}
+
+/// A vocabulary file as an encoder: a tokenizer.json, else a GGUF file (read without weights).
+pub(crate) fn vocab_encoder(path: &Path) -> Result<Box<dyn Encoder>> {
+    if path.extension().is_some_and(|e| e == "json") {
+        return Ok(Box::new(
+            gac_core::tokenizer_json::TokenizerText::from_file(path)?,
+        ));
+    }
+    Ok(gac_llamacpp::load_encoder(path)?)
 }
 
 /// The ensemble a subcommand's flags describe (`matches` are the whole command line's).
@@ -243,7 +257,8 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-/// Loads every member; `prompt_cache` lets llama.cpp members reuse the previous context's cache.
+/// Loads every member; `prompt_cache` lets llama.cpp members (and llama-servers) reuse the
+/// previous context's cache.
 pub(crate) fn load_members(
     config: &EnsembleConfig,
     quiet: bool,
@@ -265,7 +280,7 @@ pub(crate) fn load_slots(
     let show = !quiet && !self::quiet();
     for (i, m) in config.members.iter().enumerate() {
         let t = Instant::now();
-        let what = || format!("member {i} ({})", m.path.display());
+        let what = || format!("member {i} ({})", m.place());
         let spinner = show.then(|| progress::spinner(format!("loading {}", what())));
         match m.runtime {
             RuntimeKind::LlamaCpp => {
@@ -315,18 +330,38 @@ pub(crate) fn load_slots(
                     set.push(Box::new(member));
                 }
             }
+            RuntimeKind::Http => {
+                let vocab = m.file();
+                let name = gac_core::gguf::model_name(vocab);
+                for (slot, set) in sets.iter_mut().enumerate() {
+                    let options = RemoteOptions {
+                        slot: slot as u32,
+                        n_probs: m.n_probs.map_or(20, |k| k as usize),
+                        timeout: m
+                            .timeout
+                            .map_or(Duration::from_secs(60), Duration::from_secs_f32),
+                        prompt_cache,
+                        ..RemoteOptions::new(m.place())
+                    };
+                    let text = vocab_encoder(vocab).with_context(what)?;
+                    let member = RemoteMember::connect(name.clone(), text, vocab, &options)
+                        .with_context(what)?;
+                    set.push(Box::new(member));
+                }
+            }
         }
         if let Some(spinner) = spinner {
             spinner.finish_and_clear();
             let member = &sets[0][i];
-            let place = m.gpu.map_or("CPU".to_string(), |g| format!("GPU {g}"));
-            let runtime = match m.runtime {
-                RuntimeKind::LlamaCpp => "llama.cpp",
-                RuntimeKind::MistralRs => "mistral.rs",
+            let place = match (&m.url, m.gpu) {
+                (Some(url), _) => url.clone(),
+                (None, Some(g)) => format!("GPU {g}"),
+                (None, None) => "CPU".to_string(),
             };
             eprintln!(
-                "gac: loaded member {i} {} ({runtime}, {} tokens, {place}) in {:.1} s",
+                "gac: loaded member {i} {} ({}, {} tokens, {place}) in {:.1} s",
                 member.name(),
+                m.runtime.label(),
                 member.vocab().len(),
                 t.elapsed().as_secs_f64()
             );

@@ -90,7 +90,18 @@ pub fn vocab(args: VocabArgs) -> Result<()> {
     if config.members.is_empty() {
         bail!("give at least one --model (or --config)");
     }
-    let paths: Vec<PathBuf> = config.members.iter().map(|m| m.path.clone()).collect();
+    if let Some(i) = config
+        .members
+        .iter()
+        .position(|m| m.file().as_os_str().is_empty())
+    {
+        bail!("member {i} is a llama-server: give the GGUF file it runs as --model (or its vocab in --config)");
+    }
+    let paths: Vec<PathBuf> = config
+        .members
+        .iter()
+        .map(|m| m.file().to_path_buf())
+        .collect();
     // Each vocabulary as its own runtime reads it: llama.cpp from the GGUF alone (no weights),
     // mistral.rs from the tokenizer it converts while loading the model.
     let encoders = config
@@ -101,6 +112,7 @@ pub fn vocab(args: VocabArgs) -> Result<()> {
             RuntimeKind::LlamaCpp => {
                 gac_llamacpp::load_encoder(&m.path).map_err(anyhow::Error::from)
             }
+            RuntimeKind::Http => super::vocab_encoder(m.file()),
             RuntimeKind::MistralRs => {
                 let one = EnsembleConfig {
                     name: None,

@@ -166,11 +166,13 @@ fn setup_fingerprint(
         .iter()
         .map(|&i| {
             let m = &config.members[i];
-            let size = std::fs::metadata(&m.path).map_or(0, |md| md.len());
-            let file = m.path.file_name().unwrap_or_default().to_string_lossy();
-            let top_k = m
-                .device_top_k
-                .map_or(String::new(), |k| format!(":device_top_k={k}"));
+            let size = std::fs::metadata(m.file()).map_or(0, |md| md.len());
+            let file = m.file().file_name().unwrap_or_default().to_string_lossy();
+            let top_k = match (m.device_top_k, &m.url) {
+                (Some(k), _) => format!(":device_top_k={k}"),
+                (None, Some(url)) => format!(":url={url}:n_probs={:?}", m.n_probs),
+                (None, None) => String::new(),
+            };
             format!(
                 "{:?}:{file}:{size}:gpu={:?}:layers={:?}:threads={:?}:ctx={:?}{top_k}",
                 m.runtime, m.gpu, m.gpu_layers, m.threads, m.context

@@ -162,8 +162,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             m.threads = Some(args.threads);
             m.device_top_k = args.device_top_k.or(m.device_top_k);
         }
-        m.context = args.context.or(m.context);
+        if m.runtime != RuntimeKind::Http {
+            m.context = args.context.or(m.context);
+        }
     }
+    config.remote_heads_at_least(args.union_top_ks.iter().copied().max().unwrap_or(0));
     config.validate()?;
     for &t in &args.thresholds {
         if !(0.0..=1.0).contains(&t) {

@@ -12,6 +12,8 @@ use mistralrs_core::{MistralRs, NormalRequest, Request, RequestMessage, Response
 
 use super::progress;
 
+mod remote;
+
 /// Prompts used when none are given: a few languages, so that re-encoding is exercised.
 const PROMPTS: &[&str] = &[
     "The history of the printing press begins",
@@ -40,6 +42,13 @@ pub struct BenchArgs {
     /// inside llama.cpp's graph) against full logits, for each K given (repeatable).
     #[arg(long = "device-top-k", value_name = "K")]
     device_top_k: Vec<u32>,
+    /// A llama-server serving the --model of the same position (repeatable, one per model):
+    /// measures the top-k union all local, with member 0 remote, and all remote.
+    #[arg(long = "remote", value_name = "URL")]
+    remotes: Vec<String>,
+    /// The top-k unions measured with --remote (repeatable).
+    #[arg(long = "union-top-k", value_name = "K", default_values_t = vec![5, 20, 100], requires = "remotes")]
+    union_top_k: Vec<usize>,
 }
 
 struct Row {
@@ -127,11 +136,21 @@ fn run(
         schedule,
         ..GenerateOptions::default()
     };
+    run_with(ensemble, name, prompts, &options)
+}
+
+/// Generates from every prompt with these options.
+fn run_with(
+    ensemble: &mut Ensemble,
+    name: &str,
+    prompts: &[String],
+    options: &GenerateOptions,
+) -> Result<Row> {
     let bar = progress::bar("bench", prompts.len(), name);
     let start = std::time::Instant::now();
     let (mut stats, mut texts) = (Vec::new(), Vec::new());
     for prompt in prompts {
-        let g = ensemble.generate(prompt, &options, &mut |_| {})?;
+        let g = ensemble.generate(prompt, options, &mut |_| {})?;
         stats.push(g.stats);
         texts.push(g.text);
         bar.inc(1);
@@ -160,6 +179,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     } else {
         args.prompts.clone()
     };
+    if !args.remotes.is_empty() {
+        return remote::remote_members(&args, &options, &prompts);
+    }
     let mut members: Vec<Box<dyn Member>> = Vec::new();
     let mut plain = Vec::new();
     let mut llama_paths = Vec::new();
@@ -191,6 +213,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                     mean(per_prompt.into_iter()),
                 ));
                 members.push(Box::new(m));
+            }
+            RuntimeKind::Http => {
+                anyhow::bail!("gac bench measures models it loads; give a llama-server's model as --model and its address as --remote")
             }
         }
     }

@@ -1,0 +1,133 @@
+//! `gac bench --remote`: the top-k union with members served by llama-servers against the same
+//! models loaded here, side by side in one run.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use gac_core::{Ensemble, GenerateOptions, Member, Mode};
+use gac_examples::config::RuntimeKind;
+use gac_llamacpp::{
+    LlamaMember, LlamaOptions, RemoteClock, RemoteMember, RemoteOptions, RemoteTotals,
+};
+
+use super::{ms, run_with, BenchArgs, Row};
+
+/// The all-local top-k union, then member 0 remote, then all remote, for each K: ms/token, the
+/// HTTP overhead of a remote step (its wall time here minus the time the server reports for
+/// it) against the slower member's step, and whether the text is the all-local one.
+pub(super) fn remote_members(
+    args: &BenchArgs,
+    options: &LlamaOptions,
+    prompts: &[String],
+) -> Result<()> {
+    let mut paths = Vec::new();
+    for flag in &args.models {
+        let config = super::super::member_flag(flag)?;
+        if config.runtime != RuntimeKind::LlamaCpp {
+            bail!("with --remote every --model is the llama.cpp model its server runs");
+        }
+        paths.push(config.path);
+    }
+    if args.remotes.len() != paths.len() {
+        bail!(
+            "give one --remote for each --model, in the same order ({} models, {} servers)",
+            paths.len(),
+            args.remotes.len()
+        );
+    }
+    if let Some(k) = args.union_top_k.iter().find(|&&k| k == 0) {
+        bail!("invalid --union-top-k: {k} keeps no token");
+    }
+    let n_probs = args.union_top_k.iter().copied().max().unwrap_or(20);
+    let n = paths.len();
+    let mut setups = vec![("all local".to_string(), vec![false; n])];
+    if n > 1 {
+        let mut first = vec![false; n];
+        first[0] = true;
+        setups.push(("member 0 remote".to_string(), first));
+    }
+    setups.push(("all remote".to_string(), vec![true; n]));
+    let mut baseline: Vec<Row> = Vec::new();
+    let mut lines = Vec::new();
+    for (label, remote_at) in &setups {
+        let mut members: Vec<Box<dyn Member>> = Vec::new();
+        let mut clocks = Vec::new();
+        for (i, path) in paths.iter().enumerate() {
+            let what = || format!("member {i} ({})", path.display());
+            if !remote_at[i] {
+                members.push(Box::new(
+                    LlamaMember::load(path, options).with_context(what)?,
+                ));
+                continue;
+            }
+            let remote = RemoteOptions {
+                n_probs,
+                ..RemoteOptions::new(&args.remotes[i])
+            };
+            let name = format!("{} (remote)", gac_core::gguf::model_name(path));
+            let text = gac_llamacpp::load_encoder(path).with_context(what)?;
+            let member = RemoteMember::connect(name, text, path, &remote).with_context(what)?;
+            clocks.push(member.clock());
+            members.push(Box::new(member));
+        }
+        let mut ensemble = Ensemble::new(members, None, Mode::Average)?;
+        for (j, &k) in args.union_top_k.iter().enumerate() {
+            let options = GenerateOptions {
+                max_tokens: args.tokens,
+                union_top_k: Some(k),
+                ..GenerateOptions::default()
+            };
+            let before = totals(&clocks);
+            let name = format!("{label}, top-{k} union");
+            let row = run_with(&mut ensemble, &name, prompts, &options)?;
+            let after = totals(&clocks);
+            let requests = after.requests - before.requests;
+            let overhead = (after.wall - before.wall).saturating_sub(after.server - before.server);
+            if !remote_at.contains(&true) {
+                baseline.push(row);
+                let base = &baseline[j];
+                lines.push(format!(
+                    "| {name} | {:.2} | 1.00x | | | |",
+                    base.ms_per_token()
+                ));
+                continue;
+            }
+            let base = &baseline[j];
+            let per_request = ms(overhead) / requests.max(1) as f64;
+            let same = row.texts.iter().zip(&base.texts).filter(|(a, b)| a == b);
+            lines.push(format!(
+                "| {name} | {:.2} | {:.2}x | {per_request:.2} | {:.1}% | {} of {} |",
+                row.ms_per_token(),
+                row.ms_per_token() / base.ms_per_token(),
+                100.0 * per_request / base.step_breakdown().1,
+                same.count(),
+                row.texts.len()
+            ));
+        }
+    }
+    println!(
+        "{} prompts x {} tokens, greedy top-k union, {} thread(s) per local member; remote members ask for {n_probs} tokens a step\n",
+        prompts.len(),
+        args.tokens,
+        args.threads
+    );
+    println!("| configuration | decode ms/token | vs all local | HTTP overhead ms/request | overhead / slower member's step | same text as all local |");
+    println!("|---|---:|---:|---:|---:|---|");
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// The counts of these remote members together.
+fn totals(clocks: &[Arc<RemoteClock>]) -> RemoteTotals {
+    clocks
+        .iter()
+        .map(|c| c.totals())
+        .fold(RemoteTotals::default(), |a, b| RemoteTotals {
+            requests: a.requests + b.requests,
+            positions: a.positions + b.positions,
+            wall: a.wall + b.wall,
+            server: a.server + b.server,
+        })
+}

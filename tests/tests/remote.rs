@@ -1,0 +1,355 @@
+//! Remote members: the default models served by llama-server on 127.0.0.1 (built by
+//! `scripts/fetch-assets server` from another llama.cpp release than the one gac links), against
+//! the same models in process. Where a text differs, the step where it first differs must be a
+//! near-tie of the in-process run (its two most probable tokens within 1e-3).
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use gac_core::{
+    Encoder, Ensemble, Evaluation, GenerateOptions, Generation, Member, Mode, Observer, Prompt,
+    UnionId, WhenUnsure,
+};
+use gac_llamacpp::{LoadError, RemoteMember, RemoteOptions};
+use gac_tests::{asset, boxed, member, LlamaServer, GEMMA, PROMPTS, SMOLLM};
+
+const TOKENS: usize = 24;
+
+/// How close the two most probable tokens are where remote and in-process texts part.
+const NEAR_TIE: f32 = 1e-3;
+
+fn connect(model: &str, options: &RemoteOptions) -> Result<RemoteMember, LoadError> {
+    let path = asset(model);
+    let text = gac_llamacpp::load_encoder(&path).unwrap_or_else(|e| panic!("{e}"));
+    RemoteMember::connect(gac_core::gguf::model_name(&path), text, &path, options)
+}
+
+fn remote(server: &LlamaServer, model: &str, n_probs: usize) -> RemoteMember {
+    let options = RemoteOptions {
+        n_probs,
+        ..RemoteOptions::new(&server.url)
+    };
+    connect(model, &options).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Greedy generations of every prompt, with the top two log-probabilities of each step.
+fn greedy(ensemble: &mut Ensemble, union_top_k: Option<usize>) -> Vec<Generation> {
+    let options = GenerateOptions {
+        max_tokens: TOKENS,
+        union_top_k,
+        logprobs: Some(2),
+        ..GenerateOptions::default()
+    };
+    PROMPTS
+        .iter()
+        .map(|p| {
+            ensemble
+                .generate(p, &options, &mut |_| {})
+                .unwrap_or_else(|e| panic!("{p:?}: {e}"))
+        })
+        .collect()
+}
+
+/// The texts are the same, or they part where the in-process run (`want`) had a near-tie
+/// and the other run picked its runner-up. Returns how many are the same.
+fn same_or_near_tie(what: &str, want: &[Generation], got: &[Generation]) -> usize {
+    let mut same = 0;
+    for (prompt, (w, g)) in PROMPTS.iter().zip(want.iter().zip(got)) {
+        let Some(at) =
+            (0..w.tokens.len().min(g.tokens.len())).find(|&i| w.tokens[i] != g.tokens[i])
+        else {
+            assert_eq!(w.tokens.len(), g.tokens.len(), "{what} {prompt:?}: lengths");
+            same += 1;
+            continue;
+        };
+        let top = &w.logprobs[at].top;
+        let (p1, p2) = (top[0].1.exp(), top[1].1.exp());
+        assert!(
+            p1 - p2 < NEAR_TIE && top[1].0 == g.tokens[at],
+            "{what} {prompt:?}: differs at token {at} ({:?} instead of {:?}), where the in-process \
+             run's two best were {p1} and {p2}\n  in process: {:?}\n  here:       {:?}",
+            g.tokens[at],
+            w.tokens[at],
+            w.text,
+            g.text
+        );
+    }
+    eprintln!("{what}: {same} of {} texts the same", want.len());
+    same
+}
+
+#[test]
+fn a_remote_member_is_the_model_in_process_and_evaluates_only_new_tokens() {
+    for model in [SMOLLM, GEMMA] {
+        let server = LlamaServer::start(model, 1);
+        let mut m = remote(&server, model, 20);
+        let clock = m.clock();
+        // The head: the model's own most probable tokens, with whole-vocabulary probabilities.
+        let mut local = member(model);
+        let prompt = local.encode_prompt(PROMPTS[0]).unwrap();
+        assert_eq!(m.encode_prompt(PROMPTS[0]).unwrap(), prompt, "{model}");
+        for x in [&mut local as &mut dyn Member, &mut m] {
+            x.reset().unwrap();
+            x.push(&prompt).unwrap();
+        }
+        let logits = local.logits().unwrap().to_vec();
+        let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+        let Evaluation::Head(head) = m.evaluate().unwrap() else {
+            panic!("{model}: a remote member hands back its head");
+        };
+        assert_eq!(head.len(), 20, "{model}");
+        for &(id, p) in head {
+            let want = (f64::from(logits[id as usize] - max).exp() / sum) as f32;
+            assert!(
+                (p - want).abs() < NEAR_TIE,
+                "{model} id {id}: {p} vs {want}"
+            );
+        }
+        // The full distribution on request, for the same position.
+        let full = m.logits().unwrap();
+        assert_eq!(full.len(), logits.len(), "{model}");
+        let best = gac_core::select::argmax(full).unwrap();
+        assert_eq!(best, gac_core::select::argmax(&logits).unwrap(), "{model}");
+
+        // Greedy texts: the same as in process, or parting at a near-tie.
+        let mut here = Ensemble::new(boxed(vec![member(model)]), None, Mode::Average).unwrap();
+        let mut there =
+            Ensemble::new(vec![Box::new(m) as Box<dyn Member>], None, Mode::Average).unwrap();
+        let want = greedy(&mut here, None);
+        let before = clock.totals();
+        let got = greedy(&mut there, None);
+        let same = same_or_near_tie(model, &want, &got);
+        assert!(same >= 3, "{model}: only {same} of 5 texts the same");
+        // Each step sent the whole context but the server evaluated only the new token: every
+        // position once, plus the last one again for each full distribution asked for.
+        let after = clock.totals();
+        let stats: Vec<_> = got.iter().map(|g| &g.stats.members[0]).collect();
+        let evaluations: usize = stats.iter().map(|s| s.head_evals + s.full_after_head).sum();
+        let positions: usize = stats
+            .iter()
+            .zip(&got)
+            .map(|(s, g)| s.prompt_tokens + g.tokens.len().min(TOKENS - 1) + s.full_after_head)
+            .sum();
+        assert_eq!(
+            (after.requests - before.requests) as usize,
+            evaluations,
+            "{model}"
+        );
+        assert!(
+            (after.positions - before.positions) as usize <= positions,
+            "{model}: {} positions evaluated for {positions}",
+            after.positions - before.positions
+        );
+    }
+}
+
+#[test]
+fn mixed_and_all_remote_ensembles_pick_what_the_local_top_k_union_picks() {
+    let smollm = LlamaServer::start(SMOLLM, 1);
+    let gemma = LlamaServer::start(GEMMA, 1);
+    for k in [5, 20] {
+        let mut local = Ensemble::new(
+            boxed(vec![member(SMOLLM), member(GEMMA)]),
+            None,
+            Mode::Average,
+        )
+        .unwrap();
+        let want = greedy(&mut local, Some(k));
+        let mixed: Vec<Box<dyn Member>> = vec![
+            Box::new(remote(&smollm, SMOLLM, k)),
+            Box::new(member(GEMMA)),
+        ];
+        let all: Vec<Box<dyn Member>> = vec![
+            Box::new(remote(&smollm, SMOLLM, k)),
+            Box::new(remote(&gemma, GEMMA, k)),
+        ];
+        for (what, members) in [("mixed", mixed), ("all remote", all)] {
+            let mut e = Ensemble::new(members, None, Mode::Average).unwrap();
+            let got = greedy(&mut e, Some(k));
+            let same = same_or_near_tie(&format!("{what}, top-{k} union"), &want, &got);
+            assert!(
+                same >= 3,
+                "{what}, top-{k}: only {same} of 5 texts the same"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_gated_remote_member_catches_up_in_one_request() {
+    let gemma = LlamaServer::start(GEMMA, 1);
+    let mode = Mode::Gated {
+        gate: 0,
+        threshold: 0.5,
+        when_unsure: WhenUnsure::Average,
+    };
+    let mut local = Ensemble::new(boxed(vec![member(SMOLLM), member(GEMMA)]), None, mode).unwrap();
+    let want = greedy(&mut local, Some(20));
+    let m = remote(&gemma, GEMMA, 20);
+    let clock = m.clock();
+    let members: Vec<Box<dyn Member>> = vec![Box::new(member(SMOLLM)), Box::new(m)];
+    let mut e = Ensemble::new(members, None, mode).unwrap();
+    let got = greedy(&mut e, Some(20));
+    same_or_near_tie("gated", &want, &got);
+    let steps: usize = got.iter().map(|g| g.stats.steps).sum();
+    let ensembled: usize = got.iter().map(|g| g.stats.ensembled_steps).sum();
+    assert!(0 < ensembled && ensembled < steps, "{ensembled} of {steps}");
+    // One request per evaluation, and an evaluation only where the gate was unsure: a
+    // skipped stretch is caught up in the next request.
+    let evaluations: usize = got
+        .iter()
+        .map(|g| g.stats.members[1].head_evals + g.stats.members[1].full_after_head)
+        .sum();
+    assert_eq!(clock.totals().requests as usize, evaluations);
+    assert_eq!(
+        evaluations, ensembled,
+        "the remote member is asked only when needed"
+    );
+}
+
+/// Stops the server after `after` tokens.
+struct KillAfter<'a> {
+    server: &'a mut LlamaServer,
+    after: usize,
+    killed: Option<Instant>,
+}
+
+impl Observer for KillAfter<'_> {
+    fn text(&mut self, _: &str) {}
+    fn token(&mut self, _: UnionId, _: Option<&gac_core::TokenLogprob>) {
+        self.after = self.after.saturating_sub(1);
+        if self.after == 0 && self.killed.is_none() {
+            self.server.kill();
+            self.killed = Some(Instant::now());
+        }
+    }
+}
+
+#[test]
+fn a_server_that_dies_or_stalls_fails_the_generation_naming_it() {
+    // Killed mid-generation: refused connections, two retries, then the error.
+    let mut server = LlamaServer::start(SMOLLM, 1);
+    let url = server.url.clone();
+    let members: Vec<Box<dyn Member>> = vec![
+        Box::new(remote(&server, SMOLLM, 20)),
+        Box::new(member(GEMMA)),
+    ];
+    let mut e = Ensemble::new(members, None, Mode::Average).unwrap();
+    let mut observer = KillAfter {
+        server: &mut server,
+        after: 3,
+        killed: None,
+    };
+    let options = GenerateOptions {
+        max_tokens: TOKENS,
+        ..GenerateOptions::default()
+    };
+    let err = e
+        .generate_with(Prompt::Text(PROMPTS[0]), &options, &mut observer)
+        .expect_err("the server is gone")
+        .to_string();
+    let waited = observer.killed.expect("killed after 3 tokens").elapsed();
+    assert!(
+        err.contains("SmolLM2-135M-Instruct") && err.contains(&url) && err.contains("refused"),
+        "{err}"
+    );
+    assert!(waited < Duration::from_secs(10), "failed after {waited:?}");
+
+    // Stalled (stopped, its port still open): each try times out.
+    let server = LlamaServer::start(SMOLLM, 1);
+    let options = RemoteOptions {
+        timeout: Duration::from_secs(1),
+        retries: 1,
+        ..RemoteOptions::new(&server.url)
+    };
+    let mut m = connect(SMOLLM, &options).unwrap();
+    let prompt = m.encode_prompt(PROMPTS[0]).unwrap();
+    m.reset().unwrap();
+    m.push(&prompt).unwrap();
+    let signal = |s: &str| {
+        let status = std::process::Command::new("kill")
+            .args([s, &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let err = m.evaluate().map(|_| ()).expect_err("stalled").to_string();
+    let waited = started.elapsed();
+    signal("-CONT");
+    assert!(
+        err.contains(&server.url)
+            && err.contains("did not answer in time")
+            && err.contains("2 times"),
+        "{err}"
+    );
+    assert!(waited < Duration::from_secs(6), "failed after {waited:?}");
+}
+
+#[test]
+fn a_server_that_is_not_the_vocabularys_model_is_refused() {
+    let gemma = LlamaServer::start(GEMMA, 1);
+    let err = connect(SMOLLM, &RemoteOptions::new(&gemma.url))
+        .expect_err("a Gemma server is not SmolLM2")
+        .to_string();
+    assert!(
+        err.contains(&gemma.url)
+            && err.contains("gemma-3-270m")
+            && err.contains("SmolLM2-135M-Instruct.Q4_1.gguf")
+            && err.contains("262144 tokens there, 49152 here"),
+        "{err}"
+    );
+    let slot = RemoteOptions {
+        slot: 1,
+        ..RemoteOptions::new(&gemma.url)
+    };
+    let err = connect(GEMMA, &slot)
+        .expect_err("one slot only")
+        .to_string();
+    assert!(
+        err.contains("slot 1") && err.contains("--parallel 2"),
+        "{err}"
+    );
+
+    // Nothing listening: refused within a few seconds.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let err = connect(
+        GEMMA,
+        &RemoteOptions::new(format!("http://127.0.0.1:{port}")),
+    )
+    .expect_err("nothing there")
+    .to_string();
+    assert!(err.contains("is a llama-server running there"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Something that answers, but not as a llama-server does.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello there",
+            );
+        }
+    });
+    let err = connect(GEMMA, &RemoteOptions::new(&url))
+        .expect_err("not a llama-server")
+        .to_string();
+    assert!(
+        err.contains(&url)
+            && err.contains("did not answer what a llama-server answers")
+            && err.contains("hello there"),
+        "{err}"
+    );
+}
