@@ -111,8 +111,8 @@ impl Server {
     ///
     /// The server also samples a token, and leaves the probabilities out when that token ends
     /// in an incomplete UTF-8 sequence; a logit bias makes it sample `plain`, a token of
-    /// plain ASCII text, instead. The probabilities are those before sampling, so the bias
-    /// does not touch them.
+    /// plain ASCII text, instead, through the cheapest sampler chain (top-1). The
+    /// probabilities are those before sampling, so neither touches them.
     pub(crate) fn complete(
         &self,
         prompt: &[u32],
@@ -128,6 +128,8 @@ impl Server {
             "cache_prompt": cached,
             "temperature": 0.0,
             "logit_bias": [[plain, 1e9]],
+            "samplers": ["top_k"],
+            "top_k": 1,
             "post_sampling_probs": false,
             "stream": false,
             "response_fields": ["completion_probabilities", "timings"],

@@ -1,6 +1,7 @@
 //! `gac bench --remote`: the top-k union with members served by llama-servers against the same
 //! models loaded here, side by side in one run.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -38,7 +39,6 @@ pub(super) fn remote_members(
     if let Some(k) = args.union_top_k.iter().find(|&&k| k == 0) {
         bail!("invalid --union-top-k: {k} keeps no token");
     }
-    let n_probs = args.union_top_k.iter().copied().max().unwrap_or(20);
     let n = paths.len();
     let mut setups = vec![("all local".to_string(), vec![false; n])];
     if n > 1 {
@@ -47,53 +47,29 @@ pub(super) fn remote_members(
         setups.push(("member 0 remote".to_string(), first));
     }
     setups.push(("all remote".to_string(), vec![true; n]));
-    let mut baseline: Vec<Row> = Vec::new();
     let mut lines = Vec::new();
-    for (label, remote_at) in &setups {
-        let mut members: Vec<Box<dyn Member>> = Vec::new();
-        let mut clocks = Vec::new();
-        for (i, path) in paths.iter().enumerate() {
-            let what = || format!("member {i} ({})", path.display());
-            if !remote_at[i] {
-                members.push(Box::new(
-                    LlamaMember::load(path, options).with_context(what)?,
-                ));
-                continue;
-            }
-            let remote = RemoteOptions {
-                n_probs,
-                ..RemoteOptions::new(&args.remotes[i])
-            };
-            let name = format!("{} (remote)", gac_core::gguf::model_name(path));
-            let text = gac_llamacpp::load_encoder(path).with_context(what)?;
-            let member = RemoteMember::connect(name, text, path, &remote).with_context(what)?;
-            clocks.push(member.clock());
-            members.push(Box::new(member));
-        }
-        let mut ensemble = Ensemble::new(members, None, Mode::Average)?;
-        for (j, &k) in args.union_top_k.iter().enumerate() {
+    for &k in &args.union_top_k {
+        let mut baseline: Option<Row> = None;
+        for (label, remote_at) in &setups {
+            let (members, clocks) = load(&paths, remote_at, &args.remotes, k, options)?;
+            let mut ensemble = Ensemble::new(members, None, Mode::Average)?;
             let options = GenerateOptions {
                 max_tokens: args.tokens,
                 union_top_k: Some(k),
                 ..GenerateOptions::default()
             };
-            let before = totals(&clocks);
             let name = format!("{label}, top-{k} union");
             let row = run_with(&mut ensemble, &name, prompts, &options)?;
-            let after = totals(&clocks);
-            let requests = after.requests - before.requests;
-            let overhead = (after.wall - before.wall).saturating_sub(after.server - before.server);
-            if !remote_at.contains(&true) {
-                baseline.push(row);
-                let base = &baseline[j];
+            let Some(base) = &baseline else {
                 lines.push(format!(
                     "| {name} | {:.2} | 1.00x | | | |",
-                    base.ms_per_token()
+                    row.ms_per_token()
                 ));
+                baseline = Some(row);
                 continue;
-            }
-            let base = &baseline[j];
-            let per_request = ms(overhead) / requests.max(1) as f64;
+            };
+            let t = totals(&clocks);
+            let per_request = ms(t.wall.saturating_sub(t.server)) / t.requests.max(1) as f64;
             let same = row.texts.iter().zip(&base.texts).filter(|(a, b)| a == b);
             lines.push(format!(
                 "| {name} | {:.2} | {:.2}x | {per_request:.2} | {:.1}% | {} of {} |",
@@ -106,7 +82,7 @@ pub(super) fn remote_members(
         }
     }
     println!(
-        "{} prompts x {} tokens, greedy top-k union, {} thread(s) per local member; remote members ask for {n_probs} tokens a step\n",
+        "{} prompts x {} tokens, greedy top-k union, {} thread(s) per local member; remote members ask for K tokens a step\n",
         prompts.len(),
         args.tokens,
         args.threads
@@ -130,4 +106,39 @@ fn totals(clocks: &[Arc<RemoteClock>]) -> RemoteTotals {
             wall: a.wall + b.wall,
             server: a.server + b.server,
         })
+}
+
+/// One setup's members, and the clocks of its remote ones.
+type Setup = (Vec<Box<dyn Member>>, Vec<Arc<RemoteClock>>);
+
+/// The members of one setup: local where `remote_at` says no, else served by their
+/// `remotes` server, asking for `n_probs` tokens a step; with the remote members' clocks.
+fn load(
+    paths: &[PathBuf],
+    remote_at: &[bool],
+    remotes: &[String],
+    n_probs: usize,
+    options: &LlamaOptions,
+) -> Result<Setup> {
+    let mut members: Vec<Box<dyn Member>> = Vec::new();
+    let mut clocks = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let what = || format!("member {i} ({})", path.display());
+        if !remote_at[i] {
+            members.push(Box::new(
+                LlamaMember::load(path, options).with_context(what)?,
+            ));
+            continue;
+        }
+        let remote = RemoteOptions {
+            n_probs,
+            ..RemoteOptions::new(&remotes[i])
+        };
+        let name = format!("{} (remote)", gac_core::gguf::model_name(path));
+        let text = gac_llamacpp::load_encoder(path).with_context(what)?;
+        let member = RemoteMember::connect(name, text, path, &remote).with_context(what)?;
+        clocks.push(member.clock());
+        members.push(Box::new(member));
+    }
+    Ok((members, clocks))
 }
