@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::LoadError;
-use server::{Completion, Failure, Server};
+use server::{Completion, Server};
 
 /// Where a remote member's server is and how it is asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,7 +202,7 @@ impl RemoteMember {
         })?;
         let server = Server::new(&url, options.timeout, options.retries);
         wait_until_ready(&server, options.timeout).map_err(fail)?;
-        let props: Props = server.get("/props").map_err(|e| fail(e.to_string()))?;
+        let props: Props = server.get("/props").map_err(fail)?;
         if options.slot >= props.total_slots {
             return Err(fail(format!(
                 "slot {} asked for, but the server has {} (start it with --parallel {} or more)",
@@ -211,7 +211,7 @@ impl RemoteMember {
                 options.slot + 1
             )));
         }
-        let models: Models = server.get("/v1/models").map_err(|e| fail(e.to_string()))?;
+        let models: Models = server.get("/v1/models").map_err(fail)?;
         let n_vocab = models
             .data
             .first()
@@ -242,11 +242,6 @@ impl RemoteMember {
         })
     }
 
-    /// The server's address.
-    pub fn url(&self) -> &str {
-        &self.server.url
-    }
-
     /// The member's request times, shared: read it while the member works in an ensemble.
     pub fn clock(&self) -> Arc<RemoteClock> {
         self.clock.clone()
@@ -271,9 +266,7 @@ impl RemoteMember {
                 self.plain,
                 self.prompt_cache || !self.fresh,
             )
-            .map_err(|e| match e {
-                Failure::Unreachable(m) | Failure::Refused(m) => self.fail(m),
-            })?;
+            .map_err(|e| self.fail(e))?;
         self.fresh = false;
         self.clock
             .record(answer.evaluated(), started.elapsed(), answer.server_time());
@@ -363,9 +356,7 @@ fn check_vocab(server: &Server, vocab: &Vocab, n_vocab: Option<usize>) -> Result
         .collect();
     let every = (texts.len() / SAMPLED_IDS).max(1);
     for &(id, ours) in texts.iter().step_by(every) {
-        let theirs: Detokenized = server
-            .post("/detokenize", &json!({ "tokens": [id] }))
-            .map_err(|e| e.to_string())?;
+        let theirs: Detokenized = server.post("/detokenize", &json!({ "tokens": [id] }))?;
         if theirs.content != ours {
             return Err(format!(
                 "token {id} is {:?} there, {ours:?} here",

@@ -20,23 +20,8 @@ pub(crate) struct Server {
     retries: u32,
 }
 
-/// Why a request failed.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    /// No answer (refused, reset, timed out) or a server-side error after every retry.
-    Unreachable(String),
-    /// The server answered, but refused the request (4xx) or answered what is not the
-    /// expected JSON: repeating it would not help.
-    Refused(String),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Unreachable(m) | Failure::Refused(m) => f.write_str(m),
-        }
-    }
-}
+/// Why a request failed, naming the server and the endpoint.
+pub(crate) type Failure = String;
 
 /// One step's answer: the most probable next tokens and how much the server took from its
 /// cache.
@@ -189,10 +174,7 @@ impl Server {
                 Ok(response) => return self.read(path, response),
                 Err(ureq::Error::Status(code, response)) if code < 500 => {
                     let detail = error_message(response);
-                    return Err(Failure::Refused(format!(
-                        "{}{path} answered {code}: {detail}",
-                        self.url
-                    )));
+                    return Err(format!("{}{path} answered {code}: {detail}", self.url));
                 }
                 Err(ureq::Error::Status(code, response)) => {
                     last = format!("answered {code}: {}", error_message(response));
@@ -200,11 +182,11 @@ impl Server {
                 Err(ureq::Error::Transport(t)) => last = transport_message(&t),
             }
         }
-        Err(Failure::Unreachable(format!(
+        Err(format!(
             "{}{path} {last} (tried {} times)",
             self.url,
             self.retries + 1
-        )))
+        ))
     }
 
     fn read<T: DeserializeOwned>(
@@ -213,15 +195,16 @@ impl Server {
         response: ureq::Response,
     ) -> Result<T, Failure> {
         let mut body = Vec::new();
-        response.into_reader().read_to_end(&mut body).map_err(|e| {
-            Failure::Unreachable(format!("{}{path}: reading the answer: {e}", self.url))
-        })?;
+        response
+            .into_reader()
+            .read_to_end(&mut body)
+            .map_err(|e| format!("{}{path}: reading the answer: {e}", self.url))?;
         serde_json::from_slice(&body).map_err(|e| {
             let start = String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned();
-            Failure::Refused(format!(
+            format!(
                 "{}{path} did not answer what a llama-server answers ({e}); it began: {start:?}",
                 self.url
-            ))
+            )
         })
     }
 }
