@@ -607,6 +607,38 @@ fn remote_members_from_the_command_line() {
     assert!(all_remote[3].parse::<f64>().unwrap() >= 0.0, "{table}");
     assert!(all_remote[5].contains("of 1"), "{table}");
 
+    // gac eval takes the same flags.
+    let results = scratch("remote-eval.jsonl", "");
+    std::fs::remove_file(&results).unwrap();
+    let data = gac_tests::cache().join("data").display().to_string();
+    succeeds(&[
+        "eval",
+        "--model",
+        &server.url,
+        "--vocab",
+        &smollm,
+        "--model",
+        &gemma,
+        "--task",
+        "bigbench:linguistic_mappings/plural_json",
+        "--limit",
+        "2",
+        "--union-top-k",
+        "5",
+        "--data",
+        &data,
+        "--out",
+        &results.display().to_string(),
+    ]);
+    let lines = std::fs::read_to_string(&results).unwrap();
+    for config in ["member:0", "member:1", "average:top5"] {
+        let n = lines
+            .lines()
+            .filter(|l| l.contains(&format!("\"config\":\"{config}\"")))
+            .count();
+        assert_eq!(n, 2, "{config} in {lines}");
+    }
+
     // What is wrong is named.
     let cases: &[(&[&str], &str)] = &[
         (&["--model", &server.url, "hi"], "member[0].vocab: missing"),

@@ -67,6 +67,14 @@ pub struct EnsembleArgs {
     /// (greedy steps its head cannot decide evaluate the full logits again).
     #[arg(long = "device-top-k", value_name = "K", conflicts_with = "config")]
     device_top_k: Vec<u32>,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+/// The flags of remote members (`--model http://HOST:PORT`), each bound to the `--model` it
+/// follows; shared by `generate`, `chat`, `serve` and `eval`.
+#[derive(Args, Debug)]
+pub struct RemoteArgs {
     /// The vocabulary of the remote member (`--model http://HOST:PORT`) it follows: the GGUF
     /// file its llama-server runs (read without weights) or a tokenizer.json.
     #[arg(long = "vocab", value_name = "FILE", conflicts_with = "config")]
@@ -79,6 +87,27 @@ pub struct EnsembleArgs {
     /// and then fails (default 60).
     #[arg(long = "timeout", value_name = "SECS", conflicts_with = "config")]
     timeouts: Vec<f32>,
+}
+
+impl RemoteArgs {
+    /// Sets these flags on the members they follow (`matches` are the subcommand's).
+    pub fn bind(&self, config: &mut EnsembleConfig, matches: &clap::ArgMatches) -> Result<()> {
+        let models = indices(matches, "models");
+        let bind = |flag: &str, id: &str| owners(flag, &indices(matches, id), &models);
+        for (m, v) in bind("--vocab", "vocabs")?.into_iter().zip(&self.vocabs) {
+            config.members[m].vocab = Some(v.clone());
+        }
+        for (m, k) in bind("--n-probs", "n_probs")?.into_iter().zip(&self.n_probs) {
+            config.members[m].n_probs = Some(*k);
+        }
+        for (m, t) in bind("--timeout", "timeouts")?
+            .into_iter()
+            .zip(&self.timeouts)
+        {
+            config.members[m].timeout = Some(*t);
+        }
+        Ok(())
+    }
 }
 
 /// Which member each occurrence of a per-member flag belongs to: the last `--model` before it.
@@ -135,18 +164,7 @@ impl EnsembleArgs {
         {
             config.members[m].device_top_k = Some(*k);
         }
-        for (m, v) in bind("--vocab", "vocabs")?.into_iter().zip(&self.vocabs) {
-            config.members[m].vocab = Some(v.clone());
-        }
-        for (m, k) in bind("--n-probs", "n_probs")?.into_iter().zip(&self.n_probs) {
-            config.members[m].n_probs = Some(*k);
-        }
-        for (m, t) in bind("--timeout", "timeouts")?
-            .into_iter()
-            .zip(&self.timeouts)
-        {
-            config.members[m].timeout = Some(*t);
-        }
+        self.remote.bind(&mut config, matches)?;
         // The cores are divided among the members that run here.
         let n = config
             .members

@@ -210,7 +210,12 @@ fn main() -> ExitCode {
         }
         Command::Vocab(args) => vocab::vocab(args),
         Command::Bench(args) => bench::bench(args),
-        Command::Eval(args) => eval::eval(args),
+        Command::Eval(args) => eval::eval(
+            args,
+            matches
+                .subcommand_matches("eval")
+                .expect("the subcommand that was parsed"),
+        ),
         Command::Info => {
             info();
             Ok(())

@@ -26,6 +26,8 @@ use run::{learn_weights, run_config};
 pub struct EvalArgs {
     #[command(flatten)]
     members: super::MemberArgs,
+    #[command(flatten)]
+    remote: super::args::RemoteArgs,
     /// Tasks (repeatable): mmlu, boolq, piqa, commonsenseqa, openbookqa, nq-open, asdiv,
     /// bigbench:NAME (a task.json under DATA/bigbench), jsonl:PATH (your own data).
     #[arg(
@@ -136,7 +138,7 @@ fn data_dir(args: &EvalArgs) -> PathBuf {
     })
 }
 
-pub fn eval(args: EvalArgs) -> Result<()> {
+pub fn eval(args: EvalArgs, matches: &clap::ArgMatches) -> Result<()> {
     if args.list_tasks {
         return list_tasks(&args);
     }
@@ -157,6 +159,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         }
     }
     let mut config = args.members.config()?;
+    args.remote.bind(&mut config, matches)?;
     for m in &mut config.members {
         if m.runtime == RuntimeKind::LlamaCpp {
             m.threads = Some(args.threads);
