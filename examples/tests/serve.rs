@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use gac_tests::{asset, cache, GEMMA, SMOLLM};
+use gac_tests::{asset, cache, LlamaServer, GEMMA, SMOLLM};
 use serde_json::{json, Value};
 
 /// A running `gac serve`, killed when dropped.
@@ -31,13 +31,16 @@ fn path(relative: &str) -> String {
 impl Server {
     /// Starts a server on a free port with the two default models and waits until it is ready.
     fn start(extra: &[&str]) -> Server {
-        Self::start_with(&path(SMOLLM), extra)
+        Self::start_with(&[&path(SMOLLM)], extra)
     }
 
-    /// The same with `first` (a `--model` value) instead of SmolLM2 in llama.cpp.
-    fn start_with(first: &str, extra: &[&str]) -> Server {
+    /// The same with `first` (a `--model` value and its own flags) instead of SmolLM2 in
+    /// llama.cpp.
+    fn start_with(first: &[&str], extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gac"))
-            .args(["serve", "--model", first, "--model", &path(GEMMA)])
+            .args(["serve", "--model"])
+            .args(first)
+            .args(["--model", &path(GEMMA)])
             .args(["--port", "0"])
             .args(extra)
             .env_remove("GAC_LLAMA_LOG")
@@ -654,7 +657,7 @@ fn an_api_key_guards_the_api() {
 #[test]
 fn a_mistralrs_member_serves_concurrent_slots() {
     let first = format!("mistralrs:{}", path(SMOLLM));
-    let server = Server::start_with(&first, &["--parallel", "2"]);
+    let server = Server::start_with(&[&first], &["--parallel", "2"]);
     let answers: Vec<Value> = std::thread::scope(|s| {
         let runs: Vec<_> = PROMPTS
             .iter()
@@ -672,4 +675,56 @@ fn a_mistralrs_member_serves_concurrent_slots() {
         assert_eq!(a["gac"]["members"].as_array().unwrap().len(), 2, "{a}");
     }
     assert_eq!(server.metric("gac_requests_total{outcome=\"ok\"}"), 2.0);
+}
+
+#[test]
+fn a_remote_member_serves_each_slot_from_its_own_server_slot() {
+    let smollm = LlamaServer::start(SMOLLM, 2);
+    let vocab = path(SMOLLM);
+    let first = [smollm.url.as_str(), "--vocab", vocab.as_str()];
+    let server = Server::start_with(&first, &["--parallel", "2"]);
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let runs: Vec<_> = PROMPTS[..2]
+            .iter()
+            .map(|p| {
+                let server = &server;
+                s.spawn(move || {
+                    server.complete(
+                        json!({"prompt": p, "max_tokens": 8, "temperature": 0, "union_top_k": 5}),
+                    )
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for a in &answers {
+        assert_eq!(a["usage"]["completion_tokens"], 8, "{a}");
+    }
+    assert_eq!(server.metric("gac_requests_total{outcome=\"ok\"}"), 2.0);
+    drop(server);
+
+    // A server with fewer slots than gac's is refused at load, with the reason.
+    let one = LlamaServer::start(SMOLLM, 1);
+    let out = Command::new(env!("CARGO_BIN_EXE_gac"))
+        .args([
+            "serve",
+            "--model",
+            &one.url,
+            "--vocab",
+            &vocab,
+            "--parallel",
+            "2",
+            "--port",
+            "0",
+        ])
+        .output()
+        .expect("gac serve runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "slot 1 asked for, but the server has 1 (start it with --parallel 2 or more)"
+        ),
+        "{stderr}"
+    );
 }
