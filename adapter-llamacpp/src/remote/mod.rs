@@ -8,10 +8,9 @@
 //! the whole prompt unless [`RemoteOptions::prompt_cache`] says otherwise, because llama.cpp's
 //! logits depend on how a prompt is split into batches (as for a local member's
 //! [`LlamaOptions::prompt_cache`](crate::LlamaOptions::prompt_cache)). The member hands back
-//! that head, with
-//! probabilities over the whole vocabulary ([`Evaluation::Head`]). The full distribution,
-//! when the ensemble needs it at a greedy step the heads cannot decide, is the same request
-//! with every id listed (slow: megabytes of JSON).
+//! that head, with probabilities over the whole vocabulary ([`Evaluation::Head`]). The full
+//! distribution, when the ensemble needs it at a greedy step the heads cannot decide, is the
+//! same request with every id listed (slow: megabytes of JSON).
 
 mod server;
 
