@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use gac_core::{Encoder, Member, Message, Vocab};
+use gac_core::Member;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -421,27 +421,7 @@ pub struct BatchedMember {
     reuse: bool,
 }
 
-impl Encoder for BatchedMember {
-    fn vocab(&self) -> &Vocab {
-        self.text.vocab()
-    }
-
-    fn encode(&self, text: &[u8]) -> gac_core::Result<Vec<u32>> {
-        self.text.encode(text)
-    }
-
-    fn encode_prompt(&self, prompt: &str) -> gac_core::Result<Vec<u32>> {
-        self.text.encode_prompt(prompt)
-    }
-
-    fn encode_messages(&self, messages: &[Message]) -> Option<gac_core::Result<Vec<u32>>> {
-        self.text.encode_messages(messages)
-    }
-
-    fn context_size(&self) -> Option<usize> {
-        Some(self.context_size)
-    }
-}
+encoder_from_text!(BatchedMember);
 
 impl Member for BatchedMember {
     fn name(&self) -> &str {

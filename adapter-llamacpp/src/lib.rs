@@ -20,13 +20,44 @@ use std::sync::Arc;
 
 use gac_core::gguf::{model_name, GgufError};
 use gac_core::vocab::Vocab;
-use gac_core::{Encoder, Evaluation, Member, Message};
+use gac_core::{Encoder, Evaluation, Member};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
+
+/// `Encoder` for a member whose text side is its `text` field (an `Encoder`) and whose context
+/// window is its `context_size` field.
+macro_rules! encoder_from_text {
+    ($member:ty) => {
+        impl gac_core::Encoder for $member {
+            fn vocab(&self) -> &gac_core::Vocab {
+                self.text.vocab()
+            }
+
+            fn encode(&self, text: &[u8]) -> gac_core::Result<Vec<u32>> {
+                self.text.encode(text)
+            }
+
+            fn encode_prompt(&self, prompt: &str) -> gac_core::Result<Vec<u32>> {
+                self.text.encode_prompt(prompt)
+            }
+
+            fn encode_messages(
+                &self,
+                messages: &[gac_core::Message],
+            ) -> Option<gac_core::Result<Vec<u32>>> {
+                self.text.encode_messages(messages)
+            }
+
+            fn context_size(&self) -> Option<usize> {
+                Some(self.context_size)
+            }
+        }
+    };
+}
 
 mod batched;
 mod device_top_k;
@@ -37,7 +68,7 @@ mod vocab;
 
 pub use batched::{BatchedMember, SharedContext, BATCH_WINDOW};
 use device_top_k::DeviceTopK;
-pub use remote::{RemoteClock, RemoteMember, RemoteOptions, RemoteTotals};
+pub use remote::{RemoteClock, RemoteMember, RemoteOptions, RemoteTotals, DEFAULT_N_PROBS};
 pub use runtime::{backend, llama_version, runtime_info, RuntimeInfo, LLAMA_CPP_VERSION};
 use text::ModelText;
 pub use vocab::vocab_of;
@@ -337,27 +368,7 @@ impl LlamaMember {
     }
 }
 
-impl Encoder for LlamaMember {
-    fn vocab(&self) -> &Vocab {
-        self.text.vocab()
-    }
-
-    fn encode(&self, text: &[u8]) -> gac_core::Result<Vec<u32>> {
-        self.text.encode(text)
-    }
-
-    fn encode_prompt(&self, prompt: &str) -> gac_core::Result<Vec<u32>> {
-        self.text.encode_prompt(prompt)
-    }
-
-    fn encode_messages(&self, messages: &[Message]) -> Option<gac_core::Result<Vec<u32>>> {
-        self.text.encode_messages(messages)
-    }
-
-    fn context_size(&self) -> Option<usize> {
-        Some(self.context_size)
-    }
-}
+encoder_from_text!(LlamaMember);
 
 impl Member for LlamaMember {
     fn name(&self) -> &str {

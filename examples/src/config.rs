@@ -39,6 +39,7 @@ use serde::Deserialize;
 
 use gac_core::ensemble::validate;
 use gac_core::{Error, Mode, Result, Schedule, Weighting, WhenUnsure};
+use gac_llamacpp::DEFAULT_N_PROBS;
 
 /// A whole ensemble: its members and, optionally, a gate.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -425,7 +426,7 @@ impl EnsembleConfig {
     /// top-k union takes that many from each member).
     pub fn remote_heads_at_least(&mut self, k: usize) {
         for m in &mut self.members {
-            if m.runtime == RuntimeKind::Http && m.n_probs.is_none() && k > 20 {
+            if m.runtime == RuntimeKind::Http && m.n_probs.is_none() && k > DEFAULT_N_PROBS {
                 m.n_probs = Some(k as u32);
             }
         }

@@ -20,12 +20,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gac_core::vocab::Token;
-use gac_core::{Encoder, Evaluation, Member, Message, Vocab};
+use gac_core::{Encoder, Evaluation, Member, Vocab};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::LoadError;
 use server::{Completion, Server};
+
+/// How many most probable tokens a remote member asks for each step unless told otherwise.
+pub const DEFAULT_N_PROBS: usize = 20;
 
 /// Where a remote member's server is and how it is asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +55,7 @@ impl RemoteOptions {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            n_probs: 20,
+            n_probs: DEFAULT_N_PROBS,
             slot: 0,
             timeout: Duration::from_secs(60),
             retries: 2,
@@ -366,27 +369,7 @@ fn check_vocab(server: &Server, vocab: &Vocab, n_vocab: Option<usize>) -> Result
     Ok(())
 }
 
-impl Encoder for RemoteMember {
-    fn vocab(&self) -> &Vocab {
-        self.text.vocab()
-    }
-
-    fn encode(&self, text: &[u8]) -> gac_core::Result<Vec<u32>> {
-        self.text.encode(text)
-    }
-
-    fn encode_prompt(&self, prompt: &str) -> gac_core::Result<Vec<u32>> {
-        self.text.encode_prompt(prompt)
-    }
-
-    fn encode_messages(&self, messages: &[Message]) -> Option<gac_core::Result<Vec<u32>>> {
-        self.text.encode_messages(messages)
-    }
-
-    fn context_size(&self) -> Option<usize> {
-        Some(self.context_size)
-    }
-}
+encoder_from_text!(RemoteMember);
 
 impl Member for RemoteMember {
     fn name(&self) -> &str {

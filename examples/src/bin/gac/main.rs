@@ -339,15 +339,17 @@ pub(crate) fn load_slots(
                 let vocab = m.file();
                 let name = gac_core::gguf::model_name(vocab);
                 for (slot, set) in sets.iter_mut().enumerate() {
-                    let options = RemoteOptions {
+                    let mut options = RemoteOptions {
                         slot: slot as u32,
-                        n_probs: m.n_probs.map_or(20, |k| k as usize),
-                        timeout: m
-                            .timeout
-                            .map_or(Duration::from_secs(60), Duration::from_secs_f32),
                         prompt_cache,
                         ..RemoteOptions::new(m.place())
                     };
+                    if let Some(k) = m.n_probs {
+                        options.n_probs = k as usize;
+                    }
+                    if let Some(t) = m.timeout {
+                        options.timeout = Duration::from_secs_f32(t);
+                    }
                     let text = vocab_encoder(vocab).with_context(what)?;
                     let member = RemoteMember::connect(name.clone(), text, vocab, &options)
                         .with_context(what)?;
