@@ -69,7 +69,7 @@ mod vocab;
 pub use batched::{BatchedMember, SharedContext, BATCH_WINDOW};
 use device_top_k::DeviceTopK;
 pub use remote::{RemoteClock, RemoteMember, RemoteOptions, RemoteTotals, DEFAULT_N_PROBS};
-pub use runtime::{backend, llama_version, runtime_info, RuntimeInfo, LLAMA_CPP_VERSION};
+pub use runtime::{backend, gpus, llama_version, runtime_info, RuntimeInfo, LLAMA_CPP_VERSION};
 use text::ModelText;
 pub use vocab::vocab_of;
 
@@ -109,6 +109,8 @@ pub enum LoadError {
     Context(PathBuf, String),
     /// A GPU was asked for, but llama.cpp was built without GPU support.
     NoGpu(PathBuf, i32),
+    /// The GPU asked for is not among the GPUs llama.cpp sees (listed).
+    NoSuchGpu(PathBuf, i32, Vec<String>),
     /// The model's vocabulary cannot be used.
     Vocab(PathBuf, gac_core::Error),
     /// The llama.cpp library found at run time is another version than gac was built against.
@@ -128,10 +130,23 @@ impl fmt::Display for LoadError {
                 p.display()
             ),
             LoadError::Context(p, e) => write!(f, "cannot create a llama.cpp context for {}: {e}", p.display()),
+            LoadError::NoGpu(p, gpu) if cfg!(feature = "dynamic-link") => write!(
+                f,
+                "{} is pinned to GPU {gpu}, but the llama.cpp libraries found at run time have no GPU backend \
+                 (put a llama.cpp built with CUDA, ROCm, Vulkan or Metal first on LD_LIBRARY_PATH; `gac info` shows what is loaded)",
+                p.display()
+            ),
             LoadError::NoGpu(p, gpu) => write!(
                 f,
                 "{} is pinned to GPU {gpu}, but this build of llama.cpp has no GPU support (build with --features cuda)",
                 p.display()
+            ),
+            LoadError::NoSuchGpu(p, gpu, gpus) => write!(
+                f,
+                "{} is pinned to GPU {gpu}, but llama.cpp sees {} GPU(s): {}",
+                p.display(),
+                gpus.len(),
+                gpus.iter().enumerate().map(|(i, g)| format!("{i}: {g}")).collect::<Vec<_>>().join(", ")
             ),
             LoadError::Vocab(p, e) => write!(f, "{}: {e}", p.display()),
             LoadError::Version(v) => write!(
@@ -161,6 +176,10 @@ pub fn load_model(path: &Path, options: &LlamaOptions) -> Result<Arc<LlamaModel>
     if let Some(gpu) = options.gpu {
         if !backend.supports_gpu_offload() {
             return Err(LoadError::NoGpu(path.to_path_buf(), gpu));
+        }
+        let gpus = runtime::gpus();
+        if usize::try_from(gpu).map_or(true, |g| g >= gpus.len()) {
+            return Err(LoadError::NoSuchGpu(path.to_path_buf(), gpu, gpus));
         }
         params = params
             .with_split_mode(LlamaSplitMode::None)

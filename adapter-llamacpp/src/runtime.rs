@@ -32,6 +32,27 @@ pub struct RuntimeInfo {
     pub devices: Vec<(String, String, String, usize)>,
 }
 
+/// The GPUs a model's `main_gpu` indexes, in llama.cpp's order ("CUDA0 (NVIDIA H200)"): the
+/// discrete ones, or the integrated ones when there is none. (llama.cpp also drops a GPU that a
+/// second backend sees again, so this can list more than it uses, never fewer.)
+pub fn gpus() -> Vec<String> {
+    use llama_cpp_2::LlamaBackendDeviceType as Kind;
+    let devices = llama_cpp_2::list_llama_ggml_backend_devices();
+    let of = |kind: Kind| -> Vec<String> {
+        devices
+            .iter()
+            .filter(|d| d.device_type == kind)
+            .map(|d| format!("{} ({})", d.name, d.description))
+            .collect()
+    };
+    let discrete = of(Kind::Gpu);
+    if discrete.is_empty() {
+        of(Kind::IntegratedGpu)
+    } else {
+        discrete
+    }
+}
+
 /// The llama.cpp version gac is built against (the source llama-cpp-sys-2 0.1.161 vendors). A
 /// llama.cpp loaded as shared libraries (the `dynamic-link` feature) must report it; llama.cpp
 /// does not bump it on every change of its C API, so build exactly that source.
