@@ -23,7 +23,7 @@
 //! runtime = "http"
 //! url = "http://gpu-box:8080"
 //! vocab = "models/c.gguf"   # the GGUF file the server runs (read without weights), or a tokenizer.json
-//! n_probs = 20              # optional: most probable tokens asked for each step (default 20)
+//! n_probs = 20              # optional: most probable tokens asked for each step (default 20, more for a larger top-k union)
 //! timeout = 60              # optional: seconds to wait for one answer (default 60)
 //!
 //! [gate]            # optional: gated mode
@@ -39,7 +39,6 @@ use serde::Deserialize;
 
 use gac_core::ensemble::validate;
 use gac_core::{Error, Mode, Result, Schedule, Weighting, WhenUnsure};
-use gac_llamacpp::DEFAULT_N_PROBS;
 
 /// A whole ensemble: its members and, optionally, a gate.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -112,8 +111,8 @@ pub struct MemberConfig {
     /// A remote member's vocabulary: the GGUF file its server runs (read without weights) or a
     /// `tokenizer.json`.
     pub vocab: Option<PathBuf>,
-    /// How many most probable tokens a remote member asks for each step (default 20, or the
-    /// run's top-k union when larger).
+    /// How many most probable tokens a remote member asks for each step (default 20; more when
+    /// the generation's top-k union takes more).
     pub n_probs: Option<u32>,
     /// Seconds a remote member waits for one answer (default 60).
     pub timeout: Option<f32>,
@@ -422,16 +421,6 @@ impl EnsembleConfig {
         }
     }
 
-    /// Remote members that were not given `n_probs` ask for at least `k` tokens a step (a run's
-    /// top-k union takes that many from each member).
-    pub fn remote_heads_at_least(&mut self, k: usize) {
-        for m in &mut self.members {
-            if m.runtime == RuntimeKind::Http && m.n_probs.is_none() && k > DEFAULT_N_PROBS {
-                m.n_probs = Some(k as u32);
-            }
-        }
-    }
-
     /// The member weights, in order.
     pub fn weights(&self) -> Vec<f32> {
         self.members.iter().map(|m| m.weight).collect()
@@ -541,9 +530,8 @@ mod tests {
         assert_eq!(c.members[0].file(), Path::new("a.gguf"));
         assert_eq!(c.members[1].place(), "http://b:8080");
         assert_eq!(c.schedule().unwrap(), Schedule::Eager, "a server each");
-        c.remote_heads_at_least(50);
-        assert_eq!(c.members[0].n_probs, Some(50));
-        assert_eq!(c.members[1].n_probs, Some(5), "given, so kept");
+        assert_eq!(c.members[0].n_probs, None);
+        assert_eq!(c.members[1].n_probs, Some(5));
         c.members[1].url = Some("http://a:8080".into());
         assert_eq!(c.schedule().unwrap(), Schedule::Lazy, "one shared server");
     }

@@ -104,6 +104,12 @@ pub trait Member: Encoder {
         self.logits().map(Evaluation::Logits)
     }
 
+    /// The top-k union the next generation combines (`None`: whole distributions), told before
+    /// it starts. A member that hands back only its head should list at least `k` ids: the
+    /// ensemble asks for the whole distribution at every step where a head is shorter. The
+    /// default does nothing.
+    fn set_union_top_k(&mut self, _k: Option<usize>) {}
+
     /// How many leading positions the last evaluation took from the member's cache instead of
     /// computing them (a prompt that starts like the previous context; see e.g. the llama.cpp
     /// adapter's prompt cache). Defaults to 0.
@@ -154,6 +160,9 @@ impl<M: Member + ?Sized> Member for Box<M> {
     }
     fn evaluate(&mut self) -> Result<Evaluation<'_>> {
         (**self).evaluate()
+    }
+    fn set_union_top_k(&mut self, k: Option<usize>) {
+        (**self).set_union_top_k(k)
     }
     fn reused(&self) -> usize {
         (**self).reused()

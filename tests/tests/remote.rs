@@ -157,13 +157,14 @@ fn mixed_and_all_remote_ensembles_pick_what_the_local_top_k_union_picks() {
         )
         .unwrap();
         let want = greedy(&mut local, Some(k));
+        // Told to ask for 1 token a step: the union's K tokens are asked for all the same.
         let mixed: Vec<Box<dyn Member>> = vec![
-            Box::new(remote(&smollm, SMOLLM, k)),
+            Box::new(remote(&smollm, SMOLLM, 1)),
             Box::new(member(GEMMA)),
         ];
         let all: Vec<Box<dyn Member>> = vec![
-            Box::new(remote(&smollm, SMOLLM, k)),
-            Box::new(remote(&gemma, GEMMA, k)),
+            Box::new(remote(&smollm, SMOLLM, 1)),
+            Box::new(remote(&gemma, GEMMA, 1)),
         ];
         for (what, members) in [("mixed", mixed), ("all remote", all)] {
             let mut e = Ensemble::new(members, None, Mode::Average).unwrap();
@@ -173,6 +174,12 @@ fn mixed_and_all_remote_ensembles_pick_what_the_local_top_k_union_picks() {
                 same >= 3,
                 "{what}, top-{k}: only {same} of 5 texts the same"
             );
+            let refetched: usize = got
+                .iter()
+                .flat_map(|g| &g.stats.members)
+                .map(|m| m.full_after_head)
+                .sum();
+            assert_eq!(refetched, 0, "{what}, top-{k}: the heads held K tokens");
         }
     }
 }

@@ -35,7 +35,8 @@ pub const DEFAULT_N_PROBS: usize = 20;
 pub struct RemoteOptions {
     /// The llama-server's address, `http://HOST:PORT`.
     pub url: String,
-    /// How many most probable tokens each step asks for (llama-server's `n_probs`).
+    /// How many most probable tokens each step asks for (llama-server's `n_probs`); more when
+    /// the generation's top-k union takes more.
     pub n_probs: usize,
     /// The server slot the member's requests go to, so that its prompt cache stays this
     /// member's context (llama-server's `id_slot`).
@@ -116,6 +117,8 @@ pub struct RemoteMember {
     text: Box<dyn Encoder>,
     server: Server,
     n_probs: usize,
+    /// The top-k union of the generation under way: each step asks for at least that many.
+    union_top_k: usize,
     slot: u32,
     /// A token of plain ASCII text, for the server to sample (see [`Server::complete`]).
     plain: u32,
@@ -231,6 +234,7 @@ impl RemoteMember {
             text,
             server,
             n_probs: options.n_probs.max(1),
+            union_top_k: 0,
             slot: options.slot,
             plain,
             prompt_cache: options.prompt_cache,
@@ -404,8 +408,12 @@ impl Member for RemoteMember {
         self.reused
     }
 
+    fn set_union_top_k(&mut self, k: Option<usize>) {
+        self.union_top_k = k.unwrap_or(0);
+    }
+
     fn evaluate(&mut self) -> gac_core::Result<Evaluation<'_>> {
-        let answer = self.request(self.n_probs)?;
+        let answer = self.request(self.n_probs.max(self.union_top_k))?;
         self.head.clear();
         self.head
             .extend(answer.candidates().iter().map(|c| (c.id, c.logprob.exp())));

@@ -147,6 +147,7 @@ impl Ensemble {
                     });
                 }
             }
+            member.set_union_top_k(options.union_top_k);
             member.reset()?;
             member.push(&ids)?;
             prompt_lens.push(ids.len());

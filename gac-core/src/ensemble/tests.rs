@@ -512,6 +512,34 @@ fn members_that_give_only_heads_pick_what_whole_distributions_pick() {
 }
 
 #[test]
+fn a_head_shorter_than_the_top_k_union_gives_way_to_the_whole_distribution() {
+    let opts = GenerateOptions {
+        max_tokens: 20,
+        union_top_k: Some(4),
+        ..Default::default()
+    };
+    for seed in 0..20 {
+        let (full, _) = run(noisy_pair(seed), Mode::Average, &opts).unwrap();
+        // Heads of 3: the 4 most probable are not known, so every step asks for everything.
+        let (short, _) = run(noisy_heads(seed, 3), Mode::Average, &opts).unwrap();
+        assert_eq!(short.tokens, full.tokens, "seed {seed}");
+        for m in &short.stats.members {
+            assert_eq!(m.full_after_head, m.head_evals, "{m:?}");
+        }
+        // Heads of 5 (4 writable tokens even past the one special token): heads suffice.
+        let (long, _) = run(noisy_heads(seed, 5), Mode::Average, &opts).unwrap();
+        assert_eq!(long.tokens, full.tokens, "seed {seed}");
+        for m in &long.stats.members {
+            assert_eq!(
+                (m.head_evals, m.full_after_head),
+                (long.stats.steps, 0),
+                "{m:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn sampling_over_a_head_draws_only_from_the_head() {
     // A member that gives only its most probable token: every draw is the greedy pick.
     let member = |head| {

@@ -39,6 +39,11 @@ impl Input<'_> {
         self.weight * (self.floor * missing as f32).min(self.outside)
     }
 
+    /// Only a head is known, and it lists fewer than `k` ids (of a vocabulary that has more).
+    fn short_of(&self, k: usize) -> bool {
+        !self.full && self.head.len() < k.min(self.probs.len())
+    }
+
     /// How many of the member's ids that map to union token `u` are outside its head.
     fn missing(&self, u: u32) -> usize {
         let listed = self
@@ -72,7 +77,8 @@ pub enum Scatter {
     /// picks only); otherwise [`Scatter::Full`].
     Heads,
     /// Each member's k most probable writable tokens (the top-k union); [`Scatter::Full`] when
-    /// no member has one.
+    /// no member has one. A member that gave a head of fewer than k ids gives its whole
+    /// distribution for the step ([`Filled::NeedsFull`]): its k most probable are not known.
     TopK(usize),
 }
 
@@ -133,6 +139,7 @@ impl Candidates {
         let sparse = match how {
             Scatter::Full => false,
             Scatter::Heads => self.heads_decide(members),
+            Scatter::TopK(k) if members.iter().any(|m| m.short_of(k)) => return Filled::NeedsFull,
             Scatter::TopK(k) => self.top_k_union(members, k),
         };
         if !sparse {

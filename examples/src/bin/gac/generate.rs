@@ -49,8 +49,7 @@ fn read_prompt(prompt: &str) -> Result<String> {
     Ok(text)
 }
 
-pub fn generate(args: GenerateArgs, mut config: EnsembleConfig) -> Result<()> {
-    config.remote_heads_at_least(args.union_top_k.unwrap_or(0));
+pub fn generate(args: GenerateArgs, config: EnsembleConfig) -> Result<()> {
     let prompt = read_prompt(&args.prompt)?;
     if prompt.is_empty() {
         bail!("the prompt is empty");

@@ -169,7 +169,6 @@ pub fn eval(args: EvalArgs, matches: &clap::ArgMatches) -> Result<()> {
             m.context = args.context.or(m.context);
         }
     }
-    config.remote_heads_at_least(args.union_top_ks.iter().copied().max().unwrap_or(0));
     config.validate()?;
     for &t in &args.thresholds {
         if !(0.0..=1.0).contains(&t) {
