@@ -54,12 +54,20 @@ impl Run<'_> {
         let mut filled = self.scatter(which);
         if filled == Filled::NeedsFull {
             let t = Instant::now();
-            // The heads do not decide this greedy step: the members that gave only theirs
-            // evaluate their whole distribution, for this step alone.
+            // The heads do not decide this greedy step, or some are shorter than the top-k
+            // union's K: those members evaluate their whole distribution, for this step alone.
+            let inputs = inputs_of(
+                &self.workers,
+                self.weights,
+                self.weighting,
+                self.union,
+                which,
+            );
             let heads: Vec<usize> = which
                 .iter()
-                .copied()
-                .filter(|&i| !self.workers[i].dist.as_ref().expect("evaluated").full)
+                .zip(&inputs)
+                .filter(|(_, m)| self.chain.needs_whole(m))
+                .map(|(&i, _)| i)
                 .collect();
             for &i in &heads {
                 self.workers[i].send_full()?;

@@ -526,6 +526,13 @@ fn a_head_shorter_than_the_top_k_union_gives_way_to_the_whole_distribution() {
         for m in &short.stats.members {
             assert_eq!(m.full_after_head, m.head_evals, "{m:?}");
         }
+        // One of each: only the short head is refetched.
+        let mut mixed = noisy_heads(seed, 3);
+        mixed[1] = noisy_heads(seed, 5).pop().unwrap();
+        let (g, _) = run(mixed, Mode::Average, &opts).unwrap();
+        assert_eq!(g.tokens, full.tokens, "seed {seed}");
+        let refetched: Vec<usize> = g.stats.members.iter().map(|m| m.full_after_head).collect();
+        assert_eq!(refetched, [g.stats.members[0].head_evals, 0], "seed {seed}");
         // Heads of 5 (4 writable tokens even past the one special token): heads suffice.
         let (long, _) = run(noisy_heads(seed, 5), Mode::Average, &opts).unwrap();
         assert_eq!(long.tokens, full.tokens, "seed {seed}");

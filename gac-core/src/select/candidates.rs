@@ -39,11 +39,6 @@ impl Input<'_> {
         self.weight * (self.floor * missing as f32).min(self.outside)
     }
 
-    /// Only a head is known, and it lists fewer than `k` ids (of a vocabulary that has more).
-    fn short_of(&self, k: usize) -> bool {
-        !self.full && self.head.len() < k.min(self.probs.len())
-    }
-
     /// How many of the member's ids that map to union token `u` are outside its head.
     fn missing(&self, u: u32) -> usize {
         let listed = self
@@ -80,6 +75,18 @@ pub enum Scatter {
     /// no member has one. A member that gave a head of fewer than k ids gives its whole
     /// distribution for the step ([`Filled::NeedsFull`]): its k most probable are not known.
     TopK(usize),
+}
+
+impl Scatter {
+    /// Whether member `m` must give its whole distribution when this scatter answered
+    /// [`Filled::NeedsFull`]: for the top-k union, a head of fewer than k ids (of a vocabulary
+    /// that has more); otherwise any head, since the heads together did not decide.
+    pub fn needs_whole(self, m: &Input) -> bool {
+        match self {
+            Scatter::TopK(k) => !m.full && m.head.len() < k.min(m.probs.len()),
+            Scatter::Full | Scatter::Heads => !m.full,
+        }
+    }
 }
 
 /// The tokens of one step and their (unnormalized) mass; see the module doc.
@@ -139,7 +146,9 @@ impl Candidates {
         let sparse = match how {
             Scatter::Full => false,
             Scatter::Heads => self.heads_decide(members),
-            Scatter::TopK(k) if members.iter().any(|m| m.short_of(k)) => return Filled::NeedsFull,
+            Scatter::TopK(_) if members.iter().any(|m| how.needs_whole(m)) => {
+                return Filled::NeedsFull
+            }
             Scatter::TopK(k) => self.top_k_union(members, k),
         };
         if !sparse {

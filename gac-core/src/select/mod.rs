@@ -81,6 +81,11 @@ impl Chain {
         candidates.scatter(self.scatter, members)
     }
 
+    /// Whether member `m` must give its whole distribution after [`Filled::NeedsFull`].
+    pub fn needs_whole(&self, m: &Input) -> bool {
+        self.scatter.needs_whole(m)
+    }
+
     /// The rest of [`Chain::select`]: the stages, then the chooser.
     pub fn choose(&mut self, candidates: &mut Candidates) -> Option<UnionId> {
         self.stages.apply(candidates);
