@@ -197,6 +197,11 @@ impl MemberConfig {
         }
     }
 
+    /// The device the member has to itself, if any: its server's address, or `GPU N`.
+    pub fn device(&self) -> Option<String> {
+        self.url.clone().or(self.gpu.map(|g| format!("GPU {g}")))
+    }
+
     /// Checks the fields that only some runtimes take.
     fn validate_runtime(&self, i: usize) -> Result<()> {
         let field = |name: &str| format!("member[{i}].{name}");
@@ -409,7 +414,7 @@ impl EnsembleConfig {
                 let mut devices: Vec<String> = self
                     .members
                     .iter()
-                    .filter_map(|m| m.url.clone().or(m.gpu.map(|g| format!("GPU {g}"))))
+                    .filter_map(MemberConfig::device)
                     .collect();
                 devices.sort_unstable();
                 devices.dedup();

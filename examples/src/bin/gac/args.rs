@@ -80,7 +80,7 @@ pub struct RemoteArgs {
     #[arg(long = "vocab", value_name = "FILE", conflicts_with = "config")]
     vocabs: Vec<PathBuf>,
     /// How many most probable tokens the remote member it follows asks for each step
-    /// (default: 20, or the --union-top-k when larger).
+    /// (default: 20; at least the --union-top-k).
     #[arg(long = "n-probs", value_name = "K", conflicts_with = "config")]
     n_probs: Vec<u32>,
     /// Seconds the remote member it follows waits for one answer before it retries (twice)

@@ -360,11 +360,7 @@ pub(crate) fn load_slots(
         if let Some(spinner) = spinner {
             spinner.finish_and_clear();
             let member = &sets[0][i];
-            let place = match (&m.url, m.gpu) {
-                (Some(url), _) => url.clone(),
-                (None, Some(g)) => format!("GPU {g}"),
-                (None, None) => "CPU".to_string(),
-            };
+            let place = m.device().unwrap_or_else(|| "CPU".to_string());
             eprintln!(
                 "gac: loaded member {i} {} ({}, {} tokens, {place}) in {:.1} s",
                 member.name(),
