@@ -40,6 +40,9 @@ use serde::Deserialize;
 use gac_core::ensemble::validate;
 use gac_core::{Error, Mode, Result, Schedule, Weighting, WhenUnsure};
 
+/// The longest wait for one answer of a remote member a configuration may set: a day.
+pub const MAX_TIMEOUT_SECS: f32 = 86_400.0;
+
 /// A whole ensemble: its members and, optionally, a gate.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -289,10 +292,10 @@ impl MemberConfig {
             ));
         }
         if let Some(t) = self.timeout {
-            if !(t > 0.0 && t.is_finite()) {
+            if !(t > 0.0 && t <= MAX_TIMEOUT_SECS) {
                 return Err(Error::config(
                     field("timeout"),
-                    format!("{t} is not a positive number of seconds"),
+                    format!("{t} is not a number of seconds in (0, {MAX_TIMEOUT_SECS}]"),
                 ));
             }
         }
@@ -616,7 +619,7 @@ mod tests {
             ),
             (
                 "[[member]]\nruntime='http'\nurl='http://h:1'\nvocab='v'\ntimeout=-1",
-                "member[0].timeout: -1 is not a positive",
+                "member[0].timeout: -1 is not a number of seconds in (0, 86400]",
             ),
         ];
         for (toml, needle) in cases {

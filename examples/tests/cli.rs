@@ -620,7 +620,7 @@ fn remote_members_from_the_command_line() {
         "--model",
         &gemma,
         "--task",
-        "bigbench:linguistic_mappings/plural_json",
+        "disfl_qa",
         "--limit",
         "2",
         "--union-top-k",

@@ -77,5 +77,20 @@ try:
 except openai.NotFoundError as e:
     assert "no-such-model" in str(e), e
 
+# Structured outputs are refused, named, until gac honours them; a developer message is a
+# system message.
+try:
+    client.chat.completions.create(
+        model=model, messages=messages, max_tokens=4, response_format={"type": "json_object"}
+    )
+    raise AssertionError("response_format json_object accepted")
+except openai.BadRequestError as e:
+    assert "response_format" in str(e), e
+d = client.chat.completions.create(
+    model=model, messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    max_tokens=4, temperature=0,
+)
+assert d.choices[0].message.content is not None, d
+
 print([m.id for m in client.models.list().data])
 print("ok")

@@ -302,8 +302,63 @@ fn a_served_ensemble_answers_like_gac_generate_streams_and_shuts_down_cleanly() 
     assert!(status.success(), "{status}");
 }
 
+#[test]
+fn a_signal_refuses_queued_requests_and_a_second_one_exits_at_once() {
+    let mut server = Server::start(&[]);
+    // One slot: a long stream runs, a second request waits in the queue.
+    let mut running = TcpStream::connect(&server.addr).unwrap();
+    let body = json!({"prompt": PROMPTS[0], "max_tokens": 400, "temperature": 0, "stream": true});
+    running
+        .write_all(post_request("/v1/completions", &body.to_string(), "").as_bytes())
+        .unwrap();
+    let mut first = [0u8; 64];
+    running.read_exact(&mut first).unwrap();
+    let raw = post_request(
+        "/v1/completions",
+        &json!({"prompt": "Hi", "max_tokens": 2}).to_string(),
+        "",
+    );
+    let addr = server.addr.clone();
+    let queued = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        stream.write_all(raw.as_bytes()).unwrap();
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).unwrap();
+        Response::parse(&bytes)
+    });
+    let start = Instant::now();
+    while server.metric("gac_queue_depth") < 1.0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "never queued");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let term = |server: &Server| {
+        let killed = Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    };
+    term(&server);
+    let refused = queued.join().unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.body.contains("shutting down"), "{}", refused.body);
+    // The stream is still running; a second signal ends the process now.
+    term(&server);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130), "{status}");
+}
+
 fn bad_inputs_get_openai_errors(server: &Server) {
     let big = format!("{{\"prompt\": \"{}\"}}", "x".repeat(2 << 20));
+    let long_stream =
+        json!({"prompt": "word ".repeat(20_000), "stream": true, "max_tokens": 4}).to_string();
     let cases: &[(&str, &str, u16, &str)] = &[
         ("/v1/completions", "{\"prompt\": ", 400, "not valid JSON"),
         ("/v1/completions", "[1, 2]", 400, "not a valid request"),
@@ -441,6 +496,44 @@ fn bad_inputs_get_openai_errors(server: &Server) {
             400,
             "needs logprobs",
         ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"union_top_k\": 1000000}",
+            400,
+            "invalid union_top_k: 1000000 is above 1000",
+        ),
+        // A field gac would otherwise ignore is refused, named.
+        (
+            "/v1/chat/completions",
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"response_format\": {\"type\": \"json_object\"}}",
+            400,
+            "invalid response_format: type 'json_object'",
+        ),
+        (
+            "/v1/chat/completions",
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"response_format\": {\"type\": \"json_schema\", \"json_schema\": {}}}",
+            400,
+            "invalid response_format: type 'json_schema'",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"grammar\": \"root ::= x\"}",
+            400,
+            "invalid grammar: gac serve does not support this field",
+        ),
+        (
+            "/v1/chat/completions",
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tool_choice\": \"auto\"}",
+            400,
+            "invalid tool_choice",
+        ),
+        // A streamed request that cannot be served gets its error status, not a 200.
+        (
+            "/v1/completions",
+            &long_stream,
+            400,
+            "context",
+        ),
         ("/v1/nothing", "{}", 404, "no route"),
         ("/v1/completions", &big, 413, "over the limit"),
     ];
@@ -460,6 +553,23 @@ fn bad_inputs_get_openai_errors(server: &Server) {
         json!({"prompt": "<|im_end|><end_of_turn> hi", "max_tokens": 2, "temperature": 0}),
     );
     assert_eq!(c["usage"]["completion_tokens"], 2, "{c}");
+    // Null means "not set" for every optional field; `developer` is a system message; an
+    // end-user id and a plain-text response format are read and have no effect.
+    let c = server.complete(json!({
+        "prompt": "Hi", "max_tokens": 2, "temperature": 0, "logprobs": null, "stream": null,
+        "echo": null, "stop": null, "seed": null, "stream_options": null, "user": "u1",
+        "response_format": {"type": "text"},
+    }));
+    assert_eq!(c["usage"]["completion_tokens"], 2, "{c}");
+    let r = server.post(
+        "/v1/chat/completions",
+        &json!({
+            "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+            "max_tokens": 2, "logprobs": null, "top_logprobs": null, "tools": null,
+        })
+        .to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
     // The server still answers after all of that.
     assert_eq!(server.get("/health").status, 200);
 }
@@ -644,13 +754,19 @@ fn an_api_key_guards_the_api() {
         "",
         "Authorization: Bearer wrong\r\n",
         "Authorization: sesame\r\n",
+        "Authorization: Bearer sesamf\r\n",
+        "Authorization: Bearer sesame2\r\n",
     ] {
         let r = server.post_with("/v1/completions", &body, headers);
         assert_eq!(r.status, 401, "{headers:?}: {}", r.body);
         assert_eq!(r.json()["error"]["code"], "invalid_api_key");
     }
-    let r = server.post_with("/v1/completions", &body, "Authorization: Bearer sesame\r\n");
-    assert_eq!(r.status, 200, "{}", r.body);
+    // The scheme's case does not matter (RFC 9110).
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let header = format!("Authorization: {scheme} sesame\r\n");
+        let r = server.post_with("/v1/completions", &body, &header);
+        assert_eq!(r.status, 200, "{scheme}: {}", r.body);
+    }
     assert_eq!(server.get("/health").status, 200);
 }
 

@@ -47,6 +47,11 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// The generation was interrupted (see [`crate::Interrupt`]) while a member waited.
+    Interrupted {
+        /// The member that gave up waiting.
+        member: String,
+    },
     /// No union token received any probability mass at a step.
     ZeroMass {
         /// The step (0-based generated token index).
@@ -99,6 +104,9 @@ impl fmt::Display for Error {
             }
             Error::Vocab { source, message } => write!(f, "vocabulary of {source}: {message}"),
             Error::Member { member, message } => write!(f, "member '{member}' failed: {message}"),
+            Error::Interrupted { member } => {
+                write!(f, "interrupted while member '{member}' waited")
+            }
             Error::ZeroMass { step } => {
                 write!(f, "no token received any probability at step {step}")
             }

@@ -36,7 +36,7 @@ pub use ensemble::{
     Ensemble, Finish, GenerateOptions, Generation, Observer, Prompt, Stats, StepStats, TokenLogprob,
 };
 pub use error::{Error, Result};
-pub use member::{Encoder, Evaluation, Member, Message};
+pub use member::{Encoder, Evaluation, Interrupt, Member, Message};
 pub use pick::PickConfig;
 pub use union::{Union, UnionId};
 pub use vocab::{Token, Vocab};

@@ -104,6 +104,12 @@ pub trait Member: Encoder {
         self.logits().map(Evaluation::Logits)
     }
 
+    /// The flag that interrupts this member's generations from another thread (see
+    /// [`Interrupt`]), given when the member joins an ensemble. A member that may wait long
+    /// (on a server) checks it while it waits and, once set, gives up with
+    /// [`Error::Interrupted`](crate::Error::Interrupted). The default ignores it.
+    fn watch(&mut self, _interrupt: Interrupt) {}
+
     /// The top-k union the next generation combines (`None`: whole distributions), told before
     /// it starts. A member that hands back only its head should list at least `k` ids: the
     /// ensemble asks for the whole distribution at every step where a head is shorter. The
@@ -172,5 +178,28 @@ impl<M: Member + ?Sized> Member for Box<M> {
     }
     fn finish(&mut self) {
         (**self).finish()
+    }
+}
+
+/// A flag that stops an ensemble's generation from another thread: the generation ends
+/// [`Finish::Cancelled`](crate::Finish::Cancelled) at its next step, and a member that is
+/// waiting on a server gives up at once. Cloned handles share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Interrupt {
+    /// Asks the generation to stop.
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Lowers the flag (before a new generation).
+    pub fn clear(&self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the generation was asked to stop.
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

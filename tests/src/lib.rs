@@ -37,6 +37,12 @@ pub fn cache() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"))
 }
 
+/// The BIG-bench sample committed with the tests: a folder laid out as a checkout of the
+/// BIG-bench repository (`bigbench/benchmark_tasks/TASK/task.json`); see its SOURCE.md.
+pub fn bigbench_sample() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/bigbench")
+}
+
 /// The path of a cached asset; panics (fails the test) when it is missing.
 pub fn asset(relative: &str) -> PathBuf {
     let path = cache().join(relative);

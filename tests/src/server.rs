@@ -25,6 +25,11 @@ impl LlamaServer {
     /// thread, `slots` slots of 2048 tokens) and waits until it has loaded the model; fails
     /// the test when the binary is missing or the server does not come up.
     pub fn start(relative: &str, slots: usize) -> Self {
+        Self::start_with_context(relative, slots, 2048)
+    }
+
+    /// The same with `context` tokens a slot.
+    pub fn start_with_context(relative: &str, slots: usize, context: usize) -> Self {
         let binary = cache().join(LLAMA_SERVER);
         assert!(
             binary.is_file(),
@@ -41,7 +46,7 @@ impl LlamaServer {
             .args(["-m", &asset(relative).display().to_string()])
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["-t", "1", "-tb", "1", "-np", &slots.to_string()])
-            .args(["--kv-unified-per-slot", "2048", "--swa-full"])
+            .args(["--kv-unified-per-slot", &context.to_string(), "--swa-full"])
             .stdout(out.try_clone().expect("server log"))
             .stderr(out)
             .stdin(Stdio::null())

@@ -73,6 +73,15 @@ fn a_head_is_the_models_own_top_k_with_its_whole_vocabulary_probabilities() {
 }
 
 fn generate(members: Vec<LlamaMember>, prompt: &str) -> Generation {
+    generate_reporting(members, prompt, None)
+}
+
+/// A greedy generation, with `logprobs` alternatives per token if asked for.
+fn generate_reporting(
+    members: Vec<LlamaMember>,
+    prompt: &str,
+    logprobs: Option<usize>,
+) -> Generation {
     let members = members
         .into_iter()
         .map(|m| Box::new(m) as Box<dyn Member>)
@@ -80,9 +89,31 @@ fn generate(members: Vec<LlamaMember>, prompt: &str) -> Generation {
     let mut ensemble = Ensemble::new(members, None, Mode::Average).unwrap();
     let options = GenerateOptions {
         max_tokens: TOKENS,
+        logprobs,
         ..GenerateOptions::default()
     };
     ensemble.generate(prompt, &options, &mut |_| {}).unwrap()
+}
+
+#[test]
+fn asking_for_logprobs_changes_no_pick_and_reports_the_whole_distribution() {
+    // Heads of 1 token: with logprobs, the members give their whole distributions, so the
+    // picks are those without, and the reported probabilities those of full logits.
+    for prompt in PROMPTS {
+        let heads = || vec![load(SMOLLM, Some(1)), load(GEMMA, Some(1))];
+        let plain = generate_reporting(heads(), prompt, None);
+        let reported = generate_reporting(heads(), prompt, Some(5));
+        assert_eq!(reported.text, plain.text, "{prompt:?}");
+        let full = generate_reporting(vec![load(SMOLLM, None), load(GEMMA, None)], prompt, Some(5));
+        assert_eq!(reported.text, full.text, "{prompt:?}");
+        for (a, b) in reported.logprobs.iter().zip(&full.logprobs) {
+            assert_eq!(a.top[0].0, b.top[0].0, "{prompt:?}");
+            assert!(
+                (a.logprob - b.logprob).abs() < 1e-3,
+                "{prompt:?}: {a:?} {b:?}"
+            );
+        }
+    }
 }
 
 #[test]

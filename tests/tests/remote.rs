@@ -3,13 +3,15 @@
 //! the same models in process. Where a text differs, the step where it first differs must be a
 //! near-tie of the in-process run (its two most probable tokens within 1e-3).
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gac_core::{
-    Encoder, Ensemble, Evaluation, GenerateOptions, Generation, Member, Mode, Observer, Prompt,
-    UnionId, WhenUnsure,
+    Encoder, Ensemble, Evaluation, GenerateOptions, Generation, Interrupt, Member, Mode, Observer,
+    Prompt, UnionId, WhenUnsure,
 };
 use gac_llamacpp::{LoadError, RemoteMember, RemoteOptions};
 use gac_tests::{asset, boxed, member, LlamaServer, GEMMA, PROMPTS, SMOLLM};
@@ -35,10 +37,19 @@ fn remote(server: &LlamaServer, model: &str, n_probs: usize) -> RemoteMember {
 
 /// Greedy generations of every prompt, with the top two log-probabilities of each step.
 fn greedy(ensemble: &mut Ensemble, union_top_k: Option<usize>) -> Vec<Generation> {
+    generations(ensemble, union_top_k, Some(2))
+}
+
+/// Greedy generations of every prompt, with `logprobs` alternatives reported if asked for.
+fn generations(
+    ensemble: &mut Ensemble,
+    union_top_k: Option<usize>,
+    logprobs: Option<usize>,
+) -> Vec<Generation> {
     let options = GenerateOptions {
         max_tokens: TOKENS,
         union_top_k,
-        logprobs: Some(2),
+        logprobs,
         ..GenerateOptions::default()
     };
     PROMPTS
@@ -119,7 +130,7 @@ fn a_remote_member_is_the_model_in_process_and_evaluates_only_new_tokens() {
             Ensemble::new(vec![Box::new(m) as Box<dyn Member>], None, Mode::Average).unwrap();
         let want = greedy(&mut here, None);
         let before = clock.totals();
-        let got = greedy(&mut there, None);
+        let got = generations(&mut there, None, None);
         let same = same_or_near_tie(model, &want, &got);
         assert!(same >= 3, "{model}: only {same} of 5 texts the same");
         // Each step sent the whole context but the server evaluated only the new token: every
@@ -182,6 +193,59 @@ fn mixed_and_all_remote_ensembles_pick_what_the_local_top_k_union_picks() {
             assert_eq!(refetched, 0, "{what}, top-{k}: the heads held K tokens");
         }
     }
+}
+
+#[test]
+fn asking_for_logprobs_changes_no_pick_of_a_remote_member() {
+    // Told to hand back 1 token a step, the remote member's head rarely decides a greedy step
+    // alone; with logprobs its whole distribution is fetched, and the picks stay the same.
+    let smollm = LlamaServer::start(SMOLLM, 1);
+    let members = || -> Vec<Box<dyn Member>> {
+        vec![
+            Box::new(remote(&smollm, SMOLLM, 1)),
+            Box::new(member(GEMMA)),
+        ]
+    };
+    let mut e = Ensemble::new(members(), None, Mode::Average).unwrap();
+    let plain = generations(&mut e, None, None);
+    let mut e = Ensemble::new(members(), None, Mode::Average).unwrap();
+    let reported = generations(&mut e, None, Some(5));
+    for (prompt, (a, b)) in PROMPTS.iter().zip(plain.iter().zip(&reported)) {
+        assert_eq!(a.tokens, b.tokens, "{prompt:?}");
+        assert_eq!(b.logprobs.len(), b.tokens.len(), "{prompt:?}");
+        // The whole combined distribution: the pick is its most probable token.
+        for lp in &b.logprobs {
+            assert_eq!(lp.top[0].0, lp.token, "{prompt:?}");
+        }
+    }
+}
+
+#[test]
+fn a_remote_member_whose_context_fills_ends_like_a_local_one() {
+    // 256 tokens a slot and a prompt of about 200: the generation ends `context_full` with its
+    // text kept, never with the server's 400 for a request as long as its whole context.
+    let server = LlamaServer::start_with_context(SMOLLM, 1, 256);
+    let mut e = Ensemble::new(
+        vec![Box::new(remote(&server, SMOLLM, 20)) as Box<dyn Member>],
+        None,
+        Mode::Average,
+    )
+    .unwrap();
+    let prompt = "one two three four five six seven eight nine ten ".repeat(18);
+    let options = GenerateOptions {
+        max_tokens: 200,
+        ..GenerateOptions::default()
+    };
+    let g = e
+        .generate(&prompt, &options, &mut |_| {})
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(g.finish, gac_core::Finish::ContextFull, "{}", g.text);
+    let used = g.stats.members[0].prompt_tokens + g.tokens.len();
+    assert!(
+        !g.text.is_empty() && used >= 250,
+        "{used} tokens: {:?}",
+        g.text
+    );
 }
 
 #[test]
@@ -294,6 +358,138 @@ fn a_server_that_dies_or_stalls_fails_the_generation_naming_it() {
         "{err}"
     );
     assert!(waited < Duration::from_secs(6), "failed after {waited:?}");
+}
+
+/// A loopback proxy in front of a llama-server that cuts the first `cuts` answers to
+/// `/completion` in half (their whole length announced) and passes everything else.
+struct CuttingProxy {
+    url: String,
+    cut: Arc<AtomicUsize>,
+}
+
+impl CuttingProxy {
+    fn start(target: &str, cuts: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let target = target.trim_start_matches("http://").to_string();
+        let cut = Arc::new(AtomicUsize::new(0));
+        let counter = cut.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (target, counter) = (target.clone(), counter.clone());
+                std::thread::spawn(move || relay(client, &target, &counter, cuts));
+            }
+        });
+        Self { url, cut }
+    }
+}
+
+/// One HTTP/1.1 message with a Content-Length body: (head, body).
+fn read_message(reader: &mut impl BufRead) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.extend_from_slice(&line);
+        if line == b"\r\n" {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok((head, body))
+}
+
+fn relay(client: TcpStream, target: &str, cut: &AtomicUsize, cuts: usize) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut client = client;
+    loop {
+        let (head, body) = read_message(&mut reader)?;
+        let mut upstream = TcpStream::connect(target)?;
+        upstream.write_all(&head)?;
+        upstream.write_all(&body)?;
+        let (answer_head, answer) = read_message(&mut BufReader::new(upstream))?;
+        client.write_all(&answer_head)?;
+        let completion = head.starts_with(b"POST /completion ");
+        if completion
+            && cut
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < cuts).then_some(n + 1)
+                })
+                .is_ok()
+        {
+            client.write_all(&answer[..answer.len() / 2])?;
+            return Ok(()); // closed mid-answer
+        }
+        client.write_all(&answer)?;
+    }
+}
+
+#[test]
+fn a_cut_off_answer_is_retried_and_an_interrupt_ends_a_wait_at_once() {
+    // Two answers cut off mid-body: retried, the third try answers.
+    let server = LlamaServer::start(SMOLLM, 1);
+    let proxy = CuttingProxy::start(&server.url, 2);
+    let options = RemoteOptions {
+        retries: 2,
+        ..RemoteOptions::new(&proxy.url)
+    };
+    let mut m = connect(SMOLLM, &options).unwrap_or_else(|e| panic!("{e}"));
+    let prompt = m.encode_prompt(PROMPTS[0]).unwrap();
+    m.reset().unwrap();
+    m.push(&prompt).unwrap();
+    let Evaluation::Head(head) = m.evaluate().unwrap_or_else(|e| panic!("{e}")) else {
+        panic!("a head");
+    };
+    assert_eq!(head.len(), 20);
+    assert_eq!(proxy.cut.load(Ordering::SeqCst), 2);
+
+    // A stalled server and a patient member (30 s, 2 retries): the interrupt ends the
+    // generation within a poll, not after 90 s.
+    let stalled = LlamaServer::start(SMOLLM, 1);
+    let options = RemoteOptions {
+        timeout: Duration::from_secs(30),
+        retries: 2,
+        ..RemoteOptions::new(&stalled.url)
+    };
+    let members: Vec<Box<dyn Member>> = vec![
+        Box::new(connect(SMOLLM, &options).unwrap()),
+        Box::new(member(GEMMA)),
+    ];
+    let mut e = Ensemble::new(members, None, Mode::Average).unwrap();
+    let interrupt = Interrupt::default();
+    e.set_interrupt(interrupt.clone());
+    let signal = |s: &str| {
+        let status = std::process::Command::new("kill")
+            .args([s, &stalled.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let setter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        interrupt.set();
+        Instant::now()
+    });
+    let g = e.generate(PROMPTS[0], &GenerateOptions::default(), &mut |_| {});
+    let ended = Instant::now();
+    signal("-CONT");
+    let set = setter.join().unwrap();
+    let g = g.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(g.finish, gac_core::Finish::Cancelled);
+    assert!(
+        ended.duration_since(set) < Duration::from_secs(1),
+        "ended {:?} after the interrupt",
+        ended.duration_since(set)
+    );
 }
 
 #[test]

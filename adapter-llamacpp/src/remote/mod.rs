@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::LoadError;
-use server::{Completion, Server};
+use server::{Completion, Failure, Server};
 
 /// How many most probable tokens a remote member asks for each step unless told otherwise.
 pub const DEFAULT_N_PROBS: usize = 20;
@@ -207,7 +207,7 @@ impl RemoteMember {
         })?;
         let server = Server::new(&url, options.timeout, options.retries);
         wait_until_ready(&server, options.timeout).map_err(fail)?;
-        let props: Props = server.get("/props").map_err(fail)?;
+        let props: Props = server.get("/props").map_err(|e| fail(e.into()))?;
         if options.slot >= props.total_slots {
             return Err(fail(format!(
                 "slot {} asked for, but the server has {} (start it with --parallel {} or more)",
@@ -216,7 +216,7 @@ impl RemoteMember {
                 options.slot + 1
             )));
         }
-        let models: Models = server.get("/v1/models").map_err(fail)?;
+        let models: Models = server.get("/v1/models").map_err(|e| fail(e.into()))?;
         let n_vocab = models
             .data
             .first()
@@ -239,7 +239,9 @@ impl RemoteMember {
             plain,
             prompt_cache: options.prompt_cache,
             fresh: true,
-            context_size: props.default_generation_settings.n_ctx,
+            // llama-server refuses a request that fills its slot's whole context (it keeps room
+            // for the token it predicts): one position less is what a context may hold here.
+            context_size: props.default_generation_settings.n_ctx.saturating_sub(1),
             tokens: Vec::new(),
             head: Vec::new(),
             logits: Vec::new(),
@@ -272,7 +274,12 @@ impl RemoteMember {
                 self.plain,
                 self.prompt_cache || !self.fresh,
             )
-            .map_err(|e| self.fail(e))?;
+            .map_err(|e| match e {
+                Failure::Interrupted => gac_core::Error::Interrupted {
+                    member: self.name.clone(),
+                },
+                e => self.fail(e),
+            })?;
         self.fresh = false;
         self.clock
             .record(answer.evaluated(), started.elapsed(), answer.server_time());
@@ -410,6 +417,10 @@ impl Member for RemoteMember {
 
     fn set_union_top_k(&mut self, k: Option<usize>) {
         self.union_top_k = k.unwrap_or(0);
+    }
+
+    fn watch(&mut self, interrupt: gac_core::Interrupt) {
+        self.server.watch(interrupt);
     }
 
     fn evaluate(&mut self) -> gac_core::Result<Evaluation<'_>> {

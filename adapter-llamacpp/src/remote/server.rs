@@ -2,8 +2,11 @@
 //! requests that may be repeated, and errors that name the server.
 
 use std::io::Read;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::sleep;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use gac_core::Interrupt;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -12,16 +15,44 @@ use serde_json::{json, Value};
 /// How long to wait for a connection before a try counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest answer read: a whole distribution of a 262,144-token vocabulary is about 30 MB.
+const MAX_ANSWER_BYTES: u64 = 256 << 20;
+
+/// How often a waiting request looks at the interrupt.
+const POLL: Duration = Duration::from_millis(20);
+
 /// A llama-server and how patiently it is asked.
 pub(crate) struct Server {
     /// `http://host:port`, without a trailing slash.
     pub(crate) url: String,
     agent: ureq::Agent,
     retries: u32,
+    interrupt: Interrupt,
 }
 
-/// Why a request failed, naming the server and the endpoint.
-pub(crate) type Failure = String;
+/// Why a request failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// What went wrong, naming the server and the endpoint.
+    Failed(String),
+    /// The interrupt was set while the request waited.
+    Interrupted,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Failed(message) => f.write_str(message),
+            Failure::Interrupted => f.write_str("interrupted while waiting for the server"),
+        }
+    }
+}
+
+impl From<Failure> for String {
+    fn from(failure: Failure) -> Self {
+        failure.to_string()
+    }
+}
 
 /// One step's answer: the most probable next tokens and how much the server took from its
 /// cache.
@@ -87,7 +118,13 @@ impl Server {
             url: url.trim_end_matches('/').to_string(),
             agent,
             retries,
+            interrupt: Interrupt::default(),
         }
+    }
+
+    /// The flag that makes a waiting request give up ([`Failure::Interrupted`]).
+    pub(crate) fn watch(&mut self, interrupt: Interrupt) {
+        self.interrupt = interrupt;
     }
 
     /// Asks for the next token's `n_probs` most probable ids after `prompt` (token ids), in
@@ -127,22 +164,12 @@ impl Server {
 
     /// POSTs `body` as JSON and reads the answer, with retries.
     pub(crate) fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, Failure> {
-        self.with_retries(path, || {
-            self.agent
-                .post(&self.endpoint(path))
-                .send_json(body)
-                .map_err(Box::new)
-        })
+        self.with_retries(path, Some(body))
     }
 
     /// GETs a JSON document, with retries.
     pub(crate) fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
-        self.with_retries(path, || {
-            self.agent
-                .get(&self.endpoint(path))
-                .call()
-                .map_err(Box::new)
-        })
+        self.with_retries(path, None)
     }
 
     /// GETs `path` once and returns its status code (none when nothing answered).
@@ -158,60 +185,134 @@ impl Server {
         format!("{}{path}", self.url)
     }
 
-    /// Runs `send` until it gets an answer, at most `1 + retries` times, waiting a little longer
-    /// before each retry; a 4xx answer or one that is not the expected JSON is not retried.
+    /// Sends the request (a POST of `body`, else a GET) until it gets an answer, at most
+    /// `1 + retries` times, waiting a little longer before each retry. What failed on the way
+    /// (no connection, no answer in time, an answer cut off, a 5xx) is retried; a 4xx, an
+    /// answer over [`MAX_ANSWER_BYTES`] or one that is not the expected JSON is not.
     fn with_retries<T: DeserializeOwned>(
         &self,
         path: &str,
-        send: impl Fn() -> Result<ureq::Response, Box<ureq::Error>>,
+        body: Option<&Value>,
     ) -> Result<T, Failure> {
         let mut last = String::new();
         for attempt in 0..=self.retries {
             if attempt > 0 {
-                sleep(Duration::from_millis(250 << (attempt - 1).min(4)));
+                self.pause(Duration::from_millis(250 << (attempt - 1).min(4)))?;
             }
-            match send().map_err(|e| *e) {
-                Ok(response) => return self.read(path, response),
-                Err(ureq::Error::Status(code, response)) if code < 500 => {
-                    let detail = error_message(response);
-                    return Err(format!("{}{path} answered {code}: {detail}", self.url));
+            match self.attempt(path, body)? {
+                Exchange::Answer(code, answer) if code < 400 => return self.parse(path, &answer),
+                Exchange::Answer(code, answer) if code < 500 => {
+                    let detail = error_message(&answer);
+                    return Err(Failure::Failed(format!(
+                        "{}{path} answered {code}: {detail}",
+                        self.url
+                    )));
                 }
-                Err(ureq::Error::Status(code, response)) => {
-                    last = format!("answered {code}: {}", error_message(response));
+                Exchange::Answer(code, answer) => {
+                    last = format!("answered {code}: {}", error_message(&answer))
                 }
-                Err(ureq::Error::Transport(t)) => last = transport_message(&t),
+                Exchange::TooLarge => {
+                    return Err(Failure::Failed(format!(
+                        "{}{path} answered more than {MAX_ANSWER_BYTES} bytes",
+                        self.url
+                    )))
+                }
+                Exchange::Broken(message) => last = message,
             }
         }
-        Err(format!(
+        Err(Failure::Failed(format!(
             "{}{path} {last} (tried {} times)",
             self.url,
             self.retries + 1
-        ))
+        )))
     }
 
-    fn read<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        response: ureq::Response,
-    ) -> Result<T, Failure> {
-        let mut body = Vec::new();
-        response
-            .into_reader()
-            .read_to_end(&mut body)
-            .map_err(|e| format!("{}{path}: reading the answer: {e}", self.url))?;
-        serde_json::from_slice(&body).map_err(|e| {
-            let start = String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned();
-            format!(
+    /// One try, on a thread of its own, so that waiting for it can end when the interrupt is
+    /// set; the abandoned try ends by itself within the timeout.
+    fn attempt(&self, path: &str, body: Option<&Value>) -> Result<Exchange, Failure> {
+        let (tx, rx) = mpsc::channel();
+        let (agent, endpoint, body) = (self.agent.clone(), self.endpoint(path), body.cloned());
+        std::thread::spawn(move || {
+            let _ = tx.send(exchange(&agent, &endpoint, body));
+        });
+        loop {
+            match rx.recv_timeout(POLL) {
+                Ok(exchange) => return Ok(exchange),
+                Err(RecvTimeoutError::Timeout) if self.interrupt.is_set() => {
+                    return Err(Failure::Interrupted)
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Ok(Exchange::Broken("stopped answering".into()))
+                }
+            }
+        }
+    }
+
+    /// Sleeps for `wait`, or less when the interrupt is set.
+    fn pause(&self, wait: Duration) -> Result<(), Failure> {
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if self.interrupt.is_set() {
+                return Err(Failure::Interrupted);
+            }
+            sleep(POLL.min(until.saturating_duration_since(Instant::now())));
+        }
+        Ok(())
+    }
+
+    fn parse<T: DeserializeOwned>(&self, path: &str, answer: &[u8]) -> Result<T, Failure> {
+        serde_json::from_slice(answer).map_err(|e| {
+            let start = String::from_utf8_lossy(&answer[..answer.len().min(120)]).into_owned();
+            Failure::Failed(format!(
                 "{}{path} did not answer what a llama-server answers ({e}); it began: {start:?}",
                 self.url
-            )
+            ))
         })
     }
 }
 
+/// What one try brought back.
+enum Exchange {
+    /// A status and the whole answer.
+    Answer(u16, Vec<u8>),
+    /// An answer longer than [`MAX_ANSWER_BYTES`].
+    TooLarge,
+    /// No answer, or one cut off, and why.
+    Broken(String),
+}
+
+/// Sends one request and reads its whole answer (at most [`MAX_ANSWER_BYTES`]).
+fn exchange(agent: &ureq::Agent, endpoint: &str, body: Option<Value>) -> Exchange {
+    let sent = match body {
+        Some(body) => agent.post(endpoint).send_json(body),
+        None => agent.get(endpoint).call(),
+    };
+    let response = match sent {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+        Err(ureq::Error::Transport(t)) => return Exchange::Broken(transport_message(&t)),
+    };
+    let code = response.status();
+    let mut answer = Vec::new();
+    let read = response
+        .into_reader()
+        .take(MAX_ANSWER_BYTES + 1)
+        .read_to_end(&mut answer);
+    match read {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::TimedOut || e.to_string().contains("timed out") =>
+        {
+            Exchange::Broken("did not answer in time".into())
+        }
+        Err(e) => Exchange::Broken(format!("broke off while answering: {e}")),
+        Ok(_) if answer.len() as u64 > MAX_ANSWER_BYTES => Exchange::TooLarge,
+        Ok(_) => Exchange::Answer(code, answer),
+    }
+}
+
 /// The message of an error answer: llama-server's `error.message`, else the body's start.
-fn error_message(response: ureq::Response) -> String {
-    let text = response.into_string().unwrap_or_default();
+fn error_message(answer: &[u8]) -> String {
+    let text = String::from_utf8_lossy(answer);
     serde_json::from_str::<Value>(&text)
         .ok()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_string))

@@ -14,4 +14,4 @@ pub use results::{
     fingerprint, held_out, points, sample, summaries, table, Record, Results, Summary,
 };
 pub use score::{extract, is_correct, Extracted};
-pub use tasks::{letter_skew, load_task, Example, Target, Task, TASKS};
+pub use tasks::{letter_skew, load_task, DataPaths, Example, Target, Task, TASKS};

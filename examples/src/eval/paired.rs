@@ -49,8 +49,10 @@ pub fn compare(records: &[Record], configs: &[String], tasks: &[String], seed: u
     let Some(best) = best else {
         return Vec::new();
     };
+    // Failures are not answers: a question is paired only where both configurations answered.
     let correct: HashMap<(&str, &str, &str), bool> = records
         .iter()
+        .filter(|r| r.error.is_none())
         .map(|r| {
             (
                 (r.config.as_str(), r.task.as_str(), r.id.as_str()),
@@ -64,7 +66,7 @@ pub fn compare(records: &[Record], configs: &[String], tasks: &[String], seed: u
         for task in tasks {
             let pairs: Vec<(bool, bool)> = records
                 .iter()
-                .filter(|r| r.config == *config && r.task == *task)
+                .filter(|r| r.config == *config && r.task == *task && r.error.is_none())
                 .filter_map(|r| {
                     let base = correct.get(&(best.as_str(), task.as_str(), r.id.as_str()))?;
                     Some((r.correct, *base))

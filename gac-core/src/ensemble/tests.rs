@@ -407,6 +407,31 @@ fn logprobs_describe_the_combined_distribution_and_change_no_pick() {
     }
 }
 
+#[test]
+fn logprobs_with_heads_change_no_pick_and_describe_the_whole_distribution() {
+    // Members that hand back heads of 2: asking for logprobs fetches their whole distributions,
+    // so the picks are those without logprobs and the reported distribution is the whole one
+    // (the same as with members that give all their logits).
+    let with = GenerateOptions {
+        logprobs: Some(3),
+        ..Default::default()
+    };
+    for seed in 0..8 {
+        let (plain, _) = run(noisy_heads(seed, 2), Mode::Average, &Default::default()).unwrap();
+        let (g, _) = run(noisy_heads(seed, 2), Mode::Average, &with).unwrap();
+        assert_eq!(g.tokens, plain.tokens, "seed {seed}");
+        let (whole, _) = run(noisy_pair(seed), Mode::Average, &with).unwrap();
+        assert_eq!(g.tokens, whole.tokens, "seed {seed}");
+        for (a, b) in g.logprobs.iter().zip(&whole.logprobs) {
+            assert_eq!(a.top.len(), b.top.len(), "seed {seed}");
+            for (x, y) in a.top.iter().zip(&b.top) {
+                assert_eq!(x.0, y.0, "seed {seed}");
+                assert!((x.1 - y.1).abs() < 1e-4, "seed {seed}: {x:?} {y:?}");
+            }
+        }
+    }
+}
+
 /// Cancels after `after` tokens.
 struct CancelAfter {
     after: usize,

@@ -75,6 +75,11 @@ pub enum Scatter {
     /// no member has one. A member that gave a head of fewer than k ids gives its whole
     /// distribution for the step ([`Filled::NeedsFull`]): its k most probable are not known.
     TopK(usize),
+    /// Every token of every member, weighted; a member that gave only its head gives its whole
+    /// distribution for the step ([`Filled::NeedsFull`]). The candidates then hold the whole
+    /// combined distribution, whatever kind the members are (for reporting it with a greedy
+    /// pick, which it leaves exact).
+    Whole,
 }
 
 impl Scatter {
@@ -84,7 +89,7 @@ impl Scatter {
     pub fn needs_whole(self, m: &Input) -> bool {
         match self {
             Scatter::TopK(k) => !m.full && m.head.len() < k.min(m.probs.len()),
-            Scatter::Full | Scatter::Heads => !m.full,
+            Scatter::Full | Scatter::Heads | Scatter::Whole => !m.full,
         }
     }
 }
@@ -145,6 +150,8 @@ impl Candidates {
         self.clear();
         let sparse = match how {
             Scatter::Full => false,
+            Scatter::Whole if members.iter().any(|m| !m.full) => return Filled::NeedsFull,
+            Scatter::Whole => false,
             Scatter::Heads => self.heads_decide(members),
             Scatter::TopK(_) if members.iter().any(|m| how.needs_whole(m)) => {
                 return Filled::NeedsFull

@@ -57,12 +57,13 @@ impl Chain {
         )
     }
 
-    /// The same chain, but scattering every token where it would decide on the heads alone, so
-    /// that the candidates hold the whole combined distribution (for reporting it); picks stay
-    /// the same.
+    /// The same chain, but scattering every token of every member where it would decide on the
+    /// heads alone (a member that gave only its head gives its whole distribution), so that the
+    /// candidates hold the whole combined distribution, for reporting it; the pick stays the
+    /// exact one. A sampling or top-k union chain already holds what its draw uses.
     pub fn full_distribution(mut self) -> Self {
         if self.scatter == Scatter::Heads {
-            self.scatter = Scatter::Full;
+            self.scatter = Scatter::Whole;
         }
         self
     }

@@ -36,8 +36,8 @@ pub(super) fn remote_members(
             args.remotes.len()
         );
     }
-    if let Some(k) = args.union_top_k.iter().find(|&&k| k == 0) {
-        bail!("invalid --union-top-k: {k} keeps no token");
+    for &k in &args.union_top_k {
+        gac_core::ensemble::validate_union_top_k(Some(k)).context("invalid --union-top-k")?;
     }
     let n = paths.len();
     let mut setups = vec![("all local".to_string(), vec![false; n])];

@@ -1,6 +1,6 @@
 //! The configurations one `gac eval` run compares, and the fingerprint of each setup.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use gac_core::{Mode, Schedule, Weighting, WhenUnsure};
 use gac_examples::config::EnsembleConfig;
 use gac_examples::eval::fingerprint;
@@ -60,6 +60,29 @@ pub(super) fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result
         c.setup = fingerprint(&format!("{} {what}", c.setup));
         c
     };
+    // A value given twice would count every question twice and narrow the intervals.
+    for (flag, values) in [
+        (
+            "--threshold",
+            args.thresholds.iter().map(f32::to_string).collect(),
+        ),
+        ("--gate", args.gates.iter().map(usize::to_string).collect()),
+        (
+            "--union-top-k",
+            args.union_top_ks
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>(),
+        ),
+    ] {
+        if let Some((i, v)) = values
+            .iter()
+            .enumerate()
+            .find(|(i, v)| values[..*i].contains(v))
+        {
+            bail!("{flag} {v} is given twice (its {} and an earlier one): each configuration is evaluated once", ordinal(i + 1));
+        }
+    }
     let mut configs = Vec::new();
     if !args.no_single || n == 1 {
         for i in 0..n {
@@ -134,6 +157,18 @@ pub(super) fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result
         }
     }
     Ok(configs)
+}
+
+/// "1st", "2nd", "3rd", "4th", ...
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, 11) | (2, 12) | (3, 13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 /// `gated:T` for gate 0 averaging when unsure, else `gated:T:gate=G[:member=K]`.

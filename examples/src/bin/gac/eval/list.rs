@@ -4,14 +4,14 @@ use anyhow::Result;
 use gac_examples::eval::tasks::{bigbench_tasks, task_kind, GENERATIVE};
 use gac_examples::eval::{load_task, Target, Task, TASKS};
 
-use super::{data_dir, EvalArgs};
+use super::{data_paths, EvalArgs};
 
-/// Prints every task that can be loaded from the data folder, with its size, and those that
-/// cannot, with why.
+/// Prints every task that can be loaded from the data folder and the BIG-bench folder, with its
+/// size, and those that cannot, with why.
 pub(super) fn list_tasks(args: &EvalArgs) -> Result<()> {
-    let data = data_dir(args);
+    let data = data_paths(args);
     let mut names: Vec<String> = TASKS.iter().map(|(n, _)| n.to_string()).collect();
-    let (bigbench, left_out) = bigbench_tasks(&data.join("bigbench"));
+    let (bigbench, left_out) = bigbench_tasks(&data.bigbench);
     names.extend(bigbench);
     let show = |name: &str, task: &Task| {
         println!(
@@ -36,6 +36,14 @@ pub(super) fn list_tasks(args: &EvalArgs) -> Result<()> {
             }
             Err(e) => println!("{name:<64} unavailable: {e:#}"),
         }
+    }
+    match data.bigbench_missing() {
+        Some(why) => println!("{:<64} {why}", "bigbench:NAME"),
+        None => println!(
+            "{:<64} BIG-bench tasks above are read from {}",
+            "bigbench:NAME",
+            data.bigbench.display()
+        ),
     }
     println!("{:<64} your own questions (see the README)", "jsonl:PATH");
     Ok(())

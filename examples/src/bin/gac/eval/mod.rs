@@ -9,7 +9,7 @@ use gac_examples::config::RuntimeKind;
 use gac_examples::eval::paired::RESAMPLES;
 use gac_examples::eval::plot::{plot_intervals, plot_points};
 use gac_examples::eval::screen::{screen, screen_table};
-use gac_examples::eval::tasks::{chance, expand_tasks};
+use gac_examples::eval::tasks::{chance, expand_tasks, DataPaths};
 use gac_examples::eval::{
     compare, letter_skew, load_task, paired_table, points, sample, summaries, table, Results, Task,
 };
@@ -28,8 +28,8 @@ pub struct EvalArgs {
     members: super::MemberArgs,
     #[command(flatten)]
     remote: super::args::RemoteArgs,
-    /// Tasks (repeatable): mmlu, boolq, piqa, commonsenseqa, openbookqa, nq-open, asdiv,
-    /// bigbench:NAME (a task.json under DATA/bigbench), jsonl:PATH (your own data).
+    /// Tasks (repeatable): a built-in one (mmlu, boolq, logiqa, ...: see --list-tasks),
+    /// bigbench:NAME (a task.json of the --bigbench folder), jsonl:PATH (your own data).
     #[arg(
         long = "task",
         value_name = "NAME",
@@ -42,6 +42,10 @@ pub struct EvalArgs {
     /// Folder with the fetched benchmark data (default: $GAC_CACHE/data, or .cache/data).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// A checkout of the BIG-bench repository (or its bigbench/benchmark_tasks folder), where
+    /// the bigbench:NAME tasks are read from (default: DATA/bigbench).
+    #[arg(long, value_name = "PATH")]
+    bigbench: Option<PathBuf>,
     /// Examples per task.
     #[arg(long, default_value_t = 50)]
     limit: usize,
@@ -130,21 +134,24 @@ pub struct EvalArgs {
     prompt_cache: bool,
 }
 
-fn data_dir(args: &EvalArgs) -> PathBuf {
-    args.data.clone().unwrap_or_else(|| {
+/// Where this run reads its tasks from.
+fn data_paths(args: &EvalArgs) -> DataPaths {
+    let dir = args.data.clone().unwrap_or_else(|| {
         std::env::var_os("GAC_CACHE")
             .map_or_else(|| PathBuf::from(".cache"), PathBuf::from)
             .join("data")
-    })
+    });
+    DataPaths::new(dir, args.bigbench.clone())
 }
 
 pub fn eval(args: EvalArgs, matches: &clap::ArgMatches) -> Result<()> {
     if args.list_tasks {
         return list_tasks(&args);
     }
-    let tasks: Vec<Task> = expand_tasks(&args.tasks, &data_dir(&args))?
+    let data = data_paths(&args);
+    let tasks: Vec<Task> = expand_tasks(&args.tasks, &data)?
         .iter()
-        .map(|t| load_task(t, &data_dir(&args), args.seed))
+        .map(|t| load_task(t, &data, args.seed))
         .collect::<Result<_>>()?;
     for task in &tasks {
         if let Some((top, chance)) = letter_skew(task) {

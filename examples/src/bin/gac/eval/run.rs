@@ -80,22 +80,27 @@ pub(super) fn run_config(
                 }
             }
             right += usize::from(record.correct);
+            let answered = bar.position() + 1 - failed as u64;
             results.add(record.clone())?;
             current.push(record);
             bar.inc(1);
-            let done = bar.position() as f64;
             bar.set_message(format!(
                 "accuracy {:.1}% errors {failed}",
-                100.0 * right as f64 / done
+                100.0 * right as f64 / answered.max(1) as f64
             ));
         }
         bar.finish_and_clear();
         if total > 0 {
+            let answered = total - failed;
             eprintln!(
-                "gac eval: {name} {}: {total} answered in {:.0} s, accuracy {:.1}%, errors {failed}",
+                "gac eval: {name} {}: {answered} answered in {:.0} s, accuracy {:.1}%, errors {failed}{}",
                 task.name,
                 start.elapsed().as_secs_f64(),
-                100.0 * right as f64 / total as f64
+                100.0 * right as f64 / answered.max(1) as f64,
+                match failed {
+                    0 => "",
+                    _ => " (failed questions are asked again on the next run)",
+                }
             );
         }
     }
@@ -144,7 +149,10 @@ pub(super) fn learn_weights(
         slots[i] = ensemble.into_members().pop();
         let records = records?;
         for (t, task) in tasks.iter().enumerate() {
-            let of: Vec<&Record> = records.iter().filter(|r| r.task == task.name).collect();
+            let of: Vec<&Record> = records
+                .iter()
+                .filter(|r| r.task == task.name && r.error.is_none())
+                .collect();
             let right = of.iter().filter(|r| r.correct).count();
             asked[t] = of.len();
             weights[t].push(right as f32 / of.len().max(1) as f32 + 0.01);

@@ -53,14 +53,14 @@ pub struct Common {
     top_p: Option<f32>,
     seed: Option<u64>,
     stop: Option<OneOrMany>,
-    #[serde(default)]
-    stream: bool,
+    stream: Option<bool>,
     stream_options: Option<StreamOptions>,
     n: Option<u64>,
     best_of: Option<u64>,
     presence_penalty: Option<f32>,
     frequency_penalty: Option<f32>,
     logit_bias: Option<serde_json::Map<String, Value>>,
+    response_format: Option<Value>,
     // gac's own knobs.
     top_k: Option<usize>,
     gate: Option<usize>,
@@ -72,8 +72,7 @@ pub struct Common {
 
 #[derive(Debug, Deserialize)]
 struct StreamOptions {
-    #[serde(default)]
-    include_usage: bool,
+    include_usage: Option<bool>,
 }
 
 /// `POST /v1/completions`.
@@ -81,8 +80,7 @@ struct StreamOptions {
 pub struct CompletionRequest {
     prompt: Value,
     logprobs: Option<u32>,
-    #[serde(default)]
-    echo: bool,
+    echo: Option<bool>,
     suffix: Option<String>,
 }
 
@@ -90,8 +88,7 @@ pub struct CompletionRequest {
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     messages: Vec<ChatMessage>,
-    #[serde(default)]
-    logprobs: bool,
+    logprobs: Option<bool>,
     top_logprobs: Option<u32>,
     tools: Option<Value>,
 }
@@ -149,10 +146,80 @@ pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     })
 }
 
+/// The fields every request may give: each is honoured or, where its value asks for what gac
+/// cannot do, refused; `user` (an id for the caller's own records) is read and has no effect.
+const COMMON_FIELDS: &[&str] = &[
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "n",
+    "best_of",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "response_format",
+    "user",
+    "top_k",
+    "gate",
+    "threshold",
+    "when_unsure",
+    "weights",
+    "union_top_k",
+];
+
+/// Reads a `POST /v1/completions` body into a job.
+pub fn completion(body: &[u8], limits: &Limits) -> Result<Job, ApiError> {
+    known_fields(body, &["prompt", "logprobs", "echo", "suffix"])?;
+    parse::<CompletionRequest>(body)?.into_job(parse(body)?, limits)
+}
+
+/// Reads a `POST /v1/chat/completions` body into a job.
+pub fn chat(body: &[u8], limits: &Limits) -> Result<Job, ApiError> {
+    known_fields(body, &["messages", "logprobs", "top_logprobs", "tools"])?;
+    parse::<ChatRequest>(body)?.into_job(parse(body)?, limits)
+}
+
+/// Refuses a field that no part of gac reads: silently ignoring it would answer a question the
+/// client did not ask.
+fn known_fields(body: &[u8], endpoint: &[&str]) -> Result<(), ApiError> {
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+        return Ok(()); // not an object: `parse` names what is wrong
+    };
+    match fields
+        .keys()
+        .find(|k| !COMMON_FIELDS.contains(&k.as_str()) && !endpoint.contains(&k.as_str()))
+    {
+        Some(field) => Err(invalid(field, "gac serve does not support this field")),
+        None => Ok(()),
+    }
+}
+
+/// `response_format`: only plain text until structured outputs exist.
+fn check_response_format(format: Option<&Value>) -> Result<(), ApiError> {
+    let kind = match format {
+        None | Some(Value::Null) => return Ok(()),
+        Some(f) => f.get("type").and_then(Value::as_str),
+    };
+    match kind {
+        Some("text") => Ok(()),
+        Some(other) => Err(invalid(
+            "response_format",
+            format!("type '{other}' is not supported (gac serve answers in free text only)"),
+        )),
+        None => Err(invalid("response_format", "needs a string field 'type'")),
+    }
+}
+
 impl CompletionRequest {
     /// Checks the request against the server's limits.
     pub fn into_job(self, common: Common, limits: &Limits) -> Result<Job, ApiError> {
-        if self.echo {
+        if self.echo == Some(true) {
             return Err(invalid("echo", "not supported"));
         }
         if self.suffix.is_some() {
@@ -192,16 +259,22 @@ impl ChatRequest {
         let mut messages = Vec::with_capacity(self.messages.len());
         for (i, m) in self.messages.into_iter().enumerate() {
             let field = format!("messages[{i}]");
-            if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-                return Err(invalid(
-                    &format!("{field}.role"),
-                    format!("role '{}' is not system, user or assistant", m.role),
-                ));
-            }
+            // OpenAI's `developer` messages are what `system` messages were: the chat
+            // templates know only the latter.
+            let role = match m.role.as_str() {
+                "system" | "developer" => "system",
+                "user" | "assistant" => m.role.as_str(),
+                other => {
+                    return Err(invalid(
+                        &format!("{field}.role"),
+                        format!("role '{other}' is not system, developer, user or assistant"),
+                    ))
+                }
+            };
             let content = content_text(m.content, &field)?;
-            messages.push(Message::new(m.role, content));
+            messages.push(Message::new(role.to_string(), content));
         }
-        let top = match (self.logprobs, self.top_logprobs) {
+        let top = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
             (_, Some(n)) if n > 20 => {
                 return Err(invalid("top_logprobs", format!("{n} is above 20")))
             }
@@ -278,6 +351,7 @@ impl Common {
         if self.logit_bias.is_some_and(|b| !b.is_empty()) {
             return Err(invalid("logit_bias", "not supported"));
         }
+        check_response_format(self.response_format.as_ref())?;
         let (field, max_tokens) = match (self.max_completion_tokens, self.max_tokens) {
             (Some(n), _) => ("max_completion_tokens", Some(n)),
             (None, n) => ("max_tokens", n),
@@ -308,9 +382,8 @@ impl Common {
         };
         pick.validate()
             .map_err(|e| core_field(&e, ["temperature", "top_p"]))?;
-        if self.union_top_k == Some(0) {
-            return Err(invalid("union_top_k", "0 keeps no token (use at least 1)"));
-        }
+        gac_core::ensemble::validate_union_top_k(self.union_top_k)
+            .map_err(|e| core_field(&e, ["union_top_k"]))?;
         let weights = self.weights.unwrap_or_else(|| limits.weights.clone());
         gac_core::ensemble::validate(&weights, &mode, limits.members)
             .map_err(|e| core_field(&e, ["weights", "gate", "threshold", "when_unsure"]))?;
@@ -329,8 +402,10 @@ impl Common {
             },
             weights,
             mode,
-            stream: self.stream,
-            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+            stream: self.stream.unwrap_or(false),
+            include_usage: self
+                .stream_options
+                .is_some_and(|o| o.include_usage.unwrap_or(false)),
         })
     }
 

@@ -2,8 +2,10 @@
 //!
 //! The listener starts at once (`/health` answers 503 while the members load); requests take
 //! one of `--parallel` slots or wait in a queue of `--queue`, beyond which they get 429. A
-//! client that disconnects stops its generation within one step. SIGINT or SIGTERM stops
-//! accepting, lets in-flight requests finish, and exits 0.
+//! client that disconnects stops its generation within one step (a remote member waiting on
+//! its server gives up at once). The first SIGINT or SIGTERM stops accepting, answers 503 to
+//! new and queued requests, lets in-flight requests finish, and exits 0; a second one exits at
+//! once.
 
 mod api;
 mod error;
@@ -63,6 +65,8 @@ pub struct State {
     max_body: usize,
     model: String,
     serial: std::sync::atomic::AtomicU64,
+    /// Set by the first shutdown signal: new requests get 503.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// The loaded ensemble.
@@ -90,6 +94,7 @@ pub fn serve(args: ServeArgs, config: EnsembleConfig) -> Result<()> {
         max_body: args.max_body,
         model,
         serial: Default::default(),
+        closing: Default::default(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -108,7 +113,8 @@ pub fn serve(args: ServeArgs, config: EnsembleConfig) -> Result<()> {
             tokio::task::spawn_blocking(move || load(&state, &args, &config))
         };
         let app = routes::router(state.clone());
-        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+        let server =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal(state.clone()));
         let server = tokio::spawn(std::future::IntoFuture::into_future(server));
         loading.await.context("loading the members")??;
         eprintln!("gac: ready: serving model '{}'", state.model);
@@ -151,8 +157,26 @@ fn load(state: &State, args: &ServeArgs, config: &EnsembleConfig) -> Result<()> 
     Ok(())
 }
 
+/// Resolves on the first SIGINT or SIGTERM, after closing the door: new and queued requests
+/// get 503 from then on. A second signal exits at once.
+async fn shutdown_signal(state: Arc<State>) {
+    signal().await;
+    eprintln!("gac: shutting down: finishing in-flight requests (a second signal exits now)");
+    state
+        .closing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(ready) = state.ready.get() {
+        ready.pool.close();
+    }
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("gac: second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+async fn signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let terminate = async {
@@ -169,5 +193,4 @@ async fn shutdown_signal() {
         _ = interrupt => {}
         _ = terminate => {}
     }
-    eprintln!("gac: shutting down: finishing in-flight requests");
 }

@@ -2,7 +2,7 @@
 //! events), models, health, metrics; API-key checks and the body limit.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -14,13 +14,13 @@ use axum::response::sse::{Event as Sse, KeepAlive};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::stream::{self, Stream, StreamExt};
-use gac_core::{Finish, Generation};
+use futures_util::stream::{self, StreamExt};
+use gac_core::{Finish, Generation, Interrupt};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::api::{self, ChatRequest, CompletionRequest, Job, Kind, Limits};
+use super::api::{self, Job, Kind, Limits};
 use super::error::ApiError;
 use super::metrics::Outcome;
 use super::reply::Reply;
@@ -50,8 +50,8 @@ async fn auth(Shared(state): Shared<Arc<State>>, request: Request, next: Next) -
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(key.as_str()) {
+            .and_then(bearer_token);
+        if !given.is_some_and(|g| same_secret(g.as_bytes(), key.as_bytes())) {
             if let Some(ready) = state.ready.get() {
                 ready.pool.metrics.finished(Outcome::Invalid);
             }
@@ -59,6 +59,19 @@ async fn auth(Shared(state): Shared<Arc<State>>, request: Request, next: Next) -
         }
     }
     next.run(request).await
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value; the scheme's case does not matter
+/// (RFC 9110).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Compares a given key with the server's in a time that does not depend on where they differ.
+fn same_secret(given: &[u8], key: &[u8]) -> bool {
+    let differ = given.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    differ == 0 && given.len() == key.len()
 }
 
 async fn not_found(request: Request) -> ApiError {
@@ -115,17 +128,11 @@ async fn completions(
     Shared(state): Shared<Arc<State>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(state, body, |b, limits| {
-        api::parse::<CompletionRequest>(b)?.into_job(api::parse(b)?, limits)
-    })
-    .await
+    handle(state, body, api::completion).await
 }
 
 async fn chat(Shared(state): Shared<Arc<State>>, body: Result<Bytes, BytesRejection>) -> Response {
-    handle(state, body, |b, limits| {
-        api::parse::<ChatRequest>(b)?.into_job(api::parse(b)?, limits)
-    })
-    .await
+    handle(state, body, api::chat).await
 }
 
 /// Validates, takes a slot, and answers whole or as a stream.
@@ -138,6 +145,9 @@ async fn handle(
         return ApiError::unavailable("the members are still loading; retry when /health is 200")
             .into_response();
     };
+    if state.closing.load(Ordering::Relaxed) {
+        return ApiError::unavailable("the server is shutting down").into_response();
+    }
     let metrics = &ready.pool.metrics;
     let job = match body {
         Ok(body) => parse(&body, &ready.limits),
@@ -163,7 +173,7 @@ async fn handle(
     let serial = state.serial.fetch_add(1, Ordering::Relaxed);
     let reply = Reply::new(job.kind, serial, state.model.clone(), ready.union.clone());
     match job.stream {
-        true => streamed(ready, job, lease, reply).into_response(),
+        true => streamed(ready, job, lease, reply).await,
         false => whole(ready, job, lease, reply).await,
     }
 }
@@ -174,7 +184,7 @@ fn spawn(
     job: Job,
     lease: Lease,
     events: Option<mpsc::UnboundedSender<Event>>,
-    cancel: Arc<AtomicBool>,
+    cancel: Interrupt,
     done: impl FnOnce(Result<Generation, ApiError>) + Send + 'static,
 ) {
     let pool = ready.pool.clone();
@@ -192,7 +202,7 @@ fn spawn(
 }
 
 async fn whole(ready: &Ready, job: Job, lease: Lease, reply: Reply) -> Response {
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = Interrupt::default();
     // Dropped (client gone) before the generation ends: it stops within a step.
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let logprobs = job.options.logprobs.is_some();
@@ -207,48 +217,65 @@ async fn whole(ready: &Ready, job: Job, lease: Lease, reply: Reply) -> Response 
     }
 }
 
-fn streamed(
-    ready: &Ready,
-    job: Job,
-    lease: Lease,
-    reply: Reply,
-) -> axum::response::Sse<impl Stream<Item = Result<Sse, Infallible>>> {
-    let (tx, rx) = mpsc::unbounded_channel();
+/// Answers as server-sent events. The response starts only with the first piece of text (or
+/// the end): what fails before any text (a prompt too long for a member, a chat template that
+/// does not apply, an empty encoding) is an error status, as for a whole answer, not a 200
+/// followed by an error event.
+async fn streamed(ready: &Ready, job: Job, lease: Lease, reply: Reply) -> Response {
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let logprobs = job.options.logprobs.is_some();
     let usage = job.include_usage;
     let first = match job.kind {
         Kind::Chat => Some(reply.role_chunk()),
         Kind::Completion => None,
     };
-    // The stream owns the receiver: when the client goes, the generation sees it closed.
+    // The stream owns the receiver and the flag: when the client goes, the generation sees
+    // both, and a member waiting on its server gives up at once.
+    let cancel = Interrupt::default();
+    let cancel_on_drop = CancelOnDrop(cancel.clone());
     let last = tx.clone();
-    spawn(ready, job, lease, Some(tx), Arc::default(), move |result| {
+    spawn(ready, job, lease, Some(tx), cancel, move |result| {
         let _ = last.send(Event::Done(Box::new(result)));
     });
+    let opening = match rx.recv().await {
+        Some(Event::Done(done)) => match *done {
+            Err(e) => return e.into_response(),
+            ok => Event::Done(Box::new(ok)),
+        },
+        Some(event) => event,
+        None => {
+            return ApiError::internal("the generation stopped without an answer").into_response()
+        }
+    };
     let mut offset = 0;
-    let events = UnboundedReceiverStream::new(rx).flat_map(move |event| {
-        let chunks: Vec<String> = match event {
-            Event::Text(text, lps) => {
-                let chunk = reply.text_chunk(&text, &lps, logprobs, offset);
-                offset += text.len();
-                vec![chunk.to_string()]
-            }
-            Event::Done(done) => match *done {
-                Ok(g) => {
-                    let mut chunks = vec![reply.final_chunk(&g).to_string()];
-                    if usage {
-                        chunks.push(reply.usage_chunk(&g).to_string());
-                    }
-                    chunks.push("[DONE]".to_string());
-                    chunks
+    let events = stream::iter([opening])
+        .chain(UnboundedReceiverStream::new(rx))
+        .flat_map(move |event| {
+            let _owned = &cancel_on_drop;
+            let chunks: Vec<String> = match event {
+                Event::Text(text, lps) => {
+                    let chunk = reply.text_chunk(&text, &lps, logprobs, offset);
+                    offset += text.len();
+                    vec![chunk.to_string()]
                 }
-                Err(e) => vec![e.body().to_string(), "[DONE]".to_string()],
-            },
-        };
-        stream::iter(chunks)
-    });
+                Event::Done(done) => match *done {
+                    Ok(g) => {
+                        let mut chunks = vec![reply.final_chunk(&g).to_string()];
+                        if usage {
+                            chunks.push(reply.usage_chunk(&g).to_string());
+                        }
+                        chunks.push("[DONE]".to_string());
+                        chunks
+                    }
+                    Err(e) => vec![e.body().to_string(), "[DONE]".to_string()],
+                },
+            };
+            stream::iter(chunks)
+        });
     let all = stream::iter(first.map(|v| v.to_string()))
         .chain(events)
-        .map(|data| Ok(Sse::default().data(data)));
-    axum::response::Sse::new(all).keep_alive(KeepAlive::default())
+        .map(|data| Ok::<_, Infallible>(Sse::default().data(data)));
+    axum::response::Sse::new(all)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

@@ -3,10 +3,10 @@
 //! a request takes a free slot or waits in a bounded queue, and a full queue refuses at once.
 //! A generation runs on a blocking thread; it stops within a step once its client is gone.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use gac_core::{Ensemble, Generation, Observer, Prompt, TokenLogprob, UnionId};
+use gac_core::{Ensemble, Generation, Interrupt, Observer, Prompt, TokenLogprob, UnionId};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::api::{Input, Job};
@@ -62,12 +62,13 @@ pub enum Event {
     Done(Box<Result<Generation, ApiError>>),
 }
 
-/// Sets the flag when dropped: the request's handler is gone (its client disconnected).
-pub struct CancelOnDrop(pub Arc<AtomicBool>);
+/// Sets the flag when dropped: the request's handler or stream is gone (its client
+/// disconnected, or the answer is complete).
+pub struct CancelOnDrop(pub Interrupt);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.set();
     }
 }
 
@@ -84,6 +85,12 @@ impl Pool {
         }
     }
 
+    /// Refuses every request from now on, those waiting in the queue included (503); the
+    /// slots in use finish their generations.
+    pub fn close(&self) {
+        self.permits.close();
+    }
+
     /// The number of slots.
     pub fn slots(&self) -> usize {
         self.slots
@@ -93,7 +100,10 @@ impl Pool {
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, ApiError> {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
-            Err(_) => {
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return Err(ApiError::unavailable("the server is shutting down"))
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
                 let depth = &self.metrics.queued;
                 let room = depth.fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                     (q < self.queue as u64).then_some(q + 1)
@@ -124,7 +134,7 @@ impl Pool {
 /// the receiver is gone.
 struct Watcher {
     events: Option<mpsc::UnboundedSender<Event>>,
-    cancel: Arc<AtomicBool>,
+    cancel: Interrupt,
     logprobs: Vec<TokenLogprob>,
 }
 
@@ -143,23 +153,25 @@ impl Observer for Watcher {
     }
 
     fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed) || self.events.as_ref().is_some_and(|e| e.is_closed())
+        self.cancel.is_set() || self.events.as_ref().is_some_and(|e| e.is_closed())
     }
 }
 
 impl Lease {
     /// Runs the job on this slot (on the calling thread, which may block). `events` receives
-    /// the text as it is generated; `cancel` stops the generation between steps.
+    /// the text as it is generated; `cancel` (this request's own flag) stops the generation
+    /// at the next step, or at once where a member waits on its server.
     pub fn run(
         mut self,
         job: &Job,
         events: Option<mpsc::UnboundedSender<Event>>,
-        cancel: Arc<AtomicBool>,
+        cancel: Interrupt,
     ) -> Result<Generation, ApiError> {
         let ensemble = self
             .ensemble
             .as_mut()
             .ok_or_else(|| ApiError::internal("no ensemble in a free slot"))?;
+        ensemble.set_interrupt(cancel.clone());
         ensemble.set_weights(job.weights.clone())?;
         ensemble.set_mode(job.mode)?;
         let mut watcher = Watcher {
