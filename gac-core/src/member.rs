@@ -170,6 +170,9 @@ impl<M: Member + ?Sized> Member for Box<M> {
     fn set_union_top_k(&mut self, k: Option<usize>) {
         (**self).set_union_top_k(k)
     }
+    fn watch(&mut self, interrupt: Interrupt) {
+        (**self).watch(interrupt)
+    }
     fn reused(&self) -> usize {
         (**self).reused()
     }
@@ -191,11 +194,6 @@ impl Interrupt {
     /// Asks the generation to stop.
     pub fn set(&self) {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Lowers the flag (before a new generation).
-    pub fn clear(&self) {
-        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether the generation was asked to stop.
