@@ -621,6 +621,14 @@ mod tests {
                 "[[member]]\nruntime='http'\nurl='http://h:1'\nvocab='v'\ntimeout=-1",
                 "member[0].timeout: -1 is not a number of seconds in (0, 86400]",
             ),
+            (
+                "[[member]]\nruntime='http'\nurl='http://h:1'\nvocab='v'\ntimeout=1e30",
+                "is not a number of seconds in (0, 86400]",
+            ),
+            (
+                "[[member]]\nruntime='http'\nurl='http://h:1'\nvocab='v'\ntimeout=nan",
+                "member[0].timeout: NaN is not a number of seconds in (0, 86400]",
+            ),
         ];
         for (toml, needle) in cases {
             let err = parse(toml).unwrap_err().to_string();

@@ -318,6 +318,20 @@ fn bad_data_is_named_with_file_and_line() {
         err.contains("choice.jsonl:1") && err.contains("not one of the 2 choices"),
         "{err}"
     );
+    // Two questions with one id (an explicit id can collide with a line number) would be
+    // paired wrongly: refused, naming both lines.
+    let file = scratch(
+        "dup.jsonl",
+        "{\"question\": \"a?\", \"answer\": 1}\n{\"id\": 1, \"question\": \"b?\", \"answer\": 2}\n",
+    );
+    let err = format!(
+        "{:#}",
+        load_task(&format!("jsonl:{}", file.display()), &data(), SEED).unwrap_err()
+    );
+    assert!(
+        err.contains("dup.jsonl:2") && err.contains("id '1' is already the id of line 1"),
+        "{err}"
+    );
     let err = load_task("gsm8k", &data(), SEED).unwrap_err().to_string();
     assert!(
         err.contains("unknown task 'gsm8k'") && err.contains("mmlu"),
@@ -767,6 +781,39 @@ fn a_config_files_weights_and_gate_are_evaluated_and_setups_never_mix() {
         stdout.contains("(n=3)") && !stdout.contains("(n=6)"),
         "{stdout}"
     );
+}
+
+#[test]
+fn a_configuration_given_twice_or_out_of_range_is_refused_before_loading() {
+    let smollm = asset(SMOLLM).display().to_string();
+    for (flags, needle) in [
+        (
+            &["--threshold", "0.5", "--threshold", "0.5"][..],
+            "--threshold 0.5 is given twice",
+        ),
+        (
+            &["--union-top-k", "5", "--union-top-k", "5"],
+            "--union-top-k 5 is given twice",
+        ),
+        (&["--union-top-k", "0"], "invalid --union-top-k"),
+        (&["--union-top-k", "5000"], "is above 1000"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gac"))
+            .args([
+                "eval", "--model", &smollm, "--model", &smollm, "--task", "boolq",
+            ])
+            .args(flags)
+            .args(data_args())
+            .arg("--out")
+            .arg(scratch("twice.jsonl", ""))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "{flags:?}: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -558,6 +558,7 @@ fn bad_inputs_get_openai_errors(server: &Server) {
     let c = server.complete(json!({
         "prompt": "Hi", "max_tokens": 2, "temperature": 0, "logprobs": null, "stream": null,
         "echo": null, "stop": null, "seed": null, "stream_options": null, "user": "u1",
+        "tool_choice": null, "metadata": null,
         "response_format": {"type": "text"},
     }));
     assert_eq!(c["usage"]["completion_tokens"], 2, "{c}");

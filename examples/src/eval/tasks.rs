@@ -617,7 +617,7 @@ pub fn bigbench_file(data: &DataPaths, task: &str) -> Result<PathBuf> {
     }
     if let Some((_, size)) = left_out.iter().find(|(t, _)| t == task) {
         bail!(
-            "BIG-bench task '{task}' was left out by `scripts/fetch-assets data`: its task.json has {size} bytes (the fetch keeps those up to 4 MB); extract it from the archive yourself and put it at {}",
+            "BIG-bench task '{task}' was left out by `scripts/fetch-assets data`: its task.json has {size} bytes (the fetch kept those up to 4 MB); read it from a BIG-bench checkout (--bigbench PATH) or put its task.json at {}",
             dir.join("task.json").display()
         );
     }

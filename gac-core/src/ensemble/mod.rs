@@ -188,12 +188,7 @@ impl Ensemble {
                 mode,
                 union,
                 candidates: Candidates::new(union.len()),
-                chain: match options.logprobs {
-                    Some(_) => {
-                        Chain::for_pick(&options.pick, options.union_top_k).full_distribution()
-                    }
-                    None => Chain::for_pick(&options.pick, options.union_top_k),
-                },
+                chain: Chain::for_pick(&options.pick, options.union_top_k),
                 schedule: options.schedule,
                 weighting: options.weighting,
                 logprobs: options.logprobs,

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::combine::{Mode, Schedule, Weighting, WhenUnsure};
 use crate::member::Interrupt;
-use crate::select::{Candidates, Chain, Filled, Input};
+use crate::select::{Candidates, Chain, Filled, Input, Scatter};
 use crate::text::{find_stop, held_back, Utf8Stream};
 use crate::union::{Union, UnionId, END};
 use crate::{Error, Result};
@@ -40,8 +40,13 @@ pub(super) struct Run<'a> {
 impl Run<'_> {
     /// Evaluates these members in parallel.
     fn evaluate(&mut self, which: &[usize]) -> Result<()> {
+        self.in_parallel(which, Worker::send_eval)
+    }
+
+    /// Sends each of these members its command, then waits for every answer.
+    fn in_parallel(&mut self, which: &[usize], send: fn(&mut Worker) -> Result<()>) -> Result<()> {
         for &i in which {
-            self.workers[i].send_eval()?;
+            send(&mut self.workers[i])?;
         }
         for &i in which {
             self.workers[i].receive(&mut self.stats.members[i])?;
@@ -54,7 +59,7 @@ impl Run<'_> {
     fn choose(&mut self, which: &[usize], step: usize) -> Result<Picked> {
         let started = Instant::now();
         let mut evaluating = Duration::ZERO;
-        let mut filled = self.scatter(which);
+        let mut filled = self.scatter(which, None);
         if filled == Filled::NeedsFull {
             let t = Instant::now();
             // The heads do not decide this greedy step, or some are shorter than the top-k
@@ -72,23 +77,28 @@ impl Run<'_> {
                 .filter(|(_, m)| self.chain.needs_whole(m))
                 .map(|(&i, _)| i)
                 .collect();
-            for &i in &heads {
-                self.workers[i].send_full()?;
-            }
-            for &i in &heads {
-                self.workers[i].receive(&mut self.stats.members[i])?;
-            }
+            self.fetch_whole(&heads)?;
             evaluating = t.elapsed();
-            filled = self.scatter(which);
+            filled = self.scatter(which, None);
         }
         if filled != Filled::Mass {
             return Err(Error::ZeroMass { step });
         }
-        let top = self.logprobs.map(|n| self.top_logprobs(n));
+        // A greedy pick may be decided on the heads: it is made first, then the whole combined
+        // distribution is filled in for the report, so asking for logprobs changes no pick.
+        let report_whole = self.logprobs.is_some() && self.chain.decides_on_heads();
+        let mut top = match report_whole {
+            true => None,
+            false => self.logprobs.map(|n| self.top_logprobs(n)),
+        };
         let t = Instant::now();
         let x = self.chain.choose(&mut self.candidates);
         self.stats.pick_time += t.elapsed();
         let x = x.ok_or(Error::ZeroMass { step })?;
+        if let (true, Some(n)) = (report_whole, self.logprobs) {
+            evaluating += self.fill_whole(which)?;
+            top = Some(self.top_logprobs(n));
+        }
         // The members' evaluations are theirs, not the combine's.
         self.stats.combine_time += started.elapsed() - evaluating;
         Ok((
@@ -101,8 +111,30 @@ impl Run<'_> {
         ))
     }
 
-    /// Puts these members' last distributions into the candidates.
-    fn scatter(&mut self, which: &[usize]) -> Filled {
+    /// Fills the candidates with these members' whole distributions, asking each member that
+    /// gave only its head for the rest; returns the time the members took.
+    fn fill_whole(&mut self, which: &[usize]) -> Result<Duration> {
+        let t = Instant::now();
+        let heads: Vec<usize> = which
+            .iter()
+            .copied()
+            .filter(|&i| self.workers[i].dist.as_ref().is_some_and(|d| !d.full))
+            .collect();
+        self.fetch_whole(&heads)?;
+        let evaluating = t.elapsed();
+        self.scatter(which, Some(Scatter::Whole));
+        Ok(evaluating)
+    }
+
+    /// Asks these members, which gave only their heads, for their whole distributions of the
+    /// same position, in parallel.
+    fn fetch_whole(&mut self, members: &[usize]) -> Result<()> {
+        self.in_parallel(members, Worker::send_full)
+    }
+
+    /// Puts these members' last distributions into the candidates, as the chain scatters them
+    /// or as `how` says.
+    fn scatter(&mut self, which: &[usize], how: Option<Scatter>) -> Filled {
         let inputs = inputs_of(
             &self.workers,
             self.weights,
@@ -110,7 +142,10 @@ impl Run<'_> {
             self.union,
             which,
         );
-        self.chain.scatter(&mut self.candidates, &inputs)
+        match how {
+            Some(how) => self.candidates.scatter(how, &inputs),
+            None => self.chain.scatter(&mut self.candidates, &inputs),
+        }
     }
 
     /// The scattered candidates' total mass and their `n` most probable, as log-probabilities.

@@ -77,8 +77,8 @@ pub enum Scatter {
     TopK(usize),
     /// Every token of every member, weighted; a member that gave only its head gives its whole
     /// distribution for the step ([`Filled::NeedsFull`]). The candidates then hold the whole
-    /// combined distribution, whatever kind the members are (for reporting it with a greedy
-    /// pick, which it leaves exact).
+    /// combined distribution, whatever kind the members are (to report it after a greedy pick
+    /// decided on the heads).
     Whole,
 }
 

@@ -57,15 +57,10 @@ impl Chain {
         )
     }
 
-    /// The same chain, but scattering every token of every member where it would decide on the
-    /// heads alone (a member that gave only its head gives its whole distribution), so that the
-    /// candidates hold the whole combined distribution, for reporting it; the pick stays the
-    /// exact one. A sampling or top-k union chain already holds what its draw uses.
-    pub fn full_distribution(mut self) -> Self {
-        if self.scatter == Scatter::Heads {
-            self.scatter = Scatter::Whole;
-        }
-        self
+    /// Whether a greedy pick may be decided on the members' heads alone: the candidates then
+    /// hold only what decided it, not the whole combined distribution.
+    pub fn decides_on_heads(&self) -> bool {
+        self.scatter == Scatter::Heads
     }
 
     /// Runs the chain on this step's member distributions; `None` when no token has mass or

@@ -60,6 +60,10 @@ pub(super) fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result
         c.setup = fingerprint(&format!("{} {what}", c.setup));
         c
     };
+    for &k in &args.union_top_ks {
+        gac_core::ensemble::validate_union_top_k(Some(k))
+            .map_err(|e| anyhow::anyhow!("invalid --union-top-k: {e}"))?;
+    }
     // A value given twice would count every question twice and narrow the intervals.
     for (flag, values) in [
         (

@@ -235,7 +235,7 @@ pub fn eval(args: EvalArgs, matches: &clap::ArgMatches) -> Result<()> {
     let ignored = results.records().len().saturating_sub(current.len());
     if ignored > 0 {
         eprintln!(
-            "gac eval: {ignored} records in {} belong to other setups or samples and are not counted",
+            "gac eval: {ignored} records in {} belong to other setups or samples, or are failures asked again, and are not counted",
             args.out.display()
         );
     }

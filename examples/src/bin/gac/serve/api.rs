@@ -191,10 +191,12 @@ fn known_fields(body: &[u8], endpoint: &[&str]) -> Result<(), ApiError> {
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
         return Ok(()); // not an object: `parse` names what is wrong
     };
-    match fields
-        .keys()
-        .find(|k| !COMMON_FIELDS.contains(&k.as_str()) && !endpoint.contains(&k.as_str()))
-    {
+    // A null is "not set", whatever the field.
+    match fields.iter().map(|(k, _)| k).find(|k| {
+        !fields[k.as_str()].is_null()
+            && !COMMON_FIELDS.contains(&k.as_str())
+            && !endpoint.contains(&k.as_str())
+    }) {
         Some(field) => Err(invalid(field, "gac serve does not support this field")),
         None => Ok(()),
     }

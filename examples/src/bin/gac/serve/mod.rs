@@ -160,7 +160,9 @@ fn load(state: &State, args: &ServeArgs, config: &EnsembleConfig) -> Result<()> 
 /// Resolves on the first SIGINT or SIGTERM, after closing the door: new and queued requests
 /// get 503 from then on. A second signal exits at once.
 async fn shutdown_signal(state: Arc<State>) {
-    signal().await;
+    // Listening from the start, so that a second signal right after the first is not missed.
+    let mut signals = Signals::new();
+    signals.next().await;
     eprintln!("gac: shutting down: finishing in-flight requests (a second signal exits now)");
     state
         .closing
@@ -168,29 +170,55 @@ async fn shutdown_signal(state: Arc<State>) {
     if let Some(ready) = state.ready.get() {
         ready.pool.close();
     }
-    tokio::spawn(async {
-        signal().await;
+    tokio::spawn(async move {
+        signals.next().await;
         eprintln!("gac: second signal: exiting now");
         std::process::exit(130);
     });
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, each received once or more.
+struct Signals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate => {}
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next SIGINT or SIGTERM (Ctrl-C elsewhere).
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = recv(&mut self.interrupt) => {}
+                _ = recv(&mut self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
