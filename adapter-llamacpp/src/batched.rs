@@ -10,6 +10,10 @@
 //! in step. Members join and leave between decodes. A member is active from its first evaluation of a generation
 //! until the gate skips it or the generation ends. llama.cpp's logits depend on how a batch is
 //! made up, so a member's output can differ slightly from the same request decoded alone.
+//!
+//! [`Batching::Invariant`] trades that throughput for reproducible numerics: each sequence keeps
+//! a KV cache of its own and every decode holds one sequence's tokens only, oldest request
+//! first, so a member's logits are bit for bit those of the same request decoded alone.
 
 use std::num::NonZeroU32;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -32,6 +36,17 @@ use crate::{backend, LlamaOptions, LoadError};
 pub const BATCH_WINDOW: (Duration, Duration) =
     (Duration::from_millis(2), Duration::from_millis(50));
 
+/// How a [`SharedContext`] decodes the requests of its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Batching {
+    /// The requests made at about the same time share one decode (faster under load).
+    #[default]
+    Shared,
+    /// One sequence per decode, each with a KV cache of its own: a member's logits never
+    /// depend on the other members' requests.
+    Invariant,
+}
+
 /// One context whose sequences are members; see the module doc.
 pub struct SharedContext {
     shared: Arc<Shared>,
@@ -44,6 +59,7 @@ struct Shared {
     state: Mutex<State>,
     wake: Condvar,
     batch_size: usize,
+    batching: Batching,
 }
 
 struct State {
@@ -106,6 +122,7 @@ impl SharedContext {
         path: &Path,
         options: &LlamaOptions,
         sequences: usize,
+        batching: Batching,
     ) -> Result<Self, LoadError> {
         if options.device_top_k.is_some() {
             return Err(LoadError::Context(
@@ -128,7 +145,7 @@ impl SharedContext {
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(context_size * sequences as u32))
             .with_n_seq_max(sequences as u32)
-            .with_kv_unified(true)
+            .with_kv_unified(batching == Batching::Shared)
             .with_n_batch(batch_size)
             .with_n_ubatch(batch_size)
             .with_n_threads(threads)
@@ -158,6 +175,7 @@ impl SharedContext {
                 state: Mutex::new(state),
                 wake: Condvar::new(),
                 batch_size: batch_size as usize,
+                batching,
             }),
             text,
             sequences,
@@ -233,7 +251,9 @@ impl Shared {
                 .all(|s| !s.active || s.request.is_some());
             let waited = oldest.map_or(Duration::ZERO, |t| t.elapsed());
             let window = state.window();
-            if state.engine.is_some() && oldest.is_some() && (everyone || waited >= window) {
+            let alone = self.batching == Batching::Invariant;
+            if state.engine.is_some() && oldest.is_some() && (alone || everyone || waited >= window)
+            {
                 state = self.lead(state);
                 continue;
             }
@@ -247,14 +267,26 @@ impl Shared {
         }
     }
 
-    /// Takes the engine and every pending request, decodes them without holding the lock, and
-    /// hands back the results.
+    /// Takes the engine and every pending request (only the oldest one under
+    /// [`Batching::Invariant`]), decodes them without holding the lock, and hands back the
+    /// results.
     fn lead<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         let mut engine = state.engine.take().expect("checked by the caller");
+        let only = match self.batching {
+            Batching::Shared => None,
+            Batching::Invariant => state
+                .sequences
+                .iter()
+                .enumerate()
+                .filter_map(|(seq, s)| Some((s.request.as_ref()?.since, seq)))
+                .min()
+                .map(|(_, seq)| seq),
+        };
         let mut work: Vec<Work> = state
             .sequences
             .iter_mut()
             .enumerate()
+            .filter(|(seq, _)| only.is_none_or(|o| o == *seq))
             .filter_map(|(seq, s)| {
                 let request = s.request.take()?;
                 Some(Work {

@@ -66,7 +66,7 @@ mod runtime;
 mod text;
 mod vocab;
 
-pub use batched::{BatchedMember, SharedContext, BATCH_WINDOW};
+pub use batched::{BatchedMember, Batching, SharedContext, BATCH_WINDOW};
 use device_top_k::DeviceTopK;
 pub use remote::{RemoteClock, RemoteMember, RemoteOptions, RemoteTotals, DEFAULT_N_PROBS};
 pub use runtime::{backend, gpus, llama_version, runtime_info, RuntimeInfo, LLAMA_CPP_VERSION};

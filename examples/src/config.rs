@@ -285,11 +285,23 @@ impl MemberConfig {
                 "missing (the GGUF file the server runs, or its tokenizer.json)",
             ));
         }
-        if self.n_probs == Some(0) {
-            return Err(Error::config(
-                field("n_probs"),
-                "0 tokens would leave nothing to choose from",
-            ));
+        match self.n_probs {
+            Some(0) => {
+                return Err(Error::config(
+                    field("n_probs"),
+                    "0 tokens would leave nothing to choose from",
+                ))
+            }
+            Some(k) if k as usize > gac_core::ensemble::MAX_UNION_TOP_K => {
+                return Err(Error::config(
+                    field("n_probs"),
+                    format!(
+                        "{k} is above {} (more would ship most of the vocabulary every step)",
+                        gac_core::ensemble::MAX_UNION_TOP_K
+                    ),
+                ))
+            }
+            _ => {}
         }
         if let Some(t) = self.timeout {
             if !(t > 0.0 && t <= MAX_TIMEOUT_SECS) {
@@ -616,6 +628,10 @@ mod tests {
             (
                 "[[member]]\nruntime='http'\nurl='http://h:1'\nvocab='v'\nn_probs=0",
                 "member[0].n_probs",
+            ),
+            (
+                "[[member]]\nruntime='http'\nurl='http://h:1'\nvocab='v'\nn_probs=1001",
+                "member[0].n_probs: 1001 is above 1000",
             ),
             (
                 "[[member]]\nruntime='http'\nurl='http://h:1'\nvocab='v'\ntimeout=-1",

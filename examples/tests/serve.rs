@@ -748,6 +748,37 @@ fn a_bounded_load_completes_or_refuses_every_request_and_metrics_add_up() {
 }
 
 #[test]
+fn deterministic_slots_answer_under_load_exactly_as_alone() {
+    let server = Server::start(&["--parallel", "4", "--deterministic"]);
+    let ask = |prompt: &str| {
+        let body = json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "logprobs": 3});
+        server.complete(body)["choices"][0].clone()
+    };
+    let alone: Vec<Value> = PROMPTS.iter().map(|p| ask(p)).collect();
+    let together: Vec<(usize, Value)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let ask = &ask;
+                s.spawn(move || {
+                    (0..2)
+                        .map(|i| ((w + i) % 2, ask(PROMPTS[(w + i) % 2])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    for (k, answer) in &together {
+        // Text and every logprob, bit for bit as serialized.
+        assert_eq!(answer, &alone[*k], "prompt {k} under load");
+    }
+    assert_eq!(together.len(), 16);
+}
+
+#[test]
 fn an_api_key_guards_the_api() {
     let server = Server::start(&["--api-key", "sesame"]);
     let body = json!({"prompt": "Hi", "max_tokens": 2}).to_string();
@@ -792,6 +823,20 @@ fn a_mistralrs_member_serves_concurrent_slots() {
         assert_eq!(a["gac"]["members"].as_array().unwrap().len(), 2, "{a}");
     }
     assert_eq!(server.metric("gac_requests_total{outcome=\"ok\"}"), 2.0);
+    drop(server);
+
+    // mistral.rs batches the slots itself: --deterministic cannot hold for it, and says so.
+    let out = Command::new(env!("CARGO_BIN_EXE_gac"))
+        .args(["serve", "--model", &first, "--model", &path(GEMMA)])
+        .args(["--parallel", "2", "--deterministic", "--port", "0"])
+        .output()
+        .expect("gac serve runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--deterministic: member 0 (") && stderr.contains("only llama.cpp members"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -360,27 +360,38 @@ fn a_server_that_dies_or_stalls_fails_the_generation_naming_it() {
     assert!(waited < Duration::from_secs(6), "failed after {waited:?}");
 }
 
-/// A loopback proxy in front of a llama-server that cuts the first `cuts` answers to
-/// `/completion` in half (their whole length announced) and passes everything else.
-struct CuttingProxy {
-    url: String,
-    cut: Arc<AtomicUsize>,
+/// What a [`FaultyProxy`] does to an answer to `/completion`.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Sends half of it (its whole length announced) and closes.
+    Cut,
+    /// Sends nothing for this long, then closes.
+    Stall(Duration),
+    /// Announces 300 MiB and sends zeros until the client hangs up.
+    Flood,
 }
 
-impl CuttingProxy {
-    fn start(target: &str, cuts: usize) -> Self {
+/// A loopback proxy in front of a llama-server that does `fault` to the first `times` answers
+/// to `/completion` and passes everything else.
+struct FaultyProxy {
+    url: String,
+    faults: Arc<AtomicUsize>,
+}
+
+impl FaultyProxy {
+    fn start(target: &str, fault: Fault, times: usize) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let target = target.trim_start_matches("http://").to_string();
-        let cut = Arc::new(AtomicUsize::new(0));
-        let counter = cut.clone();
+        let faults = Arc::new(AtomicUsize::new(0));
+        let counter = faults.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let (target, counter) = (target.clone(), counter.clone());
-                std::thread::spawn(move || relay(client, &target, &counter, cuts));
+                std::thread::spawn(move || relay(client, &target, fault, &counter, times));
             }
         });
-        Self { url, cut }
+        Self { url, faults }
     }
 }
 
@@ -407,24 +418,45 @@ fn read_message(reader: &mut impl BufRead) -> std::io::Result<(Vec<u8>, Vec<u8>)
     Ok((head, body))
 }
 
-fn relay(client: TcpStream, target: &str, cut: &AtomicUsize, cuts: usize) -> std::io::Result<()> {
+fn relay(
+    client: TcpStream,
+    target: &str,
+    fault: Fault,
+    faults: &AtomicUsize,
+    times: usize,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let mut client = client;
     loop {
         let (head, body) = read_message(&mut reader)?;
+        let faulty = head.starts_with(b"POST /completion ")
+            && faults
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < times).then_some(n + 1)
+                })
+                .is_ok();
+        match fault {
+            Fault::Stall(wait) if faulty => {
+                std::thread::sleep(wait);
+                return Ok(());
+            }
+            Fault::Flood if faulty => {
+                let length = 300 << 20;
+                write!(client, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n")?;
+                let zeros = vec![b'0'; 1 << 20];
+                for _ in 0..300 {
+                    client.write_all(&zeros)?;
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
         let mut upstream = TcpStream::connect(target)?;
         upstream.write_all(&head)?;
         upstream.write_all(&body)?;
         let (answer_head, answer) = read_message(&mut BufReader::new(upstream))?;
         client.write_all(&answer_head)?;
-        let completion = head.starts_with(b"POST /completion ");
-        if completion
-            && cut
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                    (n < cuts).then_some(n + 1)
-                })
-                .is_ok()
-        {
+        if faulty {
             client.write_all(&answer[..answer.len() / 2])?;
             return Ok(()); // closed mid-answer
         }
@@ -432,24 +464,51 @@ fn relay(client: TcpStream, target: &str, cut: &AtomicUsize, cuts: usize) -> std
     }
 }
 
+/// One evaluation of the first prompt by a SmolLM2 member behind `options`.
+fn first_head(options: &RemoteOptions) -> gac_core::Result<usize> {
+    let mut m = connect(SMOLLM, options).unwrap_or_else(|e| panic!("{e}"));
+    let prompt = m.encode_prompt(PROMPTS[0]).unwrap();
+    m.reset().unwrap();
+    m.push(&prompt).unwrap();
+    match m.evaluate()? {
+        Evaluation::Head(head) => Ok(head.len()),
+        _ => panic!("a head"),
+    }
+}
+
 #[test]
-fn a_cut_off_answer_is_retried_and_an_interrupt_ends_a_wait_at_once() {
+fn cut_off_and_late_answers_are_retried_a_flood_is_refused_and_an_interrupt_ends_a_wait() {
     // Two answers cut off mid-body: retried, the third try answers.
     let server = LlamaServer::start(SMOLLM, 1);
-    let proxy = CuttingProxy::start(&server.url, 2);
+    let proxy = FaultyProxy::start(&server.url, Fault::Cut, 2);
     let options = RemoteOptions {
         retries: 2,
         ..RemoteOptions::new(&proxy.url)
     };
-    let mut m = connect(SMOLLM, &options).unwrap_or_else(|e| panic!("{e}"));
-    let prompt = m.encode_prompt(PROMPTS[0]).unwrap();
-    m.reset().unwrap();
-    m.push(&prompt).unwrap();
-    let Evaluation::Head(head) = m.evaluate().unwrap_or_else(|e| panic!("{e}")) else {
-        panic!("a head");
+    assert_eq!(first_head(&options).unwrap_or_else(|e| panic!("{e}")), 20);
+    assert_eq!(proxy.faults.load(Ordering::SeqCst), 2);
+
+    // Two tries that get no answer within the timeout: retried, the third answers.
+    let proxy = FaultyProxy::start(&server.url, Fault::Stall(Duration::from_secs(4)), 2);
+    let options = RemoteOptions {
+        timeout: Duration::from_secs(1),
+        retries: 2,
+        ..RemoteOptions::new(&proxy.url)
     };
-    assert_eq!(head.len(), 20);
-    assert_eq!(proxy.cut.load(Ordering::SeqCst), 2);
+    let started = Instant::now();
+    assert_eq!(first_head(&options).unwrap_or_else(|e| panic!("{e}")), 20);
+    assert_eq!(proxy.faults.load(Ordering::SeqCst), 2);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+
+    // An answer beyond the size limit: refused at once, not retried, never read whole.
+    let proxy = FaultyProxy::start(&server.url, Fault::Flood, 3);
+    let options = RemoteOptions {
+        retries: 2,
+        ..RemoteOptions::new(&proxy.url)
+    };
+    let err = first_head(&options).expect_err("a flood").to_string();
+    assert!(err.contains("answered more than 268435456 bytes"), "{err}");
+    assert_eq!(proxy.faults.load(Ordering::SeqCst), 1);
 
     // A stalled server and a patient member (30 s, 2 retries): the interrupt ends the
     // generation within a poll, not after 90 s.

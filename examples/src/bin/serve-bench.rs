@@ -6,7 +6,8 @@
 //!
 //! Rows: `gac generate` one prompt at a time (the baseline); `gac serve --parallel 1` with one
 //! request at a time (its overhead per token over the baseline); `--parallel 1`, `2` and `4`
-//! with 4 concurrent clients (throughput); llama-server with one model, when given. Every
+//! with 4 concurrent clients (throughput); `--parallel 4` with and without `--deterministic`
+//! at 1 and 4 clients (what batch invariance costs); llama-server with one model, when given. Every
 //! request is greedy with the same `max_tokens`. Needs the `gac` binary next to this one.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -96,7 +97,7 @@ fn free_port() -> Result<u16> {
 }
 
 impl Server {
-    fn gac(models: &[String], parallel: usize) -> Result<Server> {
+    fn gac(models: &[String], parallel: usize, deterministic: bool) -> Result<Server> {
         let port = free_port()?;
         let mut cmd = Command::new(gac_binary()?);
         cmd.arg("serve");
@@ -109,6 +110,9 @@ impl Server {
             "--parallel",
             &parallel.to_string(),
         ]);
+        if deterministic {
+            cmd.arg("--deterministic");
+        }
         Self::start(cmd, port)
     }
 
@@ -266,19 +270,29 @@ fn main() -> Result<()> {
     let baseline = generate(&args.models, n, max)?;
     let base = baseline.1;
     let mut rows = vec![("`gac generate`, one at a time".to_string(), baseline)];
-    for parallel in [1, 2, 4] {
-        let server = Server::gac(&args.models, parallel)?;
-        if parallel == 1 {
-            complete(&server.addr, PROMPTS[0], 4)?; // warm-up
-            rows.push((
-                "`gac serve --parallel 1`, 1 client".into(),
-                load(&server.addr, n, 1, max)?,
-            ));
+    // (--parallel, --deterministic, clients); on 4 slots, with and without --deterministic.
+    let runs: [(usize, bool, &[usize]); 4] = [
+        (1, false, &[1, 4]),
+        (2, false, &[4]),
+        (4, false, &[1, 4]),
+        (4, true, &[1, 4]),
+    ];
+    let mut four_slots = Vec::new();
+    for (parallel, deterministic, clients) in runs {
+        let server = Server::gac(&args.models, parallel, deterministic)?;
+        complete(&server.addr, PROMPTS[0], 4)?; // warm-up
+        let flags = match deterministic {
+            true => format!("--parallel {parallel} --deterministic"),
+            false => format!("--parallel {parallel}"),
+        };
+        for &c in clients {
+            let result = load(&server.addr, n, c, max)?;
+            if parallel == 4 {
+                four_slots.push((deterministic, c, result.1));
+            }
+            let s = if c == 1 { "" } else { "s" };
+            rows.push((format!("`gac serve {flags}`, {c} client{s}"), result));
         }
-        rows.push((
-            format!("`gac serve --parallel {parallel}`, 4 clients"),
-            load(&server.addr, n, 4, max)?,
-        ));
     }
     if let Some((binary, model)) = &args.llama_server {
         for (parallel, clients) in [(1, 1), (4, 4)] {
@@ -301,6 +315,22 @@ fn main() -> Result<()> {
             alone = result.1;
         }
         row(what, result, base, alone);
+    }
+    for c in [1, 4] {
+        let tps = |d: bool| {
+            four_slots
+                .iter()
+                .find(|r| r.0 == d && r.1 == c)
+                .map(|r| r.2)
+        };
+        if let (Some(batched), Some(invariant)) = (tps(false), tps(true)) {
+            let s = if c == 1 { "" } else { "s" };
+            println!(
+                "\n`--deterministic` on `--parallel 4`, {c} client{s}: {:.2}x the batched throughput ({:+.0}%)",
+                invariant / batched,
+                (invariant / batched - 1.0) * 100.0
+            );
+        }
     }
     Ok(())
 }

@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use gac_core::{Encoder, Member};
 use gac_examples::config::{EnsembleConfig, MemberConfig, RuntimeKind};
-use gac_llamacpp::{LlamaMember, LlamaOptions, RemoteMember, RemoteOptions, SharedContext};
+use gac_llamacpp::{
+    Batching, LlamaMember, LlamaOptions, RemoteMember, RemoteOptions, SharedContext,
+};
 
 mod args;
 mod bench;
@@ -269,17 +271,18 @@ pub(crate) fn load_members(
     quiet: bool,
     prompt_cache: bool,
 ) -> Result<Vec<Box<dyn Member>>> {
-    Ok(load_slots(config, quiet, prompt_cache, 1)?.remove(0))
+    Ok(load_slots(config, quiet, prompt_cache, 1, Batching::Shared)?.remove(0))
 }
 
 /// Loads every member once and makes `slots` sets of them: with more than one slot, each
 /// llama.cpp model has one context whose sequences are the sets' members (their evaluations
-/// are batched), and each mistral.rs engine serves every set's requests.
+/// are batched as `batching` says), and each mistral.rs engine serves every set's requests.
 pub(crate) fn load_slots(
     config: &EnsembleConfig,
     quiet: bool,
     prompt_cache: bool,
     slots: usize,
+    batching: Batching,
 ) -> Result<Vec<Vec<Box<dyn Member>>>> {
     let mut sets: Vec<Vec<Box<dyn Member>>> = (0..slots).map(|_| Vec::new()).collect();
     let show = !quiet && !self::quiet();
@@ -304,8 +307,9 @@ pub(crate) fn load_slots(
                         .with_context(what)?;
                     sets[0].push(Box::new(member));
                 } else {
-                    let shared = SharedContext::new(name, model, &m.path, &options, slots)
-                        .with_context(what)?;
+                    let shared =
+                        SharedContext::new(name, model, &m.path, &options, slots, batching)
+                            .with_context(what)?;
                     for (set, member) in sets.iter_mut().zip(shared.members()) {
                         set.push(Box::new(member));
                     }

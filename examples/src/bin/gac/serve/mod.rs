@@ -20,7 +20,8 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gac_core::{Ensemble, Union};
-use gac_examples::config::EnsembleConfig;
+use gac_examples::config::{EnsembleConfig, RuntimeKind};
+use gac_llamacpp::Batching;
 
 use super::args::EnsembleArgs;
 use super::load_slots;
@@ -40,6 +41,12 @@ pub struct ServeArgs {
     /// Requests generated at once (each slot has its own contexts on the shared weights).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub parallel: usize,
+    /// Answers that do not depend on the load: each slot's llama.cpp evaluations run on their
+    /// own (not batched with the other slots'), so a greedy request gives the same text served
+    /// alone or beside others. Costs throughput under load (see the README); llama.cpp members
+    /// only.
+    #[arg(long)]
+    deterministic: bool,
     /// Requests that may wait for a slot; more get 429 with Retry-After.
     #[arg(long, value_name = "N", default_value_t = 16)]
     queue: usize,
@@ -79,6 +86,20 @@ struct Ready {
 pub fn serve(args: ServeArgs, config: EnsembleConfig) -> Result<()> {
     if args.parallel == 0 {
         bail!("invalid --parallel: 0 slots serve nothing (use at least 1)");
+    }
+    if args.deterministic && args.parallel > 1 {
+        if let Some((i, m)) =
+            (config.members.iter().enumerate()).find(|(_, m)| m.runtime != RuntimeKind::LlamaCpp)
+        {
+            bail!(
+                "--deterministic: member {i} ({}, {}) batches the slots' requests in its own \
+                 runtime, so its answers can depend on the load; only llama.cpp members can \
+                 be made batch-invariant (serve it with --parallel 1, or leave out \
+                 --deterministic)",
+                m.place(),
+                m.runtime.label()
+            );
+        }
     }
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
@@ -125,7 +146,11 @@ pub fn serve(args: ServeArgs, config: EnsembleConfig) -> Result<()> {
 
 /// Loads the slots and publishes them to the handlers.
 fn load(state: &State, args: &ServeArgs, config: &EnsembleConfig) -> Result<()> {
-    let sets = load_slots(config, false, false, args.parallel)?;
+    let batching = match args.deterministic {
+        true => Batching::Invariant,
+        false => Batching::Shared,
+    };
+    let sets = load_slots(config, false, false, args.parallel, batching)?;
     let mode = config.mode()?;
     let mut ensembles = Vec::with_capacity(sets.len());
     for members in sets {
