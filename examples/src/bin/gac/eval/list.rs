@@ -45,6 +45,6 @@ pub(super) fn list_tasks(args: &EvalArgs) -> Result<()> {
             data.bigbench.display()
         ),
     }
-    println!("{:<64} your own questions (see the README)", "jsonl:PATH");
+    println!("{:<64} your own questions (see docs/eval.md)", "jsonl:PATH");
     Ok(())
 }

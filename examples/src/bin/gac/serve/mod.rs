@@ -43,7 +43,7 @@ pub struct ServeArgs {
     pub parallel: usize,
     /// Answers that do not depend on the load: each slot's llama.cpp evaluations run on their
     /// own (not batched with the other slots'), so a greedy request gives the same text served
-    /// alone or beside others. Costs throughput under load (see the README); llama.cpp members
+    /// alone or beside others. Costs throughput under load (see docs/serving.md); llama.cpp members
     /// only.
     #[arg(long)]
     deterministic: bool,
