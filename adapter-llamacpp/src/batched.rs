@@ -15,21 +15,19 @@
 //! a KV cache of its own and every decode holds one sequence's tokens only, oldest request
 //! first, so a member's logits are bit for bit those of the same request decoded alone.
 
-use std::num::NonZeroU32;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use gac_core::Member;
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::text::ModelText;
-use crate::{backend, LlamaOptions, LoadError};
+use crate::model_text::ModelText;
+use crate::{backend, context, LlamaOptions, LoadError};
 
 /// The shortest and the longest a request waits for the other active members before it is
 /// decoded without them.
@@ -56,13 +54,13 @@ pub struct SharedContext {
 }
 
 struct Shared {
-    state: Mutex<State>,
+    state: Mutex<SharedState>,
     wake: Condvar,
     batch_size: usize,
     batching: Batching,
 }
 
-struct State {
+struct SharedState {
     /// `None` while a member decodes with it.
     engine: Option<Engine>,
     sequences: Vec<Sequence>,
@@ -75,7 +73,7 @@ struct State {
     last_decode: Duration,
 }
 
-impl State {
+impl SharedState {
     /// How long pending requests wait for the other active members.
     fn window(&self) -> Duration {
         (self.last_decode * 2).clamp(BATCH_WINDOW.0, BATCH_WINDOW.1)
@@ -134,22 +132,10 @@ impl SharedContext {
         }
         let sequences = sequences.max(1);
         let text = Arc::new(ModelText::new(name, model.clone(), path)?);
-        let context_size = options
-            .context
-            .unwrap_or_else(|| model.n_ctx_train().min(4096))
-            .max(8);
-        let batch_size = (context_size * sequences as u32).min(512);
-        let threads = options
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(context_size * sequences as u32))
+        let (params, shape) = context::params(&model, options, sequences as u32);
+        let params = params
             .with_n_seq_max(sequences as u32)
-            .with_kv_unified(batching == Batching::Shared)
-            .with_n_batch(batch_size)
-            .with_n_ubatch(batch_size)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+            .with_kv_unified(batching == Batching::Shared);
         let ctx = model
             .new_context(backend(), params)
             .map_err(|e| LoadError::Context(path.to_path_buf(), e.to_string()))?;
@@ -158,10 +144,10 @@ impl SharedContext {
         let ctx = unsafe { std::mem::transmute::<LlamaContext<'_>, LlamaContext<'static>>(ctx) };
         let engine = Engine {
             ctx,
-            batch: LlamaBatch::new(batch_size as usize, 1),
+            batch: LlamaBatch::new(shape.batch as usize, 1),
             _model: model,
         };
-        let state = State {
+        let state = SharedState {
             engine: Some(engine),
             sequences: (0..sequences).map(|_| Sequence::default()).collect(),
             decodes: 0,
@@ -174,12 +160,12 @@ impl SharedContext {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 wake: Condvar::new(),
-                batch_size: batch_size as usize,
+                batch_size: shape.batch as usize,
                 batching,
             }),
             text,
             sequences,
-            context_size: context_size as usize,
+            context_size: shape.per_sequence as usize,
         })
     }
 
@@ -207,7 +193,7 @@ impl SharedContext {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, SharedState> {
         // A panic while locked is caught before it can poison the state (see `lead`).
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -270,17 +256,21 @@ impl Shared {
     /// Takes the engine and every pending request (only the oldest one under
     /// [`Batching::Invariant`]), decodes them without holding the lock, and hands back the
     /// results.
-    fn lead<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        let mut engine = state.engine.take().expect("checked by the caller");
-        let only = match self.batching {
-            Batching::Shared => None,
-            Batching::Invariant => state
-                .sequences
-                .iter()
-                .enumerate()
-                .filter_map(|(seq, s)| Some((s.request.as_ref()?.since, seq)))
-                .min()
-                .map(|(_, seq)| seq),
+    fn lead<'a>(&'a self, mut state: MutexGuard<'a, SharedState>) -> MutexGuard<'a, SharedState> {
+        let oldest = state
+            .sequences
+            .iter()
+            .enumerate()
+            .filter_map(|(seq, s)| Some((s.request.as_ref()?.since, seq)))
+            .min()
+            .map(|(_, seq)| seq);
+        let only = match (self.batching, oldest) {
+            (Batching::Shared, _) => None,
+            (Batching::Invariant, Some(seq)) => Some(seq),
+            (Batching::Invariant, None) => return state, // nothing pending
+        };
+        let Some(mut engine) = state.engine.take() else {
+            return state; // another member decodes
         };
         let mut work: Vec<Work> = state
             .sequences
@@ -349,7 +339,7 @@ struct Work {
 /// each sequence's last token with logits; returns the number of decodes.
 fn decode_all(engine: &mut Engine, work: &mut [Work], batch_size: usize) -> u64 {
     for w in work.iter_mut() {
-        keep_prefix(&mut engine.ctx, w);
+        trim_cache(&mut engine.ctx, w);
     }
     let mut decodes = 0;
     // (work index, next position) of what is still to evaluate.
@@ -410,29 +400,16 @@ fn decode_all(engine: &mut Engine, work: &mut [Work], batch_size: usize) -> u64 
 
 /// Drops the sequence's cached positions past the longest prefix it shares with the request
 /// (none when the request may not reuse them); at least the last id is left to evaluate.
-fn keep_prefix(ctx: &mut LlamaContext<'static>, w: &mut Work) {
-    let tokens = &w.request.tokens;
+fn trim_cache(ctx: &mut LlamaContext<'static>, w: &mut Work) {
     let common = match w.request.reuse {
-        true => w
-            .cached
-            .iter()
-            .zip(tokens)
-            .take_while(|(a, b)| a == b)
-            .count(),
+        true => context::common_prefix(&w.cached, &w.request.tokens),
         false => 0,
-    }
-    .min(tokens.len().saturating_sub(1));
+    };
     if common == w.cached.len() {
         return;
     }
     let seq = w.seq as u32;
-    let trimmed = common > 0
-        && matches!(
-            ctx.clear_kv_cache_seq(Some(seq), Some(common as u32), None),
-            Ok(true)
-        )
-        && ctx.kv_cache_seq_pos_min(w.seq as i32) == 0;
-    if trimmed {
+    if context::keep_prefix(ctx, seq, common) {
         w.cached.truncate(common);
     } else {
         let _ = ctx.clear_kv_cache_seq(Some(seq), None, None);

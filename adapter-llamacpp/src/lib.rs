@@ -14,14 +14,12 @@
 //! llama.cpp's own log lines are `tracing` events (see [`backend`]).
 
 use std::fmt;
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gac_core::gguf::{model_name, GgufError};
 use gac_core::vocab::Vocab;
 use gac_core::{Encoder, Evaluation, Member};
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::{LlamaModelParams, LlamaSplitMode};
@@ -60,18 +58,19 @@ macro_rules! encoder_from_text {
 }
 
 mod batched;
+mod context;
 mod device_top_k;
+mod llama_vocab;
+mod model_text;
 mod remote;
 mod runtime;
-mod text;
-mod vocab;
 
 pub use batched::{BatchedMember, Batching, SharedContext, BATCH_WINDOW};
 use device_top_k::DeviceTopK;
+pub use llama_vocab::vocab_of;
+use model_text::ModelText;
 pub use remote::{RemoteClock, RemoteMember, RemoteOptions, RemoteTotals, DEFAULT_N_PROBS};
 pub use runtime::{backend, gpus, llama_version, runtime_info, RuntimeInfo, LLAMA_CPP_VERSION};
-use text::ModelText;
-pub use vocab::vocab_of;
 
 /// Where and how a member runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -275,20 +274,7 @@ impl LlamaMember {
     ) -> Result<Self, LoadError> {
         let text = ModelText::new(name, model, path)?;
         let model = &text.model;
-        let context_size = options
-            .context
-            .unwrap_or_else(|| model.n_ctx_train().min(4096))
-            .max(8);
-        let batch_size = context_size.min(512);
-        let threads = options
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(context_size))
-            .with_n_batch(batch_size)
-            .with_n_ubatch(batch_size)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+        let (params, shape) = context::params(model, options, 1);
         let (ctx, top_k) = match options.device_top_k {
             None => (model.new_context(backend(), params), None),
             Some(k) => {
@@ -308,9 +294,9 @@ impl LlamaMember {
         Ok(Self {
             ctx,
             text,
-            batch: LlamaBatch::new(batch_size as usize, 1),
-            batch_size: batch_size as usize,
-            context_size: context_size as usize,
+            batch: LlamaBatch::new(shape.batch as usize, 1),
+            batch_size: shape.batch as usize,
+            context_size: shape.per_sequence as usize,
             tokens: Vec::new(),
             cached: Vec::new(),
             reused: 0,
@@ -320,12 +306,6 @@ impl LlamaMember {
             head: Vec::new(),
             full_logits: false,
         })
-    }
-
-    /// Renames the member (names appear in messages and statistics).
-    pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.text.name = name.into();
-        self
     }
 
     /// The underlying llama.cpp model.
@@ -356,24 +336,11 @@ impl LlamaMember {
     /// least the last pushed id is left to evaluate, for its logits. Clears the whole cache where llama.cpp cannot keep that prefix intact (a
     /// sliding-window cache that already dropped early positions, a recurrent model).
     fn keep_common_prefix(&mut self) {
-        let common = self
-            .cached
-            .iter()
-            .zip(&self.tokens)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(self.tokens.len() - 1);
+        let common = context::common_prefix(&self.cached, &self.tokens);
         if common == self.cached.len() {
             return;
         }
-        let trimmed = common > 0
-            && matches!(
-                self.ctx
-                    .clear_kv_cache_seq(Some(0), Some(common as u32), None),
-                Ok(true)
-            )
-            && self.ctx.kv_cache_seq_pos_min(0) == 0;
-        if trimmed {
+        if context::keep_prefix(&mut self.ctx, 0, common) {
             self.cached.truncate(common);
         } else {
             self.clear_cache();

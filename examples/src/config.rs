@@ -23,7 +23,7 @@
 //! runtime = "http"
 //! url = "http://gpu-box:8080"
 //! vocab = "models/c.gguf"   # the GGUF file the server runs (read without weights), or a tokenizer.json
-//! n_probs = 20              # optional: most probable tokens asked for each step (default 20, more for a larger top-k union)
+//! n_probs = 20              # optional: most probable tokens asked for each step (default 20, at most 1000, more for a larger top-k union)
 //! timeout = 60              # optional: seconds to wait for one answer (default 60)
 //!
 //! [gate]            # optional: gated mode
@@ -97,6 +97,21 @@ impl RuntimeKind {
             RuntimeKind::Http => "llama-server",
         }
     }
+}
+
+/// An ensemble configuration checked once ([`EnsembleConfig::plan`]), with its settings typed.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// What it was made from: the members and the name.
+    pub config: EnsembleConfig,
+    /// The members' weights, in order.
+    pub weights: Vec<f32>,
+    /// Average, or gated (gate, threshold, what to do when unsure).
+    pub mode: Mode,
+    /// When a gated ensemble evaluates the other members.
+    pub schedule: Schedule,
+    /// Fixed weights, or weights times each step's confidence.
+    pub weighting: Weighting,
 }
 
 /// One member: where its model is and where it runs.
@@ -296,7 +311,7 @@ impl MemberConfig {
                 return Err(Error::config(
                     field("n_probs"),
                     format!(
-                        "{k} is above {} (more would ship most of the vocabulary every step)",
+                        "{k} is above {}, the most --union-top-k takes too",
                         gac_core::ensemble::MAX_UNION_TOP_K
                     ),
                 ))
@@ -335,6 +350,18 @@ impl EnsembleConfig {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Checks every value once and types the settings: what every subcommand runs.
+    pub fn plan(self) -> Result<Plan> {
+        self.validate()?;
+        Ok(Plan {
+            weights: self.weights(),
+            mode: self.mode()?,
+            schedule: self.schedule()?,
+            weighting: self.weighting()?,
+            config: self,
+        })
     }
 
     /// Checks every value before any model is loaded.
@@ -402,7 +429,7 @@ impl EnsembleConfig {
     }
 
     /// How the weights are set at each step: `weighting`, fixed by default.
-    pub fn weighting(&self) -> Result<Weighting> {
+    fn weighting(&self) -> Result<Weighting> {
         match self.weighting.as_deref() {
             None | Some("fixed") => Ok(Weighting::Fixed),
             Some("confidence") => Ok(Weighting::Confidence),
@@ -417,7 +444,7 @@ impl EnsembleConfig {
     /// eager when every member has a device of its own (pinned to a GPU of its own, or served
     /// by a llama-server of its own: they decode in parallel), lazy otherwise (members that
     /// share a device would only slow the gate down).
-    pub fn schedule(&self) -> Result<Schedule> {
+    fn schedule(&self) -> Result<Schedule> {
         match self.gate.as_ref().and_then(|g| g.schedule.as_deref()) {
             Some("lazy") => Ok(Schedule::Lazy),
             Some("eager") => Ok(Schedule::Eager),
@@ -442,13 +469,13 @@ impl EnsembleConfig {
     }
 
     /// The member weights, in order.
-    pub fn weights(&self) -> Vec<f32> {
+    fn weights(&self) -> Vec<f32> {
         self.members.iter().map(|m| m.weight).collect()
     }
 
     /// The combination mode this configuration describes (its ranges are checked by
     /// [`EnsembleConfig::validate`]).
-    pub fn mode(&self) -> Result<Mode> {
+    fn mode(&self) -> Result<Mode> {
         let Some(gate) = &self.gate else {
             return Ok(Mode::Average);
         };

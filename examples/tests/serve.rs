@@ -802,6 +802,42 @@ fn an_api_key_guards_the_api() {
     assert_eq!(server.get("/health").status, 200);
 }
 
+/// Starts `gac serve ARGS --port 0`, which must refuse to start within a minute (else it is
+/// killed and the test fails); its stderr.
+fn refused_start(args: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gac"))
+        .arg("serve")
+        .args(args)
+        .args(["--port", "0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gac serve starts");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = reader.join().unwrap();
+    match status {
+        Some(status) => assert!(!status.success(), "it started: {stderr}"),
+        None => panic!("still running after a minute: {stderr}"),
+    }
+    stderr
+}
+
 #[test]
 fn a_mistralrs_member_serves_concurrent_slots() {
     let first = format!("mistralrs:{}", path(SMOLLM));
@@ -826,13 +862,15 @@ fn a_mistralrs_member_serves_concurrent_slots() {
     drop(server);
 
     // mistral.rs batches the slots itself: --deterministic cannot hold for it, and says so.
-    let out = Command::new(env!("CARGO_BIN_EXE_gac"))
-        .args(["serve", "--model", &first, "--model", &path(GEMMA)])
-        .args(["--parallel", "2", "--deterministic", "--port", "0"])
-        .output()
-        .expect("gac serve runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused_start(&[
+        "--model",
+        &first,
+        "--model",
+        &path(GEMMA),
+        "--parallel",
+        "2",
+        "--deterministic",
+    ]);
     assert!(
         stderr.contains("--deterministic: member 0 (") && stderr.contains("only llama.cpp members"),
         "{stderr}"
@@ -867,22 +905,7 @@ fn a_remote_member_serves_each_slot_from_its_own_server_slot() {
 
     // A server with fewer slots than gac's is refused at load, with the reason.
     let one = LlamaServer::start(SMOLLM, 1);
-    let out = Command::new(env!("CARGO_BIN_EXE_gac"))
-        .args([
-            "serve",
-            "--model",
-            &one.url,
-            "--vocab",
-            &vocab,
-            "--parallel",
-            "2",
-            "--port",
-            "0",
-        ])
-        .output()
-        .expect("gac serve runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = refused_start(&["--model", &one.url, "--vocab", &vocab, "--parallel", "2"]);
     assert!(
         stderr.contains(
             "slot 1 asked for, but the server has 1 (start it with --parallel 2 or more)"

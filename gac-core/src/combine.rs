@@ -173,6 +173,10 @@ pub enum Weighting {
     Confidence,
 }
 
+/// The gate threshold where none is given: steps where the gate's top probability is at most
+/// one half are ensembled.
+pub const DEFAULT_THRESHOLD: f32 = 0.5;
+
 /// How members are combined at each step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {

@@ -37,12 +37,12 @@ pub trait Runtime: Encoder {
 /// What both ends of one runtime request share.
 #[derive(Debug, Default)]
 struct Exchange {
-    state: Mutex<State>,
+    state: Mutex<BridgeState>,
     changed: Condvar,
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct BridgeState {
     /// Ids the ensemble decided that the runtime has not appended yet.
     forced: VecDeque<u32>,
     /// The runtime's logits at its current position, not yet taken by the member.
@@ -54,7 +54,7 @@ struct State {
 }
 
 impl Exchange {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, BridgeState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 

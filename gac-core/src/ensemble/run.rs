@@ -5,13 +5,13 @@ use std::time::{Duration, Instant};
 
 use crate::combine::{Mode, Schedule, Weighting, WhenUnsure};
 use crate::member::Interrupt;
-use crate::select::{Candidates, Chain, Filled, Input, Scatter};
+use crate::select::{Candidates, Chain, Filled, MemberInput, Scatter};
 use crate::text::{find_stop, held_back, Utf8Stream};
 use crate::union::{Union, UnionId, END};
 use crate::{Error, Result};
 
 use super::types::Outcome;
-use super::worker::{Cmd, Piece, Reply, Worker};
+use super::worker::{Cmd, Piece, Worker, WorkerReply};
 use super::{Finish, GenerateOptions, MemberStats, Observer, Stats, StepStats, TokenLogprob};
 
 /// A picked token, with its probability when logprobs are asked for.
@@ -311,10 +311,10 @@ impl Run<'_> {
         let mut out = Vec::with_capacity(self.workers.len());
         for w in &mut self.workers {
             match w.rx.recv().map_err(|_| w.disconnected())? {
-                Ok(Reply::Flushed(ids)) => out.push(ids),
+                Ok(WorkerReply::Flushed(ids)) => out.push(ids),
                 Err(Error::ContextFull { .. }) => out.push(Vec::new()),
                 Err(e) => return Err(e),
-                Ok(Reply::Evaluated { .. }) => unreachable!("no evaluation is in flight"),
+                Ok(WorkerReply::Evaluated { .. }) => unreachable!("no evaluation is in flight"),
             }
         }
         Ok(out)
@@ -329,7 +329,7 @@ fn inputs_of<'a>(
     weighting: Weighting,
     union: &'a Union,
     which: &[usize],
-) -> Vec<Input<'a>> {
+) -> Vec<MemberInput<'a>> {
     let weight = |i: usize| match weighting {
         Weighting::Fixed => f64::from(weights[i]),
         Weighting::Confidence => f64::from(weights[i]) * f64::from(workers[i].top),
@@ -340,7 +340,7 @@ fn inputs_of<'a>(
         .iter()
         .map(|&i| {
             let dist = workers[i].dist.as_ref().expect("evaluated");
-            Input {
+            MemberInput {
                 probs: &dist.probs,
                 head: &dist.head,
                 floor: dist.floor,

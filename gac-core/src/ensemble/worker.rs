@@ -23,13 +23,13 @@ pub(super) enum Piece {
 pub(super) struct Dist {
     /// Probabilities over the member's vocabulary; zero outside `head` unless `full`.
     pub(super) probs: Vec<f32>,
-    /// The ids that can decide a greedy pick (see [`crate::select::Input::head`]).
+    /// The ids that can decide a greedy pick (see [`crate::select::MemberInput::head`]).
     pub(super) head: Vec<u32>,
     /// No id outside `head` is more probable than this.
     pub(super) floor: f32,
     /// `probs` is the whole distribution (the member gave logits, not only its head).
     pub(super) full: bool,
-    /// The most mass outside `head` (see [`crate::select::Input::outside`]).
+    /// The most mass outside `head` (see [`crate::select::MemberInput::outside`]).
     pub(super) outside: f32,
 }
 
@@ -115,7 +115,7 @@ pub(super) enum Cmd {
     Flush(Vec<Piece>),
 }
 
-pub(super) enum Reply {
+pub(super) enum WorkerReply {
     Evaluated {
         dist: Dist,
         top: f32,
@@ -137,7 +137,7 @@ pub(super) struct Timing {
     full_after_head: bool,
 }
 
-pub(super) fn worker(member: &mut dyn Member, rx: Receiver<Cmd>, tx: Sender<Result<Reply>>) {
+pub(super) fn worker(member: &mut dyn Member, rx: Receiver<Cmd>, tx: Sender<Result<WorkerReply>>) {
     let mut generated = Vec::new();
     let name = member.name().to_string();
     let mut deferred = None;
@@ -171,7 +171,7 @@ pub(super) fn handle(
     name: &str,
     cmd: Cmd,
     generated: &mut Vec<u32>,
-) -> Result<Reply> {
+) -> Result<WorkerReply> {
     let mut timing = Timing::default();
     let pieces = match &cmd {
         Cmd::Eval(pieces, _) | Cmd::Idle(pieces) | Cmd::Flush(pieces) => &pieces[..],
@@ -190,9 +190,9 @@ pub(super) fn handle(
     match cmd {
         Cmd::Idle(_) => {
             member.idle();
-            Ok(Reply::Flushed(Vec::new()))
+            Ok(WorkerReply::Flushed(Vec::new()))
         }
-        Cmd::Flush(_) => Ok(Reply::Flushed(std::mem::take(generated))),
+        Cmd::Flush(_) => Ok(WorkerReply::Flushed(std::mem::take(generated))),
         Cmd::Eval(_, mut dist) => {
             let t = Instant::now();
             let evaluation = member.evaluate()?;
@@ -207,7 +207,7 @@ pub(super) fn handle(
             };
             timing.softmax = t.elapsed();
             timing.reused = member.reused();
-            Ok(Reply::Evaluated { dist, top, timing })
+            Ok(WorkerReply::Evaluated { dist, top, timing })
         }
         Cmd::Full(mut dist) => {
             let t = Instant::now();
@@ -217,7 +217,7 @@ pub(super) fn handle(
             let t = Instant::now();
             let top = dist.set_logits(name, logits)?;
             timing.softmax = t.elapsed();
-            Ok(Reply::Evaluated { dist, top, timing })
+            Ok(WorkerReply::Evaluated { dist, top, timing })
         }
     }
 }
@@ -225,7 +225,7 @@ pub(super) fn handle(
 pub(super) struct Worker {
     pub(super) name: String,
     pub(super) tx: Sender<Cmd>,
-    pub(super) rx: Receiver<Result<Reply>>,
+    pub(super) rx: Receiver<Result<WorkerReply>>,
     pub(super) dist: Option<Dist>,
     pub(super) top: f32,
     pub(super) pending: Vec<Piece>,
@@ -262,7 +262,7 @@ impl Worker {
 
     pub(super) fn receive(&mut self, stats: &mut MemberStats) -> Result<()> {
         match self.rx.recv().map_err(|_| self.disconnected())?? {
-            Reply::Evaluated { dist, top, timing } => {
+            WorkerReply::Evaluated { dist, top, timing } => {
                 self.dist = Some(dist);
                 self.top = top;
                 stats.head_evals += usize::from(timing.head);
@@ -280,7 +280,7 @@ impl Worker {
                 stats.push_time += timing.push;
                 Ok(())
             }
-            Reply::Flushed(_) => unreachable!("flush replies are read in flush()"),
+            WorkerReply::Flushed(_) => unreachable!("flush replies are read in flush()"),
         }
     }
 }

@@ -8,7 +8,7 @@ pub const HEAD_FLOOR: f32 = 1e-4;
 
 /// One member's distribution as the scatter reads it.
 #[derive(Debug, Clone, Copy)]
-pub struct Input<'a> {
+pub struct MemberInput<'a> {
     /// Probabilities over the member's vocabulary (zero outside the head when the member
     /// handed back only its head).
     pub probs: &'a [f32],
@@ -32,7 +32,7 @@ pub struct Input<'a> {
     pub folds: &'a [u16],
 }
 
-impl Input<'_> {
+impl MemberInput<'_> {
     /// The most weighted mass a union token can gain from `missing` of this member's ids that
     /// map to it but are outside the head.
     fn gain(&self, missing: usize) -> f32 {
@@ -86,7 +86,7 @@ impl Scatter {
     /// Whether member `m` must give its whole distribution when this scatter answered
     /// [`Filled::NeedsFull`]: for the top-k union, a head of fewer than k ids (of a vocabulary
     /// that has more); otherwise any head, since the heads together did not decide.
-    pub fn needs_whole(self, m: &Input) -> bool {
+    pub fn needs_whole(self, m: &MemberInput) -> bool {
         match self {
             Scatter::TopK(k) => !m.full && m.head.len() < k.min(m.probs.len()),
             Scatter::Full | Scatter::Heads | Scatter::Whole => !m.full,
@@ -146,7 +146,7 @@ impl Candidates {
     }
 
     /// Fills the candidates from the members' distributions.
-    pub fn scatter(&mut self, how: Scatter, members: &[Input]) -> Filled {
+    pub fn scatter(&mut self, how: Scatter, members: &[MemberInput]) -> Filled {
         self.clear();
         let sparse = match how {
             Scatter::Full => false,
@@ -178,7 +178,7 @@ impl Candidates {
     }
 
     /// Adds a member's weighted head (special tokens to the sink, as in a full scatter).
-    fn add_head(&mut self, m: &Input) {
+    fn add_head(&mut self, m: &MemberInput) {
         for &j in m.head {
             self.acc[m.projection[j as usize] as usize] += m.weight * m.probs[j as usize];
         }
@@ -266,7 +266,7 @@ impl Candidates {
 
     /// The top-k union: each member's k most probable tokens that can be written (special
     /// tokens carry no mass and take no place). False when no member has one.
-    fn top_k_union(&mut self, members: &[Input], k: usize) -> bool {
+    fn top_k_union(&mut self, members: &[MemberInput], k: usize) -> bool {
         let sink = self.union_len as u32;
         for m in members {
             let mut top = std::mem::take(&mut self.top);
@@ -295,7 +295,7 @@ impl Candidates {
     /// Greedy on the heads alone: true (with the winner as the only candidate) when its margin
     /// over the runner-up exceeds what the tokens outside the heads could add, so it is the
     /// argmax of the full distributions.
-    fn heads_decide(&mut self, members: &[Input]) -> bool {
+    fn heads_decide(&mut self, members: &[MemberInput]) -> bool {
         let sink = self.union_len as u32;
         for m in members {
             for &j in m.head {

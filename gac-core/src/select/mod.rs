@@ -8,7 +8,7 @@
 mod candidates;
 mod stages;
 
-pub use candidates::{argmax, descending, Candidates, Filled, Input, Scatter, HEAD_FLOOR};
+pub use candidates::{argmax, descending, Candidates, Filled, MemberInput, Scatter, HEAD_FLOOR};
 pub use stages::{Chooser, Stage, Stages, Temperature, TopK, TopP};
 
 use crate::pick::{PickConfig, SplitMix64};
@@ -65,7 +65,11 @@ impl Chain {
 
     /// Runs the chain on this step's member distributions; `None` when no token has mass or
     /// a member's whole distribution is needed ([`Filled::NeedsFull`]).
-    pub fn select(&mut self, candidates: &mut Candidates, members: &[Input]) -> Option<UnionId> {
+    pub fn select(
+        &mut self,
+        candidates: &mut Candidates,
+        members: &[MemberInput],
+    ) -> Option<UnionId> {
         match self.scatter(candidates, members) {
             Filled::Mass => self.choose(candidates),
             Filled::Empty | Filled::NeedsFull => None,
@@ -73,12 +77,12 @@ impl Chain {
     }
 
     /// The first part of [`Chain::select`]: fills the candidates.
-    pub fn scatter(&self, candidates: &mut Candidates, members: &[Input]) -> Filled {
+    pub fn scatter(&self, candidates: &mut Candidates, members: &[MemberInput]) -> Filled {
         candidates.scatter(self.scatter, members)
     }
 
     /// Whether member `m` must give its whole distribution after [`Filled::NeedsFull`].
-    pub fn needs_whole(&self, m: &Input) -> bool {
+    pub fn needs_whole(&self, m: &MemberInput) -> bool {
         self.scatter.needs_whole(m)
     }
 
@@ -110,7 +114,7 @@ mod tests {
             .copied()
             .filter(|&i| probs[i as usize] >= HEAD_FLOOR)
             .collect();
-        let input = Input {
+        let input = MemberInput {
             probs,
             head: &head,
             floor: HEAD_FLOOR,
@@ -217,7 +221,7 @@ mod tests {
         let probs = [0.5, 0.3, 0.15, 0.05];
         let mut c = Candidates::new(4);
         let projection = [0, 1, 2, 3];
-        let input = Input {
+        let input = MemberInput {
             probs: &probs,
             head: &projection,
             floor: HEAD_FLOOR,
@@ -244,7 +248,7 @@ mod tests {
         let projection = [0, 1, 1, 2];
         let folds = [1, 2, 1];
         let decide = |probs: &[f32], head: &[u32]| {
-            let input = Input {
+            let input = MemberInput {
                 probs,
                 head,
                 floor: head.iter().map(|&j| probs[j as usize]).fold(1.0, f32::min),

@@ -1,14 +1,14 @@
 //! The flags that describe an ensemble (members, per-member placement, gate), shared by
 //! `gac generate` and `gac serve`; per-member flags bind to the `--model` they follow.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
 use gac_core::PickConfig;
-use gac_examples::config::{parse_when_unsure, EnsembleConfig, GateConfig, RuntimeKind};
-
-use super::MemberArgs;
+use gac_examples::config::{
+    parse_when_unsure, EnsembleConfig, GateConfig, MemberConfig, Plan, RuntimeKind,
+};
 
 /// Members, where they run and how they are combined.
 #[derive(Args, Debug)]
@@ -30,7 +30,7 @@ pub struct EnsembleArgs {
     #[arg(
         long,
         value_name = "T",
-        default_value_t = 0.5,
+        default_value_t = gac_core::combine::DEFAULT_THRESHOLD,
         requires = "gate",
         allow_negative_numbers = true
     )]
@@ -136,7 +136,7 @@ fn indices(matches: &clap::ArgMatches, id: &str) -> Vec<usize> {
 impl EnsembleArgs {
     /// All validation of the ensemble flags happens here, before any model is loaded.
     /// `matches` are the subcommand's, for the positions of per-member flags.
-    pub fn ensemble_config(&self, matches: &clap::ArgMatches) -> Result<EnsembleConfig> {
+    pub fn plan(&self, matches: &clap::ArgMatches) -> Result<Plan> {
         let mut config = self.members.config()?;
         let models = indices(matches, "models");
         let bind = |flag: &str, id: &str| owners(flag, &indices(matches, id), &models);
@@ -189,8 +189,7 @@ impl EnsembleArgs {
                 schedule: self.schedule.clone(),
             });
         }
-        config.validate()?;
-        Ok(config)
+        Ok(config.plan()?)
     }
 }
 
@@ -202,10 +201,10 @@ pub struct SamplingArgs {
     #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f32>,
     /// With sampling: keep only the K most probable union tokens (0 = all).
-    #[arg(long, value_name = "K", default_value_t = 40)]
+    #[arg(long, value_name = "K", default_value_t = PickConfig::default().top_k)]
     top_k: usize,
     /// With sampling: keep the most probable tokens up to this total probability.
-    #[arg(long, value_name = "P", default_value_t = 0.95)]
+    #[arg(long, value_name = "P", default_value_t = PickConfig::default().top_p)]
     top_p: f32,
     /// Seed of the sampler (the same seed gives the same output).
     #[arg(long, default_value_t = 0)]
@@ -222,4 +221,58 @@ impl SamplingArgs {
             seed: self.seed,
         }
     }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct MemberArgs {
+    /// A GGUF model file; repeat for each member (order matters: member 0, 1, ...). Prefix it
+    /// with `mistralrs:` to run it in mistral.rs instead of llama.cpp (`llamacpp:` is the
+    /// default). `http://HOST:PORT` is a model served by a llama-server (give its --vocab).
+    #[arg(
+        long = "model",
+        value_name = "[RUNTIME:]PATH",
+        conflicts_with = "config"
+    )]
+    models: Vec<PathBuf>,
+    /// A TOML file listing members (path, weight, gpu, gpu_layers, threads, context,
+    /// device_top_k; runtime = "http" with url, vocab, n_probs, timeout) and an optional
+    /// [gate]; see the README.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl MemberArgs {
+    /// The members as a configuration: from the TOML file, or from the --model flags.
+    pub(crate) fn config(&self) -> Result<EnsembleConfig> {
+        match &self.config {
+            Some(path) => Ok(EnsembleConfig::from_file(path)?),
+            None => Ok(EnsembleConfig {
+                name: None,
+                members: self
+                    .models
+                    .iter()
+                    .map(|m| member_flag(m))
+                    .collect::<Result<_>>()?,
+                gate: None,
+                weighting: None,
+            }),
+        }
+    }
+}
+
+/// `--model [RUNTIME:]PATH` or `--model http://HOST:PORT`.
+pub(crate) fn member_flag(flag: &Path) -> Result<MemberConfig> {
+    let text = flag.to_string_lossy();
+    if text.starts_with("http://") || text.starts_with("https://") {
+        return Ok(MemberConfig::remote(text));
+    }
+    if let Some((runtime, path)) = text.split_once(':') {
+        if let Ok(runtime) = runtime.parse::<RuntimeKind>() {
+            return Ok(MemberConfig {
+                runtime,
+                ..MemberConfig::new(path)
+            });
+        }
+    }
+    Ok(MemberConfig::new(flag))
 }

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use gac_core::{Ensemble, Finish, GenerateOptions, Generation, Message, Observer, Prompt};
-use gac_examples::config::EnsembleConfig;
+use gac_examples::config::Plan;
 use rustyline::error::ReadlineError;
 
 use super::args::{EnsembleArgs, SamplingArgs};
 use super::generate::print_stats;
-use super::load_members;
+use crate::members::load_members;
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -52,18 +52,18 @@ impl Observer for Terminal {
     }
 }
 
-pub fn chat(args: ChatArgs, config: EnsembleConfig) -> Result<()> {
+pub fn chat(args: ChatArgs, plan: Plan) -> Result<()> {
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
         pick: args.sampling.pick(0.7),
-        schedule: config.schedule()?,
-        weighting: config.weighting()?,
+        schedule: plan.schedule,
+        weighting: plan.weighting,
         ..GenerateOptions::default()
     };
     options.pick.validate()?;
     // The cache across generations is what lets a turn evaluate only what it adds.
-    let members = load_members(&config, false, true)?;
-    let mut ensemble = Ensemble::new(members, Some(config.weights()), config.mode()?)?;
+    let members = load_members(&plan.config.members, false, true)?;
+    let mut ensemble = Ensemble::new(members, Some(plan.weights), plan.mode)?;
     let mut editor = rustyline::DefaultEditor::new().context("opening the terminal")?;
     // After the editor, which takes SIGINT for itself when it is created: while it reads a
     // line, Ctrl-C is a key it sees; during an answer, it is this signal.

@@ -6,11 +6,11 @@ use std::io::{IsTerminal, Read, Write};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gac_core::{Ensemble, GenerateOptions, Generation, Union};
-use gac_examples::config::EnsembleConfig;
+use gac_examples::config::{EnsembleConfig, Plan};
 use serde_json::json;
 
 use super::args::{EnsembleArgs, SamplingArgs};
-use super::load_members;
+use crate::members::load_members;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -49,7 +49,7 @@ fn read_prompt(prompt: &str) -> Result<String> {
     Ok(text)
 }
 
-pub fn generate(args: GenerateArgs, config: EnsembleConfig) -> Result<()> {
+pub fn generate(args: GenerateArgs, plan: Plan) -> Result<()> {
     let prompt = read_prompt(&args.prompt)?;
     if prompt.is_empty() {
         bail!("the prompt is empty");
@@ -60,12 +60,12 @@ pub fn generate(args: GenerateArgs, config: EnsembleConfig) -> Result<()> {
         pick: args.sampling.pick(0.0),
         chat: args.chat,
         union_top_k: args.union_top_k,
-        schedule: config.schedule()?,
-        weighting: config.weighting()?,
+        schedule: plan.schedule,
+        weighting: plan.weighting,
         logprobs: None,
     };
     options.pick.validate()?;
-    let members = load_members(&config, args.json, false)?;
+    let members = load_members(&plan.config.members, args.json, false)?;
     if args.chat {
         for m in &members {
             if m.encode_chat("").is_none() {
@@ -76,7 +76,7 @@ pub fn generate(args: GenerateArgs, config: EnsembleConfig) -> Result<()> {
             }
         }
     }
-    let mut ensemble = Ensemble::new(members, Some(config.weights()), config.mode()?)?;
+    let mut ensemble = Ensemble::new(members, Some(plan.weights), plan.mode)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;
@@ -92,7 +92,7 @@ pub fn generate(args: GenerateArgs, config: EnsembleConfig) -> Result<()> {
         return Err(e.into());
     }
     if args.json {
-        let value = generation_json(&generation, ensemble.union(), &config);
+        let value = generation_json(&generation, ensemble.union(), &plan.config);
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
     } else {
         if std::io::stdout().is_terminal() || !generation.text.ends_with('\n') {

@@ -1,22 +1,17 @@
 //! `gac`: token-level ensembles of GGUF models from the command line.
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use gac_core::{Encoder, Member};
-use gac_examples::config::{EnsembleConfig, MemberConfig, RuntimeKind};
-use gac_llamacpp::{
-    Batching, LlamaMember, LlamaOptions, RemoteMember, RemoteOptions, SharedContext,
-};
+use anyhow::Result;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use gac_examples::config::Plan;
 
 mod args;
 mod bench;
 mod chat;
 mod eval;
 mod generate;
+mod members;
 mod progress;
 mod serve;
 mod vocab;
@@ -113,80 +108,16 @@ enum Command {
     },
 }
 
-#[derive(Args, Debug)]
-pub(crate) struct MemberArgs {
-    /// A GGUF model file; repeat for each member (order matters: member 0, 1, ...). Prefix it
-    /// with `mistralrs:` to run it in mistral.rs instead of llama.cpp (`llamacpp:` is the
-    /// default). `http://HOST:PORT` is a model served by a llama-server (give its --vocab).
-    #[arg(
-        long = "model",
-        value_name = "[RUNTIME:]PATH",
-        conflicts_with = "config"
-    )]
-    models: Vec<PathBuf>,
-    /// A TOML file listing members (path, weight, gpu, gpu_layers, threads, context,
-    /// device_top_k; runtime = "http" with url, vocab, n_probs, timeout) and an optional
-    /// [gate]; see the README.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-}
-
-impl MemberArgs {
-    /// The members as a configuration: from the TOML file, or from the --model flags.
-    pub(crate) fn config(&self) -> Result<EnsembleConfig> {
-        match &self.config {
-            Some(path) => Ok(EnsembleConfig::from_file(path)?),
-            None => Ok(EnsembleConfig {
-                name: None,
-                members: self
-                    .models
-                    .iter()
-                    .map(|m| member_flag(m))
-                    .collect::<Result<_>>()?,
-                gate: None,
-                weighting: None,
-            }),
-        }
-    }
-}
-
-/// `--model [RUNTIME:]PATH` or `--model http://HOST:PORT`.
-pub(crate) fn member_flag(flag: &Path) -> Result<MemberConfig> {
-    let text = flag.to_string_lossy();
-    if text.starts_with("http://") || text.starts_with("https://") {
-        return Ok(MemberConfig::remote(text));
-    }
-    if let Some((runtime, path)) = text.split_once(':') {
-        if let Ok(runtime) = runtime.parse::<RuntimeKind>() {
-            return Ok(MemberConfig {
-                runtime,
-                ..MemberConfig::new(path)
-            });
-        }
-    }
-    Ok(MemberConfig::new(flag))
-}
-
-/// A vocabulary file as an encoder: a tokenizer.json, else a GGUF file (read without weights).
-pub(crate) fn vocab_encoder(path: &Path) -> Result<Box<dyn Encoder>> {
-    if path.extension().is_some_and(|e| e == "json") {
-        return Ok(Box::new(
-            gac_core::tokenizer_json::TokenizerText::from_file(path)?,
-        ));
-    }
-    Ok(gac_llamacpp::load_encoder(path)?)
-}
-
 /// The ensemble a subcommand's flags describe (`matches` are the whole command line's).
-fn config_of(
+fn plan_of(
     matches: &clap::ArgMatches,
     subcommand: &str,
     args: &args::EnsembleArgs,
-) -> Result<EnsembleConfig> {
+) -> Result<Plan> {
     let sub = matches
         .subcommand_matches(subcommand)
         .expect("the subcommand that was parsed");
-    args.ensemble_config(sub)
+    args.plan(sub)
 }
 
 fn main() -> ExitCode {
@@ -198,17 +129,18 @@ fn main() -> ExitCode {
     init_logs(cli.verbose);
     QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     let result = match cli.command {
-        Command::Generate(args) => config_of(&matches, "generate", &args.ensemble)
-            .and_then(|c| generate::generate(args, c)),
+        Command::Generate(args) => {
+            plan_of(&matches, "generate", &args.ensemble).and_then(|c| generate::generate(args, c))
+        }
         Command::Chat(args) => {
-            config_of(&matches, "chat", &args.ensemble).and_then(|c| chat::chat(args, c))
+            plan_of(&matches, "chat", &args.ensemble).and_then(|c| chat::chat(args, c))
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "gac", &mut std::io::stdout());
             Ok(())
         }
         Command::Serve(args) => {
-            config_of(&matches, "serve", &args.ensemble).and_then(|c| serve::serve(args, c))
+            plan_of(&matches, "serve", &args.ensemble).and_then(|c| serve::serve(args, c))
         }
         Command::Vocab(args) => vocab::vocab(args),
         Command::Bench(args) => bench::bench(args),
@@ -262,117 +194,4 @@ fn info() {
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.downcast_ref::<std::io::Error>()
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-}
-
-/// Loads every member; `prompt_cache` lets llama.cpp members (and llama-servers) reuse the
-/// previous context's cache.
-pub(crate) fn load_members(
-    config: &EnsembleConfig,
-    quiet: bool,
-    prompt_cache: bool,
-) -> Result<Vec<Box<dyn Member>>> {
-    Ok(load_slots(config, quiet, prompt_cache, 1, Batching::Shared)?.remove(0))
-}
-
-/// Loads every member once and makes `slots` sets of them: with more than one slot, each
-/// llama.cpp model has one context whose sequences are the sets' members (their evaluations
-/// are batched as `batching` says), and each mistral.rs engine serves every set's requests.
-pub(crate) fn load_slots(
-    config: &EnsembleConfig,
-    quiet: bool,
-    prompt_cache: bool,
-    slots: usize,
-    batching: Batching,
-) -> Result<Vec<Vec<Box<dyn Member>>>> {
-    let mut sets: Vec<Vec<Box<dyn Member>>> = (0..slots).map(|_| Vec::new()).collect();
-    let show = !quiet && !self::quiet();
-    for (i, m) in config.members.iter().enumerate() {
-        let t = Instant::now();
-        let what = || format!("member {i} ({})", m.place());
-        let spinner = show.then(|| progress::spinner(format!("loading {}", what())));
-        match m.runtime {
-            RuntimeKind::LlamaCpp => {
-                let options = LlamaOptions {
-                    threads: m.threads,
-                    gpu: m.gpu,
-                    gpu_layers: m.gpu_layers,
-                    context: m.context,
-                    prompt_cache,
-                    device_top_k: m.device_top_k,
-                };
-                let model = gac_llamacpp::load_model(&m.path, &options).with_context(what)?;
-                let name = gac_core::gguf::model_name(&m.path);
-                if slots == 1 {
-                    let member = LlamaMember::with_model(name, model, &m.path, &options)
-                        .with_context(what)?;
-                    sets[0].push(Box::new(member));
-                } else {
-                    let shared =
-                        SharedContext::new(name, model, &m.path, &options, slots, batching)
-                            .with_context(what)?;
-                    for (set, member) in sets.iter_mut().zip(shared.members()) {
-                        set.push(Box::new(member));
-                    }
-                }
-            }
-            RuntimeKind::MistralRs => {
-                let options = gac_mistralrs::MistralOptions {
-                    gpu: m.gpu.map(|g| g as usize),
-                    context: m.context.map(|c| c as usize),
-                    ..gac_mistralrs::MistralOptions::default()
-                };
-                let what = || format!("member {i} ({}, mistral.rs)", m.path.display());
-                let e =
-                    gac_mistralrs::build_gguf_engine(&m.path, options.gpu, options.prefix_cache)
-                        .with_context(what)?;
-                let name = gac_core::gguf::model_name(&m.path);
-                for set in &mut sets {
-                    let member = gac_mistralrs::wrap_engine(
-                        &name,
-                        e.engine.clone(),
-                        None,
-                        e.tokenizer.clone(),
-                        &e.eos,
-                        &options,
-                    )
-                    .with_context(what)?;
-                    set.push(Box::new(member));
-                }
-            }
-            RuntimeKind::Http => {
-                let vocab = m.file();
-                let name = gac_core::gguf::model_name(vocab);
-                for (slot, set) in sets.iter_mut().enumerate() {
-                    let mut options = RemoteOptions {
-                        slot: slot as u32,
-                        prompt_cache,
-                        ..RemoteOptions::new(m.place())
-                    };
-                    if let Some(k) = m.n_probs {
-                        options.n_probs = k as usize;
-                    }
-                    if let Some(t) = m.timeout {
-                        options.timeout = Duration::from_secs_f32(t);
-                    }
-                    let text = vocab_encoder(vocab).with_context(what)?;
-                    let member = RemoteMember::connect(name.clone(), text, vocab, &options)
-                        .with_context(what)?;
-                    set.push(Box::new(member));
-                }
-            }
-        }
-        if let Some(spinner) = spinner {
-            spinner.finish_and_clear();
-            let member = &sets[0][i];
-            let place = m.device().unwrap_or_else(|| "CPU".to_string());
-            eprintln!(
-                "gac: loaded member {i} {} ({}, {} tokens, {place}) in {:.1} s",
-                member.name(),
-                m.runtime.label(),
-                member.vocab().len(),
-                t.elapsed().as_secs_f64()
-            );
-        }
-    }
-    Ok(sets)
 }

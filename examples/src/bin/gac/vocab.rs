@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gac_core::{Encoder, Union, Vocab};
-use gac_examples::config::{EnsembleConfig, RuntimeKind};
+use gac_examples::config::RuntimeKind;
 use serde_json::json;
 
-use super::{load_members, MemberArgs};
+use crate::args::MemberArgs;
+use crate::members::{mistralrs, vocab_encoder};
 
 #[derive(Args, Debug)]
 pub struct VocabArgs {
@@ -112,17 +113,9 @@ pub fn vocab(args: VocabArgs) -> Result<()> {
             RuntimeKind::LlamaCpp => {
                 gac_llamacpp::load_encoder(&m.path).map_err(anyhow::Error::from)
             }
-            RuntimeKind::Http => super::vocab_encoder(m.file()),
+            RuntimeKind::Http => vocab_encoder(m.file()),
             RuntimeKind::MistralRs => {
-                let one = EnsembleConfig {
-                    name: None,
-                    members: vec![m.clone()],
-                    gate: None,
-                    weighting: None,
-                };
-                let member = load_members(&one, true, false)
-                    .with_context(|| format!("member {i}"))?
-                    .remove(0);
+                let member = mistralrs(m).with_context(|| format!("member {i}"))?;
                 Ok(Box::new(member) as Box<dyn Encoder>)
             }
         })

@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use gac_core::{Encoder, Ensemble, GenerateOptions, Member, Mode, Schedule, Stats, WhenUnsure};
-use gac_examples::config::RuntimeKind;
-use gac_llamacpp::{LlamaMember, LlamaOptions};
+use gac_examples::config::{MemberConfig, RuntimeKind};
+use gac_llamacpp::LlamaMember;
 use mistralrs_core::{MistralRs, NormalRequest, Request, RequestMessage, Response, SamplingParams};
 
-use super::progress;
+use crate::args::member_flag;
+use crate::{members, progress};
 
 mod remote;
 
@@ -169,35 +170,34 @@ fn run_with(
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    // No prompt cache (the default): prefill and recompute are measured cold.
-    let options = LlamaOptions {
-        threads: Some(args.threads),
-        ..LlamaOptions::default()
-    };
     let prompts: Vec<String> = if args.prompts.is_empty() {
         PROMPTS.iter().map(|p| p.to_string()).collect()
     } else {
         args.prompts.clone()
     };
+    let mut configs = Vec::new();
+    for flag in &args.models {
+        configs.push(MemberConfig {
+            threads: Some(args.threads),
+            ..member_flag(flag)?
+        });
+    }
     if !args.remotes.is_empty() {
-        return remote::remote_members(&args, &options, &prompts);
+        return remote::remote_members(&args, &configs, &prompts);
     }
     let mut members: Vec<Box<dyn Member>> = Vec::new();
     let mut plain = Vec::new();
-    let mut llama_paths = Vec::new();
-    for flag in &args.models {
-        let config = super::member_flag(flag)?;
-        let path = &config.path;
+    let mut llama_configs = Vec::new();
+    for config in &configs {
+        let what = || format!("loading {} in {}", config.place(), config.runtime.label());
+        // No prompt cache (the default): prefill and recompute are measured cold.
         match config.runtime {
             RuntimeKind::LlamaCpp => {
-                let m = LlamaMember::load(path, &options)
-                    .with_context(|| format!("loading {}", path.display()))?;
-                members.push(Box::new(m));
-                llama_paths.push(path.clone());
+                members.push(Box::new(members::llama(config, false).with_context(what)?));
+                llama_configs.push(config.clone());
             }
             RuntimeKind::MistralRs => {
-                let m = gac_mistralrs::load_gguf(path, &gac_mistralrs::MistralOptions::default())
-                    .with_context(|| format!("loading {} in mistral.rs", path.display()))?;
+                let m = members::mistralrs(config).with_context(what)?;
                 eprintln!("gac bench: {} in plain mistral.rs ...", m.name());
                 let engine = m.runtime().engine().clone();
                 let mut per_prompt = Vec::new();
@@ -310,15 +310,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             );
         }
     }
-    if !args.device_top_k.is_empty() && !llama_paths.is_empty() {
-        device_top_k(&llama_paths, &options, &args, &prompts)?;
+    if !args.device_top_k.is_empty() && !llama_configs.is_empty() {
+        device_top_k(&llama_configs, &args, &prompts)?;
     }
-    if !llama_paths.is_empty() {
+    if !llama_configs.is_empty() {
         println!("\nPrompt cache of llama.cpp members: the first evaluation of a few-shot prompt right after another one with the same shots, cold (cache off) and reusing the shots' cache:\n");
         println!("| member | prompt tokens | shared | cold ms | cached ms | speed-up | max logit difference |");
         println!("|---|---:|---:|---:|---:|---:|---:|");
-        for path in &llama_paths {
-            let gain = prompt_cache_gain(path, &options)?;
+        for config in &llama_configs {
+            let gain = prompt_cache_gain(config)?;
             println!(
                 "| {} | {} | {} | {:.1} | {:.1} | {:.1}x | {:.3} |",
                 gain.name,
@@ -348,7 +348,7 @@ struct CacheGain {
 
 /// Times the first evaluation of a few-shot prompt that follows one with the same shots, in a
 /// member without and one with the prompt cache.
-fn prompt_cache_gain(path: &std::path::Path, options: &LlamaOptions) -> Result<CacheGain> {
+fn prompt_cache_gain(config: &MemberConfig) -> Result<CacheGain> {
     let shots = "Question: Which planet is known as the red planet?\nAnswer: Mars\n\n\
                  Question: How many days are there in a week?\nAnswer: seven\n\n"
         .repeat(6);
@@ -368,16 +368,12 @@ fn prompt_cache_gain(path: &std::path::Path, options: &LlamaOptions) -> Result<C
     };
     // Two fresh contexts on one loaded model: without and with the cache.
     let mut cold_member =
-        LlamaMember::load(path, options).with_context(|| format!("loading {}", path.display()))?;
-    let cache_on = LlamaOptions {
-        prompt_cache: true,
-        ..options.clone()
-    };
+        members::llama(config, false).with_context(|| format!("loading {}", config.place()))?;
     let mut member = LlamaMember::with_model(
         cold_member.name().to_string(),
         cold_member.model().clone(),
-        path,
-        &cache_on,
+        &config.path,
+        &members::llama_options(config, true),
     )?;
     let (cold, cold_logits) = second_prompt(&mut cold_member)?;
     let (cached, cached_logits) = second_prompt(&mut member)?;
@@ -468,30 +464,25 @@ fn catch_up_vs_recompute(
 /// step, and the host's work on what the step hands back: softmax over the vocabulary, or
 /// writing the head), then all of them averaged (how many member evaluations had to give
 /// the full logits again, and whether the text is the same).
-fn device_top_k(
-    paths: &[PathBuf],
-    options: &LlamaOptions,
-    args: &BenchArgs,
-    prompts: &[String],
-) -> Result<()> {
+fn device_top_k(configs: &[MemberConfig], args: &BenchArgs, prompts: &[String]) -> Result<()> {
     let ks: Vec<Option<u32>> = std::iter::once(None)
         .chain(args.device_top_k.iter().copied().map(Some))
         .collect();
-    let load = |path: &PathBuf, k: Option<u32>| -> Result<Box<dyn Member>> {
-        let options = LlamaOptions {
+    let load = |config: &MemberConfig, k: Option<u32>| -> Result<Box<dyn Member>> {
+        let config = MemberConfig {
             device_top_k: k,
-            ..options.clone()
+            ..config.clone()
         };
-        let m = LlamaMember::load(path, &options)
-            .with_context(|| format!("loading {}", path.display()))?;
+        let m = members::llama(&config, false)
+            .with_context(|| format!("loading {}", config.place()))?;
         Ok(Box::new(m))
     };
     let label = |k: Option<u32>| k.map_or("full logits".to_string(), |k| format!("top-{k}"));
     let mut lines = Vec::new();
-    for path in paths {
+    for config in configs {
         let mut full_step = 0.0;
         for &k in &ks {
-            let mut e = Ensemble::new(vec![load(path, k)?], None, Mode::Average)?;
+            let mut e = Ensemble::new(vec![load(config, k)?], None, Mode::Average)?;
             let name = format!("{} {}", e.members()[0].name(), label(k));
             let row = run(&mut e, &name, prompts, args.tokens, Schedule::Lazy)?;
             let m = |f: fn(&gac_core::ensemble::MemberStats) -> f64| {
@@ -513,7 +504,7 @@ fn device_top_k(
     }
     let mut full_texts = Vec::new();
     for &k in &ks {
-        let members = paths.iter().map(|p| load(p, k)).collect::<Result<_>>()?;
+        let members = configs.iter().map(|c| load(c, k)).collect::<Result<_>>()?;
         let mut e = Ensemble::new(members, None, Mode::Average)?;
         let name = format!("average ensemble, {}", label(k));
         let row = run(&mut e, &name, prompts, args.tokens, Schedule::Lazy)?;

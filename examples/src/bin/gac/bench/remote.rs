@@ -1,45 +1,38 @@
 //! `gac bench --remote`: the top-k union with members served by llama-servers against the same
 //! models loaded here, side by side in one run.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use gac_core::{Ensemble, GenerateOptions, Member, Mode};
-use gac_examples::config::RuntimeKind;
-use gac_llamacpp::{
-    LlamaMember, LlamaOptions, RemoteClock, RemoteMember, RemoteOptions, RemoteTotals,
-};
+use gac_examples::config::{MemberConfig, RuntimeKind};
+use gac_llamacpp::{RemoteClock, RemoteTotals};
 
 use super::{ms, run_with, BenchArgs, Row};
+use crate::members;
 
 /// The all-local top-k union, then member 0 remote, then all remote, for each K: ms/token, the
 /// HTTP overhead of a remote step (its wall time here minus the time the server reports for
 /// it) against the slower member's step, and whether the text is the all-local one.
 pub(super) fn remote_members(
     args: &BenchArgs,
-    options: &LlamaOptions,
+    configs: &[MemberConfig],
     prompts: &[String],
 ) -> Result<()> {
-    let mut paths = Vec::new();
-    for flag in &args.models {
-        let config = super::super::member_flag(flag)?;
-        if config.runtime != RuntimeKind::LlamaCpp {
-            bail!("with --remote every --model is the llama.cpp model its server runs");
-        }
-        paths.push(config.path);
+    if configs.iter().any(|c| c.runtime != RuntimeKind::LlamaCpp) {
+        bail!("with --remote every --model is the llama.cpp model its server runs");
     }
-    if args.remotes.len() != paths.len() {
+    if args.remotes.len() != configs.len() {
         bail!(
             "give one --remote for each --model, in the same order ({} models, {} servers)",
-            paths.len(),
+            configs.len(),
             args.remotes.len()
         );
     }
     for &k in &args.union_top_k {
         gac_core::ensemble::validate_union_top_k(Some(k)).context("invalid --union-top-k")?;
     }
-    let n = paths.len();
+    let n = configs.len();
     let mut setups = vec![("all local".to_string(), vec![false; n])];
     if n > 1 {
         let mut first = vec![false; n];
@@ -51,7 +44,7 @@ pub(super) fn remote_members(
     for &k in &args.union_top_k {
         let mut baseline: Option<Row> = None;
         for (label, remote_at) in &setups {
-            let (members, clocks) = load(&paths, remote_at, &args.remotes, k, options)?;
+            let (members, clocks) = load(configs, remote_at, &args.remotes, k)?;
             let mut ensemble = Ensemble::new(members, None, Mode::Average)?;
             let options = GenerateOptions {
                 max_tokens: args.tokens,
@@ -114,29 +107,25 @@ type Setup = (Vec<Box<dyn Member>>, Vec<Arc<RemoteClock>>);
 /// The members of one setup: local where `remote_at` says no, else served by their
 /// `remotes` server, asking for `n_probs` tokens a step; with the remote members' clocks.
 fn load(
-    paths: &[PathBuf],
+    configs: &[MemberConfig],
     remote_at: &[bool],
     remotes: &[String],
     n_probs: usize,
-    options: &LlamaOptions,
 ) -> Result<Setup> {
     let mut members: Vec<Box<dyn Member>> = Vec::new();
     let mut clocks = Vec::new();
-    for (i, path) in paths.iter().enumerate() {
-        let what = || format!("member {i} ({})", path.display());
+    for (i, config) in configs.iter().enumerate() {
+        let what = || format!("member {i} ({})", config.place());
         if !remote_at[i] {
-            members.push(Box::new(
-                LlamaMember::load(path, options).with_context(what)?,
-            ));
+            members.push(Box::new(members::llama(config, false).with_context(what)?));
             continue;
         }
-        let remote = RemoteOptions {
-            n_probs,
-            ..RemoteOptions::new(&remotes[i])
+        let served = MemberConfig {
+            vocab: Some(config.path.clone()),
+            n_probs: Some(n_probs as u32),
+            ..MemberConfig::remote(&remotes[i])
         };
-        let name = format!("{} (remote)", gac_core::gguf::model_name(path));
-        let text = gac_llamacpp::load_encoder(path).with_context(what)?;
-        let member = RemoteMember::connect(name, text, path, &remote).with_context(what)?;
+        let member = members::remote(&served, 0, false).with_context(what)?;
         clocks.push(member.clock());
         members.push(Box::new(member));
     }

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use gac_core::{Mode, Schedule, Weighting, WhenUnsure};
-use gac_examples::config::EnsembleConfig;
+use gac_examples::config::{EnsembleConfig, Plan};
 use gac_examples::eval::fingerprint;
 
 use super::run::STOPS;
@@ -25,11 +25,12 @@ pub(super) struct Config {
 
 /// Each member alone, the average (with the configuration's weights), each top-k union, the
 /// gated ensembles of --threshold (gate = member 0) and the configuration's own [gate].
-pub(super) fn configurations(config: &EnsembleConfig, args: &EvalArgs) -> Result<Vec<Config>> {
+pub(super) fn configurations(plan: &Plan, args: &EvalArgs) -> Result<Vec<Config>> {
+    let config = &plan.config;
     let n = config.members.len();
     let all: Vec<usize> = (0..n).collect();
-    let weights = Some(config.weights());
-    let (own, own_schedule) = (config.mode()?, config.schedule()?);
+    let weights = Some(plan.weights.clone());
+    let (own, own_schedule) = (plan.mode, plan.schedule);
     let make = |name: String, members: Vec<usize>, weights: Option<Vec<f32>>, mode, top_k| {
         let schedule = match mode == own {
             true => own_schedule,

@@ -25,7 +25,7 @@ use run::{learn_weights, run_config};
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     #[command(flatten)]
-    members: super::MemberArgs,
+    members: crate::args::MemberArgs,
     #[command(flatten)]
     remote: super::args::RemoteArgs,
     /// Tasks (repeatable): a built-in one (mmlu, boolq, logiqa, ...: see --list-tasks),
@@ -176,13 +176,13 @@ pub fn eval(args: EvalArgs, matches: &clap::ArgMatches) -> Result<()> {
             m.context = args.context.or(m.context);
         }
     }
-    config.validate()?;
+    let plan = config.plan()?;
     for &t in &args.thresholds {
         if !(0.0..=1.0).contains(&t) {
             bail!("invalid threshold: {t} is outside [0, 1]");
         }
     }
-    let n = config.members.len();
+    let n = plan.config.members.len();
     if let Some(g) = args.gates.iter().find(|&&g| g >= n) {
         bail!(
             "invalid --gate: member {g} does not exist (members are 0..{})",
@@ -190,9 +190,9 @@ pub fn eval(args: EvalArgs, matches: &clap::ArgMatches) -> Result<()> {
         );
     }
     let mut results = Results::open(&args.out)?;
-    let configs = configurations(&config, &args)?;
+    let configs = configurations(&plan, &args)?;
     let mut slots: Vec<Option<Box<dyn Member>>> =
-        super::load_members(&config, false, args.prompt_cache)?
+        crate::members::load_members(&plan.config.members, false, args.prompt_cache)?
             .into_iter()
             .map(Some)
             .collect();

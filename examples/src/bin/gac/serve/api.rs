@@ -1,6 +1,7 @@
 //! The OpenAI request bodies `gac serve` reads, and their validation into a [`Job`]: every
 //! value is checked before a slot is taken, and every error names the field at fault.
 
+use gac_core::combine::DEFAULT_THRESHOLD;
 use gac_core::{GenerateOptions, Message, Mode, PickConfig, WhenUnsure};
 use gac_examples::config::parse_when_unsure;
 use serde::Deserialize;
@@ -108,7 +109,7 @@ pub enum Kind {
 
 /// What a job generates from.
 #[derive(Debug, Clone)]
-pub enum Input {
+pub enum RequestInput {
     Text(String),
     Chat(Vec<Message>),
 }
@@ -117,7 +118,7 @@ pub enum Input {
 #[derive(Debug, Clone)]
 pub struct Job {
     pub kind: Kind,
-    pub input: Input,
+    pub input: RequestInput,
     pub options: GenerateOptions,
     pub weights: Vec<f32>,
     pub mode: Mode,
@@ -245,7 +246,7 @@ impl CompletionRequest {
             Some(n) if n > 20 => return Err(invalid("logprobs", format!("{n} is above 20"))),
             other => other.map(|n| n as usize),
         };
-        common.into_job(Kind::Completion, Input::Text(prompt), top, limits)
+        common.into_job(Kind::Completion, RequestInput::Text(prompt), top, limits)
     }
 }
 
@@ -284,7 +285,7 @@ impl ChatRequest {
             (true, n) => Some(n.unwrap_or(0) as usize),
             (false, None) => None,
         };
-        common.into_job(Kind::Chat, Input::Chat(messages), top, limits)
+        common.into_job(Kind::Chat, RequestInput::Chat(messages), top, limits)
     }
 }
 
@@ -320,7 +321,7 @@ impl Common {
     fn into_job(
         self,
         kind: Kind,
-        input: Input,
+        input: RequestInput,
         logprobs: Option<usize>,
         limits: &Limits,
     ) -> Result<Job, ApiError> {
@@ -378,8 +379,8 @@ impl Common {
         }
         let pick = PickConfig {
             temperature: self.temperature.unwrap_or(0.8),
-            top_k: self.top_k.unwrap_or(40),
-            top_p: self.top_p.unwrap_or(0.95),
+            top_k: self.top_k.unwrap_or(PickConfig::default().top_k),
+            top_p: self.top_p.unwrap_or(PickConfig::default().top_p),
             seed: self.seed.unwrap_or_else(random_seed),
         };
         pick.validate()
@@ -419,7 +420,7 @@ impl Common {
                 threshold,
                 when_unsure,
             } => (Some(gate), threshold, when_unsure),
-            Mode::Average => (None, 0.5, WhenUnsure::Average),
+            Mode::Average => (None, DEFAULT_THRESHOLD, WhenUnsure::Average),
         };
         let gate = self.gate.or(gate);
         let Some(gate) = gate else {

@@ -20,11 +20,11 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gac_core::{Ensemble, Union};
-use gac_examples::config::{EnsembleConfig, RuntimeKind};
+use gac_examples::config::{Plan, RuntimeKind};
 use gac_llamacpp::Batching;
 
 use super::args::EnsembleArgs;
-use super::load_slots;
+use crate::members::{load_slots, Loading};
 use api::Limits;
 use slots::Pool;
 
@@ -65,7 +65,7 @@ pub struct ServeArgs {
 }
 
 /// What every handler shares.
-pub struct State {
+pub struct Server {
     /// Set once the members are loaded.
     ready: OnceLock<Ready>,
     api_key: Option<String>,
@@ -83,13 +83,13 @@ struct Ready {
     union: Arc<Union>,
 }
 
-pub fn serve(args: ServeArgs, config: EnsembleConfig) -> Result<()> {
+pub fn serve(args: ServeArgs, plan: Plan) -> Result<()> {
     if args.parallel == 0 {
         bail!("invalid --parallel: 0 slots serve nothing (use at least 1)");
     }
     if args.deterministic && args.parallel > 1 {
-        if let Some((i, m)) =
-            (config.members.iter().enumerate()).find(|(_, m)| m.runtime != RuntimeKind::LlamaCpp)
+        if let Some((i, m)) = (plan.config.members.iter().enumerate())
+            .find(|(_, m)| m.runtime != RuntimeKind::LlamaCpp)
         {
             bail!(
                 "--deterministic: member {i} ({}, {}) batches the slots' requests in its own \
@@ -107,9 +107,9 @@ pub fn serve(args: ServeArgs, config: EnsembleConfig) -> Result<()> {
     let model = args
         .name
         .clone()
-        .or_else(|| config.name.clone())
+        .or_else(|| plan.config.name.clone())
         .unwrap_or_else(|| "gac".to_string());
-    let state = Arc::new(State {
+    let state = Arc::new(Server {
         ready: OnceLock::new(),
         api_key: args.api_key.clone(),
         max_body: args.max_body,
@@ -131,7 +131,7 @@ pub fn serve(args: ServeArgs, config: EnsembleConfig) -> Result<()> {
         );
         let loading = {
             let state = state.clone();
-            tokio::task::spawn_blocking(move || load(&state, &args, &config))
+            tokio::task::spawn_blocking(move || load(&state, &args, &plan))
         };
         let app = routes::router(state.clone());
         let server =
@@ -145,16 +145,21 @@ pub fn serve(args: ServeArgs, config: EnsembleConfig) -> Result<()> {
 }
 
 /// Loads the slots and publishes them to the handlers.
-fn load(state: &State, args: &ServeArgs, config: &EnsembleConfig) -> Result<()> {
+fn load(state: &Server, args: &ServeArgs, plan: &Plan) -> Result<()> {
     let batching = match args.deterministic {
         true => Batching::Invariant,
         false => Batching::Shared,
     };
-    let sets = load_slots(config, false, false, args.parallel, batching)?;
-    let mode = config.mode()?;
+    let loading = Loading {
+        slots: args.parallel,
+        batching,
+        ..Loading::single(false, false)
+    };
+    let sets = load_slots(&plan.config.members, loading)?;
+    let mode = plan.mode;
     let mut ensembles = Vec::with_capacity(sets.len());
     for members in sets {
-        ensembles.push(Ensemble::new(members, Some(config.weights()), mode)?);
+        ensembles.push(Ensemble::new(members, Some(plan.weights.clone()), mode)?);
     }
     let context = ensembles[0]
         .members()
@@ -166,11 +171,11 @@ fn load(state: &State, args: &ServeArgs, config: &EnsembleConfig) -> Result<()> 
         model: state.model.clone(),
         context,
         default_max_tokens: args.max_tokens.min(context.saturating_sub(1)).max(1),
-        weights: config.weights(),
+        weights: plan.weights.clone(),
         mode,
-        schedule: config.schedule()?,
-        weighting: config.weighting()?,
-        members: config.members.len(),
+        schedule: plan.schedule,
+        weighting: plan.weighting,
+        members: plan.config.members.len(),
     };
     let union = Arc::new(ensembles[0].union().clone());
     let pool = Arc::new(Pool::new(ensembles, args.queue));
@@ -184,7 +189,7 @@ fn load(state: &State, args: &ServeArgs, config: &EnsembleConfig) -> Result<()> 
 
 /// Resolves on the first SIGINT or SIGTERM, after closing the door: new and queued requests
 /// get 503 from then on. A second signal exits at once.
-async fn shutdown_signal(state: Arc<State>) {
+async fn shutdown_signal(state: Arc<Server>) {
     // Listening from the start, so that a second signal right after the first is not missed.
     let mut signals = Signals::new();
     signals.next().await;

@@ -25,10 +25,10 @@ use super::error::ApiError;
 use super::metrics::Outcome;
 use super::reply::Reply;
 use super::slots::{CancelOnDrop, Event, Lease};
-use super::{Ready, State};
+use super::{Ready, Server};
 
 /// Every route of the server.
-pub fn router(state: Arc<State>) -> Router {
+pub fn router(state: Arc<Server>) -> Router {
     let v1 = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
@@ -44,7 +44,7 @@ pub fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-async fn auth(Shared(state): Shared<Arc<State>>, request: Request, next: Next) -> Response {
+async fn auth(Shared(state): Shared<Arc<Server>>, request: Request, next: Next) -> Response {
     if let Some(key) = &state.api_key {
         let given = request
             .headers()
@@ -95,7 +95,7 @@ async fn method_not_allowed(request: Request) -> ApiError {
     }
 }
 
-async fn health(Shared(state): Shared<Arc<State>>) -> Response {
+async fn health(Shared(state): Shared<Arc<Server>>) -> Response {
     match state.ready.get() {
         Some(_) => Json(json!({"status": "ok"})).into_response(),
         None => (
@@ -106,7 +106,7 @@ async fn health(Shared(state): Shared<Arc<State>>) -> Response {
     }
 }
 
-async fn metrics(Shared(state): Shared<Arc<State>>) -> Response {
+async fn metrics(Shared(state): Shared<Arc<Server>>) -> Response {
     match state.ready.get() {
         Some(ready) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -117,7 +117,7 @@ async fn metrics(Shared(state): Shared<Arc<State>>) -> Response {
     }
 }
 
-async fn models(Shared(state): Shared<Arc<State>>) -> Json<serde_json::Value> {
+async fn models(Shared(state): Shared<Arc<Server>>) -> Json<serde_json::Value> {
     Json(json!({
         "object": "list",
         "data": [{"id": state.model, "object": "model", "created": 0, "owned_by": "gac"}],
@@ -125,19 +125,19 @@ async fn models(Shared(state): Shared<Arc<State>>) -> Json<serde_json::Value> {
 }
 
 async fn completions(
-    Shared(state): Shared<Arc<State>>,
+    Shared(state): Shared<Arc<Server>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     handle(state, body, api::completion).await
 }
 
-async fn chat(Shared(state): Shared<Arc<State>>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn chat(Shared(state): Shared<Arc<Server>>, body: Result<Bytes, BytesRejection>) -> Response {
     handle(state, body, api::chat).await
 }
 
 /// Validates, takes a slot, and answers whole or as a stream.
 async fn handle(
-    state: Arc<State>,
+    state: Arc<Server>,
     body: Result<Bytes, BytesRejection>,
     parse: impl FnOnce(&[u8], &Limits) -> Result<Job, ApiError>,
 ) -> Response {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use gac_core::{Ensemble, Generation, Interrupt, Observer, Prompt, TokenLogprob, UnionId};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::api::{Input, Job};
+use super::api::{Job, RequestInput};
 use super::error::ApiError;
 use super::metrics::{Metrics, Outcome};
 
@@ -180,8 +180,8 @@ impl Lease {
             logprobs: Vec::new(),
         };
         let prompt = match &job.input {
-            Input::Text(text) => Prompt::Text(text),
-            Input::Chat(messages) => Prompt::Chat(messages),
+            RequestInput::Text(text) => Prompt::Text(text),
+            RequestInput::Chat(messages) => Prompt::Chat(messages),
         };
         let result = ensemble.generate_with(prompt, &job.options, &mut watcher);
         if let Ok(g) = &result {
