@@ -1,5 +1,4 @@
-//! Logits → probabilities, the weighted average in union space (paper Eq. 3) and the gate
-//! decision (Eq. 5).
+//! Logits → probabilities and the weighted sum in union space (paper Eq. 3).
 //!
 //! The loops are written without per-element branches so that the compiler vectorizes them; the
 //! exponential is a polynomial approximation (relative error below 3e-7) because `f32::exp` is a
@@ -137,62 +136,6 @@ pub fn scatter_add(acc: &mut [f32], projection: &[u32], probs: &[f32], weight: f
     for (&u, &p) in projection.iter().zip(probs) {
         acc[u as usize] += weight * p;
     }
-}
-
-/// What the ensemble does at a step where the gate is unsure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhenUnsure {
-    /// Average all members (paper Eq. 5).
-    Average,
-    /// Take this member's distribution alone (the paper's variant for a small gate and a much
-    /// larger second model).
-    Defer(usize),
-}
-
-/// When gated mode evaluates the members other than the gate.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Schedule {
-    /// Only at the steps where the gate is unsure; a skipped member catches up on everything it
-    /// missed in one batch. Right when members share a device with the gate.
-    #[default]
-    Lazy,
-    /// Every step, beside the gate, one token at a time; their distributions are used only where
-    /// the gate is unsure. The latency of the average without catch-up spikes, for members with
-    /// devices of their own.
-    Eager,
-}
-
-/// How the members' weights are set at a step where several are combined.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Weighting {
-    /// The ensemble's own weights, the same at every step (paper Eq. 3).
-    #[default]
-    Fixed,
-    /// Each member's weight times its confidence at this step (its top probability), so a
-    /// member that is sure of its next token counts more than one that is not.
-    Confidence,
-}
-
-/// The gate threshold where none is given: steps where the gate's top probability is at most
-/// one half are ensembled.
-pub const DEFAULT_THRESHOLD: f32 = 0.5;
-
-/// How members are combined at each step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Mode {
-    /// Every step averages all members (paper Eq. 3).
-    Average,
-    /// Member `gate` decides alone while its top probability is above `threshold`; otherwise the
-    /// ensemble does what `when_unsure` says (paper Eq. 5). Threshold 0 is the gate alone,
-    /// threshold 1 the plain average.
-    Gated {
-        /// Index of the gate member.
-        gate: usize,
-        /// Confidence threshold t in [0, 1].
-        threshold: f32,
-        /// What to do at a key step.
-        when_unsure: WhenUnsure,
-    },
 }
 
 #[cfg(test)]

@@ -2,6 +2,43 @@
 
 use std::fmt;
 
+/// A setting that gac-core checks, so that a front end can name it in its own terms (a flag,
+/// a TOML key, a request field) without reading the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// A draw's temperature.
+    Temperature,
+    /// A draw's top-p.
+    TopP,
+    /// The top-k union's K.
+    UnionTopK,
+    /// The weights as a whole (their number, or all zero).
+    Weights,
+    /// One member's weight.
+    Weight(usize),
+    /// The gate member.
+    Gate,
+    /// The gate's threshold.
+    Threshold,
+    /// What an unsure step does.
+    WhenUnsure,
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Setting::Temperature => write!(f, "temperature"),
+            Setting::TopP => write!(f, "top_p"),
+            Setting::UnionTopK => write!(f, "union_top_k"),
+            Setting::Weights => write!(f, "weights"),
+            Setting::Weight(i) => write!(f, "member[{i}].weight"),
+            Setting::Gate => write!(f, "gate"),
+            Setting::Threshold => write!(f, "threshold"),
+            Setting::WhenUnsure => write!(f, "when_unsure"),
+        }
+    }
+}
+
 /// Everything that can go wrong while building or running an ensemble.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -12,6 +49,13 @@ pub enum Error {
     Config {
         /// The field at fault, e.g. `threshold` or `member[1].weight`.
         field: String,
+        /// What is wrong with it, including the bad value.
+        message: String,
+    },
+    /// One of the settings gac-core checks itself is out of range or inconsistent.
+    Setting {
+        /// The setting at fault.
+        setting: Setting,
         /// What is wrong with it, including the bad value.
         message: String,
     },
@@ -60,6 +104,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// Shorthand for [`Error::Setting`].
+    pub fn setting(setting: Setting, message: impl Into<String>) -> Self {
+        Error::Setting {
+            setting,
+            message: message.into(),
+        }
+    }
+
     /// Shorthand for [`Error::Config`].
     pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Config {
@@ -90,6 +142,7 @@ impl fmt::Display for Error {
         match self {
             Error::NoMembers => write!(f, "an ensemble needs at least one member (none given)"),
             Error::Config { field, message } => write!(f, "invalid {field}: {message}"),
+            Error::Setting { setting, message } => write!(f, "invalid {setting}: {message}"),
             Error::EmptyPrompt => write!(f, "the prompt is empty"),
             Error::PromptTooLong {
                 member,

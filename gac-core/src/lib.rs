@@ -7,7 +7,7 @@
 //! 2. project into union space: softmax, then scatter-add through each member's projection
 //!    ([`union`], [`combine`]);
 //! 3. combine and gate: the weighted average, or the gate member alone while it is confident
-//!    ([`combine::Mode`]);
+//!    ([`select::Mode`]);
 //! 4. pick one union token: a chain of stages over one candidates buffer ([`select`]);
 //! 5. feed it back to every member in its own ids, re-encoding its bytes where the member has
 //!    no such token ([`ensemble`]).
@@ -21,7 +21,6 @@ pub mod ensemble;
 mod error;
 pub mod gguf;
 pub mod member;
-pub mod pick;
 pub mod select;
 #[cfg(test)]
 mod testutil;
@@ -31,12 +30,12 @@ pub mod tokenizer_json;
 pub mod union;
 pub mod vocab;
 
-pub use combine::{Mode, Schedule, Weighting, WhenUnsure};
 pub use ensemble::{
     Ensemble, Finish, GenerateOptions, Generation, Observer, Prompt, Stats, StepStats, TokenLogprob,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Result, Setting};
 pub use member::{Encoder, Evaluation, Interrupt, Member, Message};
-pub use pick::PickConfig;
+pub use select::{Draw, Sampling};
+pub use select::{Mode, Schedule, Weighting, WhenUnsure};
 pub use union::{Union, UnionId};
 pub use vocab::{Token, Vocab};

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use gac_core::{
-    Ensemble, Finish, GenerateOptions, Generation, Member, Mode, PickConfig, WhenUnsure,
+    Draw, Ensemble, Finish, GenerateOptions, Generation, Member, Mode, Sampling, WhenUnsure,
 };
 use gac_tests::{member, Recording, GEMMA, PROMPTS, SMOLLM};
 
@@ -110,12 +110,12 @@ fn a_chinese_continuation_crosses_vocabularies_byte_exactly() {
 fn sampling_is_deterministic_for_a_seed() {
     let options = |seed| GenerateOptions {
         max_tokens: 24,
-        pick: PickConfig {
+        sampling: Sampling::Draw(Draw {
             temperature: 0.9,
             top_k: 40,
             top_p: 0.95,
             seed,
-        },
+        }),
         ..Default::default()
     };
     let (mut ensemble, _) = mixed(Mode::Average);
@@ -138,11 +138,10 @@ fn greedy_on_heads_equals_the_full_union_argmax() {
     // Sampling with top-k 1 combines the full distributions and takes their argmax.
     let dense = GenerateOptions {
         max_tokens: 32,
-        pick: PickConfig {
-            temperature: 1.0,
+        sampling: Sampling::Draw(Draw {
             top_k: 1,
-            ..PickConfig::default()
-        },
+            ..Draw::default()
+        }),
         ..Default::default()
     };
     let greedy = GenerateOptions {

@@ -3,7 +3,7 @@
 //! Members have the real SmolLM2 and Gemma-3 vocabularies and pseudo-random logits (no model
 //! runs, so the numbers do not depend on llama.cpp's kernels).
 
-use gac_core::{Ensemble, GenerateOptions, Member, Mode, PickConfig, Schedule, WhenUnsure};
+use gac_core::{Draw, Ensemble, GenerateOptions, Member, Mode, Sampling, Schedule, WhenUnsure};
 use gac_tests::{asset, FixedMember, GEMMA, SMOLLM};
 
 fn run(peaked: bool, mode: Mode, options: GenerateOptions) -> Vec<u32> {
@@ -26,12 +26,12 @@ fn run(peaked: bool, mode: Mode, options: GenerateOptions) -> Vec<u32> {
 
 fn sampling(seed: u64, temperature: f32, top_k: usize, top_p: f32) -> GenerateOptions {
     GenerateOptions {
-        pick: PickConfig {
+        sampling: Sampling::Draw(Draw {
             temperature,
             top_k,
             top_p,
             seed,
-        },
+        }),
         ..GenerateOptions::default()
     }
 }

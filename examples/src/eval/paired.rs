@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use gac_core::pick::SplitMix64;
+use gac_core::select::SplitMix64;
 use serde::Serialize;
 
 use super::results::{summaries, Record};

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use gac_core::pick::SplitMix64;
+use gac_core::select::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 /// One scored example (or one that failed).

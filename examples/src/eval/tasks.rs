@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use gac_core::pick::SplitMix64;
+use gac_core::select::SplitMix64;
 use serde_json::Value;
 
 /// What a correct answer is.

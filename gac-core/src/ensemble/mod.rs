@@ -14,11 +14,11 @@ mod worker;
 use std::sync::mpsc::channel;
 use std::time::Instant;
 
-use crate::combine::{Mode, WhenUnsure};
 use crate::member::{Interrupt, Member};
 use crate::select::{Candidates, Chain};
+use crate::select::{Mode, WhenUnsure};
 use crate::union::Union;
-use crate::{Error, Result};
+use crate::{Error, Result, Setting};
 
 pub use types::{
     Finish, GenerateOptions, Generation, MemberStats, Observer, Prompt, Stats, StepStats,
@@ -134,7 +134,7 @@ impl Ensemble {
         options: &GenerateOptions,
         observer: &mut dyn Observer,
     ) -> Result<Generation> {
-        options.pick.validate()?;
+        options.sampling.validate()?;
         validate_union_top_k(options.union_top_k)?;
         let empty = match prompt {
             Prompt::Text(text) => text.is_empty(),
@@ -188,7 +188,7 @@ impl Ensemble {
                 mode,
                 union,
                 candidates: Candidates::new(union.len()),
-                chain: Chain::for_pick(&options.pick, options.union_top_k),
+                chain: Chain::for_sampling(&options.sampling, options.union_top_k),
                 schedule: options.schedule,
                 weighting: options.weighting,
                 logprobs: options.logprobs,
@@ -256,12 +256,12 @@ pub const MAX_UNION_TOP_K: usize = 1000;
 /// Checks a top-k union's K: between 1 and [`MAX_UNION_TOP_K`].
 pub fn validate_union_top_k(k: Option<usize>) -> Result<()> {
     match k {
-        Some(0) => Err(Error::config(
-            "union_top_k",
+        Some(0) => Err(Error::setting(
+            Setting::UnionTopK,
             "0 keeps no token (use at least 1)",
         )),
-        Some(k) if k > MAX_UNION_TOP_K => Err(Error::config(
-            "union_top_k",
+        Some(k) if k > MAX_UNION_TOP_K => Err(Error::setting(
+            Setting::UnionTopK,
             format!("{k} is above {MAX_UNION_TOP_K} (for whole distributions, leave it unset)"),
         )),
         _ => Ok(()),
@@ -278,21 +278,21 @@ pub fn validate(weights: &[f32], mode: &Mode, n: usize) -> Result<()> {
 
 fn validate_weights(weights: &[f32], n: usize) -> Result<()> {
     if weights.len() != n {
-        return Err(Error::config(
-            "weights",
+        return Err(Error::setting(
+            Setting::Weights,
             format!("{} weights given for {n} members", weights.len()),
         ));
     }
     for (i, w) in weights.iter().enumerate() {
         if !w.is_finite() || *w < 0.0 {
-            return Err(Error::config(
-                format!("member[{i}].weight"),
+            return Err(Error::setting(
+                Setting::Weight(i),
                 format!("{w} is not a number >= 0"),
             ));
         }
     }
     if weights.iter().sum::<f32>() <= 0.0 {
-        return Err(Error::config("weights", "all weights are 0"));
+        return Err(Error::setting(Setting::Weights, "all weights are 0"));
     }
     Ok(())
 }
@@ -305,21 +305,21 @@ fn validate_mode(mode: &Mode, n: usize) -> Result<()> {
     } = *mode
     {
         if gate >= n {
-            return Err(Error::config(
-                "gate",
+            return Err(Error::setting(
+                Setting::Gate,
                 format!("member {gate} does not exist (members are 0..{})", n - 1),
             ));
         }
         if !(0.0..=1.0).contains(&threshold) {
-            return Err(Error::config(
-                "threshold",
+            return Err(Error::setting(
+                Setting::Threshold,
                 format!("{threshold} is outside [0, 1]"),
             ));
         }
         if let WhenUnsure::Defer(k) = when_unsure {
             if k >= n {
-                return Err(Error::config(
-                    "when_unsure",
+                return Err(Error::setting(
+                    Setting::WhenUnsure,
                     format!("member {k} does not exist (members are 0..{})", n - 1),
                 ));
             }

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::combine::{Mode, Schedule, Weighting, WhenUnsure};
 use crate::member::Interrupt;
 use crate::select::{Candidates, Chain, Filled, MemberInput, Scatter};
+use crate::select::{Mode, Schedule, Weighting};
 use crate::text::{find_stop, held_back, Utf8Stream};
 use crate::union::{Union, UnionId, END};
 use crate::{Error, Result};
@@ -166,23 +166,15 @@ impl Run<'_> {
         let (which, ensembled, confidence) = match self.mode {
             Mode::Average => {
                 self.evaluate(all)?;
-                (all.to_vec(), all.len() > 1, None)
+                let (which, ensembled) = self.mode.deciders(all, 0.0);
+                (which, ensembled, None)
             }
-            Mode::Gated {
-                gate,
-                threshold,
-                when_unsure,
-            } => {
+            Mode::Gated { gate, .. } => {
                 let eager = self.schedule == Schedule::Eager;
                 let gate_only = [gate];
                 self.evaluate(if eager { all } else { &gate_only })?;
                 let top = self.workers[gate].top;
-                let confident = top > threshold;
-                let which: Vec<usize> = match (confident, when_unsure) {
-                    (true, _) => vec![gate],
-                    (false, WhenUnsure::Average) => all.to_vec(),
-                    (false, WhenUnsure::Defer(k)) => vec![k],
-                };
+                let (which, ensembled) = self.mode.deciders(all, top);
                 if !eager {
                     let rest: Vec<usize> = which.iter().copied().filter(|&i| i != gate).collect();
                     for i in all.iter().filter(|i| !which.contains(i)) {
@@ -190,7 +182,7 @@ impl Run<'_> {
                     }
                     self.evaluate(&rest)?;
                 }
-                (which, !confident, Some(top))
+                (which, ensembled, Some(top))
             }
         };
         let x = self.choose(&which, step)?;

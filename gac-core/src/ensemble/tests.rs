@@ -1,9 +1,9 @@
 //! Unit tests of the step loop on scripted members.
 
 use super::*;
-use crate::combine::Schedule;
 use crate::member::Message;
-use crate::pick::PickConfig;
+use crate::select::Schedule;
+use crate::select::{Draw, Sampling};
 use crate::testutil::ScriptedMember;
 use crate::union::UnionId;
 
@@ -103,11 +103,10 @@ fn greedy_on_heads_equals_dense_argmax() {
         ..Default::default()
     };
     let dense = GenerateOptions {
-        pick: PickConfig {
-            temperature: 1.0,
+        sampling: Sampling::Draw(Draw {
             top_k: 1,
-            ..PickConfig::default()
-        },
+            ..Draw::default()
+        }),
         ..greedy.clone()
     };
     assert_same_tokens_on_noisy_pairs(20, &greedy, &dense);
@@ -582,11 +581,11 @@ fn sampling_over_a_head_draws_only_from_the_head() {
     };
     let sampling = GenerateOptions {
         max_tokens: 20,
-        pick: PickConfig {
+        sampling: Sampling::Draw(Draw {
             temperature: 1.5,
             seed: 5,
-            ..PickConfig::default()
-        },
+            ..Draw::default()
+        }),
         ..Default::default()
     };
     let greedy = GenerateOptions {

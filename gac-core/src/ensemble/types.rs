@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use crate::combine::{Schedule, Weighting};
 use crate::member::Message;
-use crate::pick::PickConfig;
+use crate::select::Sampling;
+use crate::select::{Schedule, Weighting};
 use crate::union::UnionId;
 
 /// Options of one generation.
@@ -14,8 +14,8 @@ pub struct GenerateOptions {
     pub max_tokens: usize,
     /// Stop when the text contains one of these; the text is cut before it.
     pub stop: Vec<String>,
-    /// How to pick each token.
-    pub pick: PickConfig,
+    /// How each token is picked.
+    pub sampling: Sampling,
     /// Wrap the prompt in each member's own chat template (where it has one); see
     /// [`Encoder::encode_chat`](crate::Encoder::encode_chat).
     pub chat: bool,
@@ -37,7 +37,7 @@ impl Default for GenerateOptions {
         Self {
             max_tokens: 128,
             stop: Vec::new(),
-            pick: PickConfig::default(),
+            sampling: Sampling::Greedy,
             chat: false,
             union_top_k: None,
             schedule: Schedule::Lazy,

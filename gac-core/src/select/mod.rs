@@ -6,12 +6,15 @@
 //! reused from step to step: nothing proportional to a vocabulary is allocated per step.
 
 mod candidates;
+mod mode;
+mod sampling;
 mod stages;
 
 pub use candidates::{argmax, descending, Candidates, Filled, MemberInput, Scatter, HEAD_FLOOR};
+pub use mode::{Mode, Schedule, Weighting, WhenUnsure, DEFAULT_THRESHOLD};
+pub use sampling::{Draw, Sampling, SplitMix64, DEFAULT_TOP_K, DEFAULT_TOP_P};
 pub use stages::{Chooser, Stage, Stages, Temperature, TopK, TopP};
 
-use crate::pick::{PickConfig, SplitMix64};
 use crate::union::UnionId;
 
 /// A whole selection: how the members enter, the stages, and the chooser that ends it.
@@ -32,29 +35,27 @@ impl Chain {
         }
     }
 
-    /// gac's chain for a pick configuration: greedy (exact, deciding on the heads where it can)
-    /// or top-k, top-p, temperature and a seeded draw, in that order (llama.cpp's default
-    /// order); `union_top_k` combines only each member's k most probable tokens.
-    pub fn for_pick(pick: &PickConfig, union_top_k: Option<usize>) -> Self {
-        let greedy = pick.is_greedy();
-        let scatter = match (union_top_k, greedy) {
-            (Some(k), _) => Scatter::TopK(k),
-            (None, true) => Scatter::Heads,
-            (None, false) => Scatter::Full,
+    /// gac's chain for a sampling: greedy (exact, deciding on the heads where it can) or
+    /// top-k, top-p, temperature and a seeded draw, in that order (llama.cpp's default order);
+    /// `union_top_k` combines only each member's k most probable tokens.
+    pub fn for_sampling(sampling: &Sampling, union_top_k: Option<usize>) -> Self {
+        let (stages, chooser) = match sampling {
+            Sampling::Greedy => (Stages::default(), Chooser::Greedy),
+            Sampling::Draw(draw) => {
+                let stages: Vec<Box<dyn Stage>> = vec![
+                    Box::new(TopK(draw.top_k)),
+                    Box::new(TopP(draw.top_p)),
+                    Box::new(Temperature(draw.temperature)),
+                ];
+                (Stages(stages), Chooser::Draw(SplitMix64::new(draw.seed)))
+            }
         };
-        if greedy {
-            return Self::new(scatter, Stages::default(), Chooser::Greedy);
-        }
-        let stages: Vec<Box<dyn Stage>> = vec![
-            Box::new(TopK(pick.top_k)),
-            Box::new(TopP(pick.top_p)),
-            Box::new(Temperature(pick.temperature)),
-        ];
-        Self::new(
-            scatter,
-            Stages(stages),
-            Chooser::Draw(SplitMix64::new(pick.seed)),
-        )
+        let scatter = match (union_top_k, sampling) {
+            (Some(k), _) => Scatter::TopK(k),
+            (None, Sampling::Greedy) => Scatter::Heads,
+            (None, Sampling::Draw(_)) => Scatter::Full,
+        };
+        Self::new(scatter, stages, chooser)
     }
 
     /// Whether a greedy pick may be decided on the members' heads alone: the candidates then
@@ -97,8 +98,8 @@ impl Chain {
 mod tests {
     use super::*;
 
-    fn sampling(seed: u64) -> PickConfig {
-        PickConfig {
+    fn sampling(seed: u64) -> Draw {
+        Draw {
             temperature: 1.0,
             top_k: 0,
             top_p: 1.0,
@@ -128,8 +129,8 @@ mod tests {
         chain.select(candidates, &[input]).map(|u| u.0)
     }
 
-    fn draws(config: PickConfig, probs: &[f32], n: usize) -> Vec<u32> {
-        let mut chain = Chain::for_pick(&config, None);
+    fn draws(config: Draw, probs: &[f32], n: usize) -> Vec<u32> {
+        let mut chain = Chain::for_sampling(&Sampling::Draw(config), None);
         let mut candidates = Candidates::new(probs.len());
         (0..n)
             .map(|_| pick(&mut chain, &mut candidates, probs).unwrap())
@@ -139,14 +140,14 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax_lowest_on_ties() {
         for union_top_k in [None, Some(2)] {
-            let mut chain = Chain::for_pick(&PickConfig::default(), union_top_k);
+            let mut chain = Chain::for_sampling(&Sampling::Greedy, union_top_k);
             let mut c = Candidates::new(4);
             assert_eq!(pick(&mut chain, &mut c, &[0.1, 0.4, 0.4, 0.1]), Some(1));
             assert_eq!(pick(&mut chain, &mut c, &[0.0, 0.0, 0.0, 0.0]), None);
         }
         // Too flat for the heads to decide: the full distributions do, with the same rule.
         let flat = vec![1.0 / 5000.0; 5000];
-        let mut chain = Chain::for_pick(&PickConfig::default(), None);
+        let mut chain = Chain::for_sampling(&Sampling::Greedy, None);
         assert_eq!(pick(&mut chain, &mut Candidates::new(5000), &flat), Some(0));
     }
 
@@ -171,7 +172,7 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy() {
-        let config = PickConfig {
+        let config = Draw {
             top_k: 1,
             ..sampling(3)
         };
@@ -180,7 +181,7 @@ mod tests {
 
     #[test]
     fn top_p_cuts_the_tail() {
-        let config = PickConfig {
+        let config = Draw {
             top_p: 0.5,
             ..sampling(3)
         };
@@ -204,7 +205,7 @@ mod tests {
 
     #[test]
     fn low_temperature_concentrates_mass() {
-        let config = PickConfig {
+        let config = Draw {
             temperature: 0.05,
             ..sampling(1)
         };
@@ -260,7 +261,7 @@ mod tests {
                 folds: &folds,
             };
             let mut c = Candidates::new(3);
-            let chain = Chain::for_pick(&PickConfig::default(), None);
+            let chain = Chain::for_sampling(&Sampling::Greedy, None);
             chain.scatter(&mut c, &[input])
         };
         // The whole distribution listed: nothing is left out.

@@ -2,7 +2,7 @@
 //! a chain (greedy, seeded draw), in the manner of llama.cpp's sampler chain.
 
 use super::candidates::{descending, Candidates};
-use crate::pick::SplitMix64;
+use super::sampling::SplitMix64;
 
 /// A step of the chain that reads and narrows the candidates.
 pub trait Stage: std::fmt::Debug + Send {

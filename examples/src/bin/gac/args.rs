@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use gac_core::PickConfig;
+use gac_core::select::{Sampling, DEFAULT_TOP_K, DEFAULT_TOP_P};
 use gac_examples::config::{
     parse_when_unsure, EnsembleConfig, GateConfig, MemberConfig, Plan, RuntimeKind,
 };
@@ -30,7 +30,7 @@ pub struct EnsembleArgs {
     #[arg(
         long,
         value_name = "T",
-        default_value_t = gac_core::combine::DEFAULT_THRESHOLD,
+        default_value_t = gac_core::select::DEFAULT_THRESHOLD,
         requires = "gate",
         allow_negative_numbers = true
     )]
@@ -201,10 +201,10 @@ pub struct SamplingArgs {
     #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f32>,
     /// With sampling: keep only the K most probable union tokens (0 = all).
-    #[arg(long, value_name = "K", default_value_t = PickConfig::default().top_k)]
+    #[arg(long, value_name = "K", default_value_t = DEFAULT_TOP_K)]
     top_k: usize,
     /// With sampling: keep the most probable tokens up to this total probability.
-    #[arg(long, value_name = "P", default_value_t = PickConfig::default().top_p)]
+    #[arg(long, value_name = "P", default_value_t = DEFAULT_TOP_P)]
     top_p: f32,
     /// Seed of the sampler (the same seed gives the same output).
     #[arg(long, default_value_t = 0)]
@@ -212,14 +212,15 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// The pick configuration, with this temperature when none is given.
-    pub fn pick(&self, default_temperature: f32) -> PickConfig {
-        PickConfig {
-            temperature: self.temperature.unwrap_or(default_temperature),
-            top_k: self.top_k,
-            top_p: self.top_p,
-            seed: self.seed,
-        }
+    /// The sampling, with this temperature when none is given (checked).
+    pub fn sampling(&self, default_temperature: f32) -> Result<Sampling> {
+        let temperature = self.temperature.unwrap_or(default_temperature);
+        Ok(Sampling::at(
+            temperature,
+            self.top_k,
+            self.top_p,
+            self.seed,
+        )?)
     }
 }
 

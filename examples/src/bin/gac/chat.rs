@@ -55,12 +55,11 @@ impl Observer for Terminal {
 pub fn chat(args: ChatArgs, plan: Plan) -> Result<()> {
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
-        pick: args.sampling.pick(0.7),
+        sampling: args.sampling.sampling(0.7)?,
         schedule: plan.schedule,
         weighting: plan.weighting,
         ..GenerateOptions::default()
     };
-    options.pick.validate()?;
     // The cache across generations is what lets a turn evaluate only what it adds.
     let members = load_members(&plan.config.members, false, true)?;
     let mut ensemble = Ensemble::new(members, Some(plan.weights), plan.mode)?;

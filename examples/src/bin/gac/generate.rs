@@ -57,14 +57,13 @@ pub fn generate(args: GenerateArgs, plan: Plan) -> Result<()> {
     let options = GenerateOptions {
         max_tokens: args.max_tokens,
         stop: args.stops.clone(),
-        pick: args.sampling.pick(0.0),
+        sampling: args.sampling.sampling(0.0)?,
         chat: args.chat,
         union_top_k: args.union_top_k,
         schedule: plan.schedule,
         weighting: plan.weighting,
         logprobs: None,
     };
-    options.pick.validate()?;
     let members = load_members(&plan.config.members, args.json, false)?;
     if args.chat {
         for m in &members {

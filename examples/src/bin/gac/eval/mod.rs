@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gac_core::{Ensemble, Member};
+use gac_core::{Ensemble, Error, Member, Mode, Setting, WhenUnsure};
 use gac_examples::config::RuntimeKind;
 use gac_examples::eval::paired::RESAMPLES;
 use gac_examples::eval::plot::{plot_intervals, plot_points};
@@ -177,17 +177,28 @@ pub fn eval(args: EvalArgs, matches: &clap::ArgMatches) -> Result<()> {
         }
     }
     let plan = config.plan()?;
-    for &t in &args.thresholds {
-        if !(0.0..=1.0).contains(&t) {
-            bail!("invalid threshold: {t} is outside [0, 1]");
-        }
-    }
     let n = plan.config.members.len();
-    if let Some(g) = args.gates.iter().find(|&&g| g >= n) {
-        bail!(
-            "invalid --gate: member {g} does not exist (members are 0..{})",
-            n - 1
-        );
+    for &gate in args.gates.iter().chain(args.gates.is_empty().then_some(&0)) {
+        for &threshold in &args.thresholds {
+            let mode = Mode::Gated {
+                gate,
+                threshold,
+                when_unsure: WhenUnsure::Average,
+            };
+            if let Err(e) = gac_core::ensemble::validate(&plan.weights, &mode, n) {
+                match e {
+                    Error::Setting {
+                        setting: Setting::Gate,
+                        message,
+                    } => bail!("invalid --gate: {message}"),
+                    Error::Setting {
+                        setting: Setting::Threshold,
+                        message,
+                    } => bail!("invalid --threshold: {message}"),
+                    e => return Err(e.into()),
+                }
+            }
+        }
     }
     let mut results = Results::open(&args.out)?;
     let configs = configurations(&plan, &args)?;

@@ -1,13 +1,16 @@
 //! The OpenAI request bodies `gac serve` reads, and their validation into a [`Job`]: every
 //! value is checked before a slot is taken, and every error names the field at fault.
 
-use gac_core::combine::DEFAULT_THRESHOLD;
-use gac_core::{GenerateOptions, Message, Mode, PickConfig, WhenUnsure};
+use gac_core::select::{Sampling, DEFAULT_THRESHOLD, DEFAULT_TOP_K, DEFAULT_TOP_P};
+use gac_core::{GenerateOptions, Message, Mode, Setting, WhenUnsure};
 use gac_examples::config::parse_when_unsure;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::ApiError;
+
+/// A request's temperature where it gives none (llama-server's default; OpenAI's is 1).
+const DEFAULT_TEMPERATURE: f32 = 0.8;
 
 /// What the server is and what a request may ask of it.
 #[derive(Debug, Clone)]
@@ -377,26 +380,24 @@ impl Common {
         if stop.iter().any(String::is_empty) {
             return Err(invalid("stop", "a stop string is empty"));
         }
-        let pick = PickConfig {
-            temperature: self.temperature.unwrap_or(0.8),
-            top_k: self.top_k.unwrap_or(PickConfig::default().top_k),
-            top_p: self.top_p.unwrap_or(PickConfig::default().top_p),
-            seed: self.seed.unwrap_or_else(random_seed),
-        };
-        pick.validate()
-            .map_err(|e| core_field(&e, ["temperature", "top_p"]))?;
-        gac_core::ensemble::validate_union_top_k(self.union_top_k)
-            .map_err(|e| core_field(&e, ["union_top_k"]))?;
+        let sampling = Sampling::at(
+            self.temperature.unwrap_or(DEFAULT_TEMPERATURE),
+            self.top_k.unwrap_or(DEFAULT_TOP_K),
+            self.top_p.unwrap_or(DEFAULT_TOP_P),
+            self.seed.unwrap_or_else(random_seed),
+        )
+        .map_err(|e| core_field(&e))?;
+        gac_core::ensemble::validate_union_top_k(self.union_top_k).map_err(|e| core_field(&e))?;
         let weights = self.weights.unwrap_or_else(|| limits.weights.clone());
         gac_core::ensemble::validate(&weights, &mode, limits.members)
-            .map_err(|e| core_field(&e, ["weights", "gate", "threshold", "when_unsure"]))?;
+            .map_err(|e| core_field(&e))?;
         Ok(Job {
             kind,
             input,
             options: GenerateOptions {
                 max_tokens: max_tokens as usize,
                 stop,
-                pick,
+                sampling,
                 chat: false,
                 union_top_k: self.union_top_k,
                 schedule: limits.schedule,
@@ -447,14 +448,18 @@ impl Common {
     }
 }
 
-/// A gac-core validation error as a 400 naming the field it names (one of `fields`).
-fn core_field<const N: usize>(e: &gac_core::Error, fields: [&str; N]) -> ApiError {
+/// A gac-core validation error as a 400 naming the request field of its setting.
+fn core_field(e: &gac_core::Error) -> ApiError {
     let param = match e {
-        gac_core::Error::Config { field, .. } => fields
-            .iter()
-            .find(|f| field.contains(*f))
-            .copied()
-            .or_else(|| field.starts_with("member[").then_some("weights")),
+        gac_core::Error::Setting { setting, .. } => Some(match setting {
+            Setting::Temperature => "temperature",
+            Setting::TopP => "top_p",
+            Setting::UnionTopK => "union_top_k",
+            Setting::Weights | Setting::Weight(_) => "weights",
+            Setting::Gate => "gate",
+            Setting::Threshold => "threshold",
+            Setting::WhenUnsure => "when_unsure",
+        }),
         _ => None,
     };
     ApiError::invalid(param, e.to_string())
