@@ -35,7 +35,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use gac_core::ensemble::validate;
 use gac_core::{Error, Mode, Result, Schedule, Weighting, WhenUnsure};
@@ -44,23 +44,26 @@ use gac_core::{Error, Mode, Result, Schedule, Weighting, WhenUnsure};
 pub const MAX_TIMEOUT_SECS: f32 = 86_400.0;
 
 /// A whole ensemble: its members and, optionally, a gate.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EnsembleConfig {
     /// The ensemble's name as a served model (default: `gac`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The members, in order (`[[member]]` tables).
     #[serde(rename = "member", default)]
     pub members: Vec<MemberConfig>,
     /// Gated mode, if present.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateConfig>,
     /// `fixed` (default) or `confidence`: each member's weight times its top probability at
     /// each step.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub weighting: Option<String>,
 }
 
 /// Which inference runtime hosts a member.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
     /// llama.cpp through llama-cpp-2 (the default).
@@ -115,39 +118,48 @@ pub struct Plan {
 }
 
 /// One member: where its model is and where it runs.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
     /// Path to the model file (none for a remote member).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_empty")]
     pub path: PathBuf,
     /// The runtime that hosts it: `llamacpp` (default), `mistralrs` or `http`.
     #[serde(default)]
     pub runtime: RuntimeKind,
     /// A remote member's llama-server, `http://HOST:PORT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// A remote member's vocabulary: the GGUF file its server runs (read without weights) or a
     /// `tokenizer.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vocab: Option<PathBuf>,
     /// How many most probable tokens a remote member asks for each step (default 20; more when
     /// the generation's top-k union takes more).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub n_probs: Option<u32>,
     /// Seconds a remote member waits for one answer (default 60).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f32>,
     /// Weight in the average (>= 0).
     #[serde(default = "one")]
     pub weight: f32,
     /// GPU index to pin the member to; none = CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu: Option<i32>,
     /// Layers to offload to the GPU (default: all when `gpu` is set, none otherwise;
     /// llama.cpp only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_layers: Option<u32>,
     /// CPU threads for this member (llama.cpp only: mistral.rs uses one pool per process).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<i32>,
     /// Context window in tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<u32>,
     /// Hand back only this many most probable tokens, chosen inside llama.cpp's graph on the
     /// member's own device, instead of every logit (llama.cpp only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub device_top_k: Option<u32>,
 }
 
@@ -155,23 +167,33 @@ fn one() -> f32 {
     1.0
 }
 
+fn is_empty(path: &Path) -> bool {
+    path.as_os_str().is_empty()
+}
+
 /// The gate of paper Eq. 5.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GateConfig {
     /// Index of the gate member.
     pub member: usize,
-    /// Confidence threshold in [0, 1].
+    /// Confidence threshold in [0, 1] (default 0.5).
+    #[serde(default = "default_threshold")]
     pub threshold: f32,
     /// `average` (default) or `member:K`.
     #[serde(default = "average")]
     pub when_unsure: String,
     /// `lazy` or `eager` (default: eager when every member has a GPU of its own, else lazy).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
 }
 
 fn average() -> String {
     "average".to_string()
+}
+
+fn default_threshold() -> f32 {
+    gac_core::select::DEFAULT_THRESHOLD
 }
 
 impl MemberConfig {
@@ -311,7 +333,7 @@ impl MemberConfig {
                 return Err(Error::config(
                     field("n_probs"),
                     format!(
-                        "{k} is above {}, the most --union-top-k takes too",
+                        "{k} is above {} (the most tokens a step may ask for, as for the top-k union)",
                         gac_core::ensemble::MAX_UNION_TOP_K
                     ),
                 ))
@@ -350,6 +372,12 @@ impl EnsembleConfig {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// This configuration as a TOML file that [`EnsembleConfig::from_file`] reads back the
+    /// same (relative paths are then read from the file's folder).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::config("configuration", e.to_string()))
     }
 
     /// Checks every value once and types the settings: what every subcommand runs.
@@ -677,5 +705,37 @@ mod tests {
             let err = parse(toml).unwrap_err().to_string();
             assert!(err.contains(needle), "{toml:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_configuration_written_as_toml_reads_back_the_same() {
+        let dir = std::env::temp_dir().join(format!("gac-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = EnsembleConfig {
+            name: Some("tuned".into()),
+            members: vec![
+                MemberConfig {
+                    weight: 0.75,
+                    threads: Some(1),
+                    ..MemberConfig::new(dir.join("a.gguf"))
+                },
+                MemberConfig {
+                    vocab: Some(dir.join("b.gguf")),
+                    n_probs: Some(30),
+                    ..MemberConfig::remote("http://127.0.0.1:8080")
+                },
+            ],
+            gate: Some(GateConfig {
+                member: 1,
+                threshold: 0.3,
+                when_unsure: "member:0".into(),
+                schedule: None,
+            }),
+            weighting: Some("confidence".into()),
+        };
+        let path = dir.join("tuned.toml");
+        std::fs::write(&path, config.to_toml().unwrap()).unwrap();
+        assert_eq!(EnsembleConfig::from_file(&path).unwrap(), config);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,8 +5,8 @@ use std::process::Command;
 
 use gac_examples::eval::tasks::{bigbench_tasks, expand_tasks, DataPaths};
 use gac_examples::eval::{
-    extract, is_correct, letter_skew, load_task, sample, table, Example, Record, Results, Target,
-    TASKS,
+    extract, is_correct, letter_skew, load_task, sample, sample_at, table, Example, Record,
+    Results, Target, TASKS,
 };
 use gac_tests::{asset, bigbench_sample, cache, scratch, GEMMA, SMOLLM};
 
@@ -515,6 +515,13 @@ fn samples_are_deterministic_and_disjoint() {
     assert!(shots.iter().all(|s| !a.contains(s)));
     let (all, shots) = sample(5, 50, 3, 1);
     assert_eq!((all.len(), shots.len()), (2, 3));
+    // Past an offset of limit + shots: none of the first run's questions or shots.
+    let (later, later_shots) = sample_at(100, 13, 20, 3, 7);
+    assert_eq!((later.len(), later_shots.len()), (20, 3));
+    let seen: Vec<usize> = a.iter().chain(&shots).copied().collect();
+    assert!(later.iter().chain(&later_shots).all(|i| !seen.contains(i)));
+    assert_eq!(sample_at(100, 0, 10, 3, 7), sample(100, 10, 3, 7));
+    assert_eq!(sample_at(10, 20, 5, 2, 7), (vec![], vec![]));
 }
 
 #[test]
@@ -964,4 +971,96 @@ fn the_screen_runs_members_alone_on_every_matching_task() {
     let records = std::fs::read_to_string(&out).unwrap();
     assert_eq!(records.lines().count(), 12);
     assert!(records.lines().all(|l| l.contains("\"config\":\"member:")));
+}
+
+#[test]
+fn tune_recommends_with_evidence_resumes_and_its_file_runs_as_is() {
+    // Twelve short questions of the user's own, so that the test stays quick.
+    let questions: String = (1..=12)
+        .map(|i| {
+            format!(
+                "{{\"question\": \"What is {i} plus {i}?\", \"answer\": \"{}\"}}\n",
+                2 * i
+            )
+        })
+        .collect();
+    let task = scratch("sums.jsonl", &questions);
+    let (out, written) = (scratch("tune.jsonl", ""), scratch("tuned.toml", ""));
+    let (smollm, gemma) = (asset(SMOLLM), asset(GEMMA));
+    let tune = || {
+        let run = Command::new(env!("CARGO_BIN_EXE_gac"))
+            .arg("tune")
+            .arg("--model")
+            .arg(&smollm)
+            .arg("--model")
+            .arg(&gemma)
+            .arg("--task")
+            .arg(format!("jsonl:{}", task.display()))
+            .args(["--select", "4", "--confirm", "4", "--shots", "2"])
+            .args(["--threshold", "0.5", "--max-tokens", "4"])
+            .arg("--out")
+            .arg(&out)
+            .arg("--write")
+            .arg(&written)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "{stderr}");
+        (stdout, stderr)
+    };
+    let (stdout, stderr) = tune();
+    for want in [
+        "| member:0 |",
+        "| member:1 |",
+        "| average |",
+        "| average:learned |",
+        "| gated:0.5:gate=1 |",
+        "better member",
+        "Recommended: ",
+        "--offset 10",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing:\n{stdout}");
+    }
+    // Resumed from the results file: nothing is generated again, the same advice.
+    let (again, stderr_again) = tune();
+    assert!(!stderr_again.contains("answered in"), "{stderr_again}");
+    assert_eq!(again, stdout, "{stderr}");
+
+    // The file is a --config with its evidence, and it runs as the configuration it names.
+    let text = std::fs::read_to_string(&written).unwrap();
+    assert!(text.starts_with("# Chosen by gac tune on 20"), "{text}");
+    assert!(text.contains("# Evidence: "), "{text}");
+    let config = gac_examples::config::EnsembleConfig::from_file(&written).unwrap();
+    let mut flags: Vec<String> = Vec::new();
+    for m in &config.members {
+        flags.extend(["--model".into(), m.path.display().to_string()]);
+        flags.extend(["--weight".into(), m.weight.to_string()]);
+        flags.extend(["--threads".into(), "1".into()]);
+    }
+    if let Some(gate) = &config.gate {
+        flags.extend(["--gate".into(), gate.member.to_string()]);
+        flags.extend(["--threshold".into(), gate.threshold.to_string()]);
+        flags.extend(["--when-unsure".into(), gate.when_unsure.clone()]);
+    }
+    if let Some(w) = &config.weighting {
+        flags.extend(["--weighting".into(), w.clone()]);
+    }
+    let generate = |how: &[String]| {
+        let run = Command::new(env!("CARGO_BIN_EXE_gac"))
+            .args(["generate", "-q", "--max-tokens", "12"])
+            .args(how)
+            .arg("What is 7 plus 7?")
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        String::from_utf8(run.stdout).unwrap()
+    };
+    let as_file = generate(&["--config".into(), written.display().to_string()]);
+    assert!(!as_file.is_empty());
+    assert_eq!(as_file, generate(&flags), "{text}");
 }

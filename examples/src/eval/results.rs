@@ -290,11 +290,18 @@ fn mean(values: &[f64]) -> f64 {
     }
 }
 
-/// `n` examples kept apart from [`sample`]'s (neither evaluated nor shown), from the same order:
-/// fewer when the task has too few questions.
-pub fn held_out(len: usize, limit: usize, shots: usize, n: usize, seed: u64) -> Vec<usize> {
-    let (chosen, shown) = sample(len, limit, shots, seed);
-    let taken = chosen.len() + shown.len();
+/// `n` examples kept apart from [`sample_at`]'s (neither evaluated nor shown, nor skipped by
+/// its `offset`), from the same order: fewer when the task has too few questions.
+pub fn held_out(
+    len: usize,
+    offset: usize,
+    limit: usize,
+    shots: usize,
+    n: usize,
+    seed: u64,
+) -> Vec<usize> {
+    let (chosen, shown) = sample_at(len, offset, limit, shots, seed);
+    let taken = offset.min(len) + chosen.len() + shown.len();
     let mut order = sample(len, len, 0, seed).0;
     order.truncate((taken + n).min(len));
     order.split_off(taken.min(order.len()))
@@ -302,13 +309,28 @@ pub fn held_out(len: usize, limit: usize, shots: usize, n: usize, seed: u64) -> 
 
 /// Picks `limit` examples to evaluate and `shots` others to show, deterministically for a seed.
 pub fn sample(len: usize, limit: usize, shots: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    sample_at(len, 0, limit, shots, seed)
+}
+
+/// [`sample`] past the first `offset` examples of the same order (which it neither evaluates
+/// nor shows): with `offset` at least an earlier run's `limit + shots`, questions that run
+/// never saw. Fewer, or none, when the task has too few questions.
+pub fn sample_at(
+    len: usize,
+    offset: usize,
+    limit: usize,
+    shots: usize,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
     let mut order: Vec<usize> = (0..len).collect();
     let mut rng = SplitMix64::new(seed);
     for i in (1..len).rev() {
         order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
-    let shots = shots.min(len.saturating_sub(1));
-    let limit = limit.min(len - shots);
+    let mut order = order.split_off(offset.min(len));
+    let rest = order.len();
+    let shots = shots.min(rest.saturating_sub(1));
+    let limit = limit.min(rest - shots);
     let shot_ids = order[limit..limit + shots].to_vec();
     order.truncate(limit);
     (order, shot_ids)

@@ -45,18 +45,25 @@ impl Default for Draw {
 
 impl Sampling {
     /// What a temperature means with these settings (a command line's or a request's):
-    /// greedy at 0, where top-k, top-p and the seed play no part, else a draw; checked.
+    /// greedy at 0, where top-k and the seed play no part, else a draw. Every value is
+    /// checked, top-p too.
     pub fn at(temperature: f32, top_k: usize, top_p: f32, seed: u64) -> Result<Self> {
+        if !temperature.is_finite() || temperature < 0.0 {
+            return Err(Error::setting(
+                Setting::Temperature,
+                format!("{temperature} is not a number >= 0"),
+            ));
+        }
+        check_top_p(top_p)?;
+        if temperature < 1e-7 {
+            return Ok(Sampling::Greedy);
+        }
         let draw = Draw {
             temperature,
             top_k,
             top_p,
             seed,
         };
-        check_top_p(top_p)?;
-        if temperature.is_finite() && (0.0..1e-7).contains(&temperature) {
-            return Ok(Sampling::Greedy);
-        }
         let sampling = Sampling::Draw(draw);
         sampling.validate()?;
         Ok(sampling)
@@ -70,7 +77,7 @@ impl Sampling {
         if !draw.temperature.is_finite() || draw.temperature <= 0.0 {
             return Err(Error::setting(
                 Setting::Temperature,
-                format!("{} is not a number >= 0", draw.temperature),
+                format!("{} is not a number > 0", draw.temperature),
             ));
         }
         check_top_p(draw.top_p)

@@ -1,5 +1,5 @@
-//! The flags that describe an ensemble (members, per-member placement, gate), shared by
-//! `gac generate` and `gac serve`; per-member flags bind to the `--model` they follow.
+//! The flags that describe an ensemble (members, per-member placement, gate), shared by the
+//! subcommands that run one; per-member flags bind to the `--model` they follow.
 
 use std::path::{Path, PathBuf};
 

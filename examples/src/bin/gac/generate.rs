@@ -64,6 +64,7 @@ pub fn generate(args: GenerateArgs, plan: Plan) -> Result<()> {
         weighting: plan.weighting,
         logprobs: None,
     };
+    gac_core::ensemble::validate_union_top_k(args.union_top_k)?;
     let members = load_members(&plan.config.members, args.json, false)?;
     if args.chat {
         for m in &members {
@@ -97,7 +98,7 @@ pub fn generate(args: GenerateArgs, plan: Plan) -> Result<()> {
         if std::io::stdout().is_terminal() || !generation.text.ends_with('\n') {
             writeln!(out)?;
         }
-        if !super::quiet() {
+        if !crate::progress::quiet() {
             print_stats(&generation);
         }
     }

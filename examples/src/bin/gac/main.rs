@@ -35,14 +35,6 @@ struct Cli {
     command: Command,
 }
 
-/// Set by `-q`: status lines are left out.
-static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether `-q` asked for results and errors only.
-pub(crate) fn quiet() -> bool {
-    QUIET.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// Routes `tracing` events (gac's dependencies', and llama.cpp's through llama-cpp-2) to
 /// stderr at the level the flags ask for; none by default.
 fn init_logs(verbose: u8) {
@@ -85,6 +77,14 @@ enum Command {
         after_help = "Examples:\n  gac eval --model a.gguf --model b.gguf --task boolq --task piqa --limit 100\n  gac eval --config ensemble.toml --task bigbench:date_understanding --shots 3 --out results.jsonl"
     )]
     Eval(eval::EvalArgs),
+    /// Choose, from your own questions, the configuration of these members that helps, or be
+    /// told that none does: members alone and candidate ensembles race on a selection sample,
+    /// the winner is checked against the better member on other questions, and the
+    /// recommendation is written as a --config file.
+    #[command(
+        after_help = "Examples:\n  gac tune --model a.gguf --model b.gguf --task jsonl:my-questions.jsonl\n  gac tune --model a.gguf --model b.gguf --task boolq --task piqa --select 60 --confirm 100 --write tuned.toml\n  gac generate --config tuned.toml \"prompt\""
+    )]
+    Tune(eval::TuneArgs),
     /// Talk with the ensemble: a multi-turn chat in the terminal (each turn through every
     /// member's chat template; members keep their cache across turns).
     #[command(
@@ -127,7 +127,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_logs(cli.verbose);
-    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
+    progress::set_quiet(cli.quiet);
     let result = match cli.command {
         Command::Generate(args) => {
             plan_of(&matches, "generate", &args.ensemble).and_then(|c| generate::generate(args, c))
@@ -144,6 +144,12 @@ fn main() -> ExitCode {
         }
         Command::Vocab(args) => vocab::vocab(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Tune(args) => eval::tune(
+            args,
+            matches
+                .subcommand_matches("tune")
+                .expect("the subcommand that was parsed"),
+        ),
         Command::Eval(args) => eval::eval(
             args,
             matches

@@ -53,10 +53,7 @@ pub(crate) fn llama_options(m: &MemberConfig, prompt_cache: bool) -> LlamaOption
 
 /// A llama.cpp member with a context of its own.
 pub(crate) fn llama(m: &MemberConfig, prompt_cache: bool) -> Result<LlamaMember> {
-    let options = llama_options(m, prompt_cache);
-    let model = gac_llamacpp::load_model(&m.path, &options)?;
-    let name = gac_core::gguf::model_name(&m.path);
-    Ok(LlamaMember::with_model(name, model, &m.path, &options)?)
+    Ok(LlamaMember::load(&m.path, &llama_options(m, prompt_cache))?)
 }
 
 /// A mistral.rs member's options from its configuration.
@@ -125,7 +122,7 @@ pub(crate) fn load_slots(
 ) -> Result<Vec<Vec<Box<dyn Member>>>> {
     let slots = loading.slots.max(1);
     let mut sets: Vec<Vec<Box<dyn Member>>> = (0..slots).map(|_| Vec::new()).collect();
-    let show = !loading.quiet && !crate::quiet();
+    let show = !loading.quiet && !progress::quiet();
     for (i, m) in members.iter().enumerate() {
         let t = Instant::now();
         let what = || format!("member {i} ({}, {})", m.place(), m.runtime.label());

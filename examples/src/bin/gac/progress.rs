@@ -26,3 +26,16 @@ pub fn spinner(message: String) -> ProgressBar {
     spinner.enable_steady_tick(Duration::from_millis(100));
     spinner
 }
+
+/// Set by `-q`: status lines are left out.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `-q` asked for results and errors only.
+pub(crate) fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sets what [`quiet`] answers (from `-q`).
+pub(crate) fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}

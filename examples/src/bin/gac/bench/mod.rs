@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use gac_core::{Encoder, Ensemble, GenerateOptions, Member, Mode, Schedule, Stats, WhenUnsure};
-use gac_examples::config::{MemberConfig, RuntimeKind};
+use gac_examples::config::{EnsembleConfig, MemberConfig, RuntimeKind};
 use gac_llamacpp::LlamaMember;
 use mistralrs_core::{MistralRs, NormalRequest, Request, RequestMessage, Response, SamplingParams};
 
@@ -31,7 +31,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64)]
     tokens: usize,
     /// Gate thresholds to measure (gate = member 0).
-    #[arg(long = "threshold", value_name = "T", default_values_t = vec![0.5])]
+    #[arg(long = "threshold", value_name = "T", default_values_t = vec![gac_core::select::DEFAULT_THRESHOLD])]
     thresholds: Vec<f32>,
     /// CPU threads per llama.cpp member.
     #[arg(long, default_value_t = 1)]
@@ -181,6 +181,22 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             threads: Some(args.threads),
             ..member_flag(flag)?
         });
+    }
+    // Every value checked before anything loads, as for the other subcommands.
+    let plan = EnsembleConfig {
+        name: None,
+        members: configs.clone(),
+        gate: None,
+        weighting: None,
+    }
+    .plan()?;
+    for &threshold in &args.thresholds {
+        let mode = Mode::Gated {
+            gate: 0,
+            threshold,
+            when_unsure: WhenUnsure::Average,
+        };
+        gac_core::ensemble::validate(&plan.weights, &mode, configs.len())?;
     }
     if !args.remotes.is_empty() {
         return remote::remote_members(&args, &configs, &prompts);

@@ -62,8 +62,11 @@ pub(super) fn configurations(plan: &Plan, args: &EvalArgs) -> Result<Vec<Config>
         c
     };
     for &k in &args.union_top_ks {
-        gac_core::ensemble::validate_union_top_k(Some(k))
-            .map_err(|e| anyhow::anyhow!("invalid --union-top-k: {e}"))?;
+        if let Err(gac_core::Error::Setting { message, .. }) =
+            gac_core::ensemble::validate_union_top_k(Some(k))
+        {
+            bail!("invalid --union-top-k: {message}");
+        }
     }
     // A value given twice would count every question twice and narrow the intervals.
     for (flag, values) in [
@@ -194,7 +197,7 @@ fn gated_name(mode: Mode) -> String {
 }
 
 /// Everything besides the question that decides an answer, as a fingerprint.
-fn setup_fingerprint(
+pub(super) fn setup_fingerprint(
     config: &EnsembleConfig,
     members: &[usize],
     weights: &Option<Vec<f32>>,

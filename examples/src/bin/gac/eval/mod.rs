@@ -5,18 +5,22 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gac_core::{Ensemble, Error, Member, Mode, Setting, WhenUnsure};
-use gac_examples::config::RuntimeKind;
+use gac_examples::config::{Plan, RuntimeKind};
 use gac_examples::eval::paired::RESAMPLES;
 use gac_examples::eval::plot::{plot_intervals, plot_points};
 use gac_examples::eval::screen::{screen, screen_table};
 use gac_examples::eval::tasks::{chance, expand_tasks, DataPaths};
 use gac_examples::eval::{
-    compare, letter_skew, load_task, paired_table, points, sample, summaries, table, Results, Task,
+    compare, letter_skew, load_task, paired_table, points, sample_at, summaries, table, Results,
+    Task,
 };
 
 mod configs;
 mod list;
 mod run;
+mod tune;
+
+pub use tune::{tune, TuneArgs};
 
 use configs::configurations;
 use list::list_tasks;
@@ -49,6 +53,10 @@ pub struct EvalArgs {
     /// Examples per task.
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// Skip the first N examples of each task's sampled order: with the number `gac tune`
+    /// prints, questions (and shots) it never saw.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    offset: usize,
     /// Answered examples shown before each question.
     #[arg(long, default_value_t = 3)]
     shots: usize,
@@ -144,11 +152,16 @@ fn data_paths(args: &EvalArgs) -> DataPaths {
     DataPaths::new(dir, args.bigbench.clone())
 }
 
-pub fn eval(args: EvalArgs, matches: &clap::ArgMatches) -> Result<()> {
-    if args.list_tasks {
-        return list_tasks(&args);
-    }
-    let data = data_paths(&args);
+/// What a run evaluates: its tasks and the checked ensemble plan (the flags bound to their
+/// members, the gate and threshold flags checked by gac-core).
+pub(super) struct Prepared {
+    pub(super) tasks: Vec<Task>,
+    pub(super) plan: Plan,
+}
+
+/// Reads the tasks and builds the plan of an eval (or tune) run.
+pub(super) fn prepare(args: &EvalArgs, matches: &clap::ArgMatches) -> Result<Prepared> {
+    let data = data_paths(args);
     let tasks: Vec<Task> = expand_tasks(&args.tasks, &data)?
         .iter()
         .map(|t| load_task(t, &data, args.seed))
@@ -200,6 +213,15 @@ pub fn eval(args: EvalArgs, matches: &clap::ArgMatches) -> Result<()> {
             }
         }
     }
+    Ok(Prepared { tasks, plan })
+}
+
+pub fn eval(args: EvalArgs, matches: &clap::ArgMatches) -> Result<()> {
+    if args.list_tasks {
+        return list_tasks(&args);
+    }
+    let Prepared { tasks, plan } = prepare(&args, matches)?;
+    let n = plan.config.members.len();
     let mut results = Results::open(&args.out)?;
     let configs = configurations(&plan, &args)?;
     let mut slots: Vec<Option<Box<dyn Member>>> =
@@ -228,7 +250,15 @@ pub fn eval(args: EvalArgs, matches: &clap::ArgMatches) -> Result<()> {
             .collect();
         let mut ensemble = Ensemble::new(members, c.weights.clone(), c.mode)?;
         let per_task = c.learned.then_some(&learned[..]);
-        let scored = |t: &Task| sample(t.examples.len(), args.limit, args.shots, args.seed);
+        let scored = |t: &Task| {
+            sample_at(
+                t.examples.len(),
+                args.offset,
+                args.limit,
+                args.shots,
+                args.seed,
+            )
+        };
         let outcome = run_config(
             &mut ensemble,
             c,

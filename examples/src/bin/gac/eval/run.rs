@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::Result;
 use gac_core::{Ensemble, GenerateOptions, Member, Mode};
 use gac_examples::eval::{
-    extract, fingerprint, held_out, is_correct, sample, Record, Results, Task,
+    extract, fingerprint, held_out, is_correct, sample_at, Record, Results, Task,
 };
 
 use super::configs::Config;
@@ -16,7 +16,7 @@ use crate::progress;
 pub(super) const STOPS: [&str; 2] = ["\n\n", "Question:"];
 
 /// Which questions of a task to ask, and which to show as shots.
-type Questions<'a> = dyn Fn(&Task) -> (Vec<usize>, Vec<usize>) + 'a;
+pub(super) type Questions<'a> = dyn Fn(&Task) -> (Vec<usize>, Vec<usize>) + 'a;
 
 /// Evaluates one configuration on every task's sample; returns the sample's records, those of
 /// earlier runs of the same setup reused. A failed generation is recorded as such and the run
@@ -121,11 +121,9 @@ pub(super) fn learn_weights(
 ) -> Result<Vec<Vec<f32>>> {
     let questions = |t: &Task| {
         let len = t.examples.len();
-        let shots = sample(len, args.limit, args.shots, args.seed).1;
-        (
-            held_out(len, args.limit, args.shots, held, args.seed),
-            shots,
-        )
+        let shots = sample_at(len, args.offset, args.limit, args.shots, args.seed).1;
+        let held = held_out(len, args.offset, args.limit, args.shots, held, args.seed);
+        (held, shots)
     };
     let mut weights = vec![Vec::new(); tasks.len()];
     let mut asked = vec![0; tasks.len()];

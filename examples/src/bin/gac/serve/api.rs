@@ -449,7 +449,7 @@ impl Common {
 }
 
 /// A gac-core validation error as a 400 naming the request field of its setting.
-fn core_field(e: &gac_core::Error) -> ApiError {
+pub(super) fn core_field(e: &gac_core::Error) -> ApiError {
     let param = match e {
         gac_core::Error::Setting { setting, .. } => Some(match setting {
             Setting::Temperature => "temperature",

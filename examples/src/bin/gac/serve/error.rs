@@ -132,6 +132,7 @@ impl From<gac_core::Error> for ApiError {
                 ApiError::invalid(Some("messages"), e.to_string())
             }
             E::Config { .. } => ApiError::invalid(None, e.to_string()),
+            E::Setting { .. } => super::api::core_field(&e),
             _ => ApiError::internal(e.to_string()),
         }
     }

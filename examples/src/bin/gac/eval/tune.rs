@@ -1,0 +1,554 @@
+//! `gac tune`: chooses, from the user's own questions, the configuration that helps, or says
+//! that none does.
+//!
+//! Each task's questions are drawn in one seeded order: the first `--select` are the selection
+//! sample, the next `--confirm` the confirmation sample, the next `--shots` the shots. On the
+//! selection sample every member runs alone and the candidate ensembles race by successive
+//! halving (a quarter of the sample, then half, then all; the better half goes on each time).
+//! The winner then answers the confirmation sample beside the better member, paired question
+//! by question. An ensemble is recommended only when the lower end of the 95% paired interval
+//! of its gain is above 0; otherwise the better member alone.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use gac_core::{Ensemble, Member, Mode, Weighting};
+use gac_examples::config::{EnsembleConfig, GateConfig, Plan};
+use gac_examples::eval::paired::{paired, Paired};
+use gac_examples::eval::{sample_at, Record, Results, Task};
+
+use super::configs::{configurations, setup_fingerprint, Config};
+use super::run::run_config;
+use super::{prepare, EvalArgs, Prepared};
+use crate::args::{MemberArgs, RemoteArgs};
+
+#[derive(Args, Debug)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    members: MemberArgs,
+    #[command(flatten)]
+    remote: RemoteArgs,
+    /// Tasks (repeatable), as for `gac eval`: your own questions as jsonl:PATH, or built-in.
+    #[arg(long = "task", value_name = "NAME", required = true)]
+    tasks: Vec<String>,
+    /// Folder with the fetched benchmark data (default: $GAC_CACHE/data, or .cache/data).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// A checkout of the BIG-bench repository, for bigbench:NAME tasks.
+    #[arg(long, value_name = "PATH")]
+    bigbench: Option<PathBuf>,
+    /// Questions per task on which the candidates are compared (the selection sample).
+    #[arg(long, value_name = "N", default_value_t = 60)]
+    select: usize,
+    /// Other questions per task on which the winner is checked against the better member (the
+    /// confirmation sample).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    confirm: usize,
+    /// Answered examples shown before each question.
+    #[arg(long, default_value_t = 3)]
+    shots: usize,
+    /// Seed of the question order.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Gate thresholds tried with each member as the gate.
+    #[arg(long = "threshold", value_name = "T", default_values_t = [0.3, 0.5, 0.7])]
+    thresholds: Vec<f32>,
+    /// Token limit per answer.
+    #[arg(long, default_value_t = 16)]
+    max_tokens: usize,
+    /// Results file (JSON lines, shared with `gac eval`: an answer already there is reused).
+    #[arg(long, value_name = "FILE", default_value = "gac-tune.jsonl")]
+    out: PathBuf,
+    /// Where the recommended configuration is written, for `--config`.
+    #[arg(long, value_name = "FILE", default_value = "gac-tuned.toml")]
+    write: PathBuf,
+    /// CPU threads per llama.cpp member.
+    #[arg(long, default_value_t = 1)]
+    threads: i32,
+    /// Context window per member, in tokens.
+    #[arg(long = "ctx", value_name = "TOKENS")]
+    context: Option<u32>,
+    /// Let llama.cpp members reuse the cached few-shot prefix of the previous question.
+    #[arg(long)]
+    prompt_cache: bool,
+}
+
+impl TuneArgs {
+    /// The `gac eval` run whose configurations and questions tune draws on.
+    fn eval_args(self) -> EvalArgs {
+        EvalArgs {
+            members: self.members,
+            remote: self.remote,
+            tasks: self.tasks,
+            list_tasks: false,
+            data: self.data,
+            bigbench: self.bigbench,
+            limit: self.select + self.confirm,
+            offset: 0,
+            shots: self.shots,
+            seed: self.seed,
+            thresholds: self.thresholds,
+            gates: Vec::new(),
+            defer: false,
+            union_top_ks: Vec::new(),
+            no_single: false,
+            confidence: true,
+            learn_weights: None,
+            screen: false,
+            max_gap: 0.0,
+            max_tokens: self.max_tokens,
+            out: self.out,
+            plot: None,
+            plot_paired: None,
+            summary: None,
+            threads: self.threads,
+            device_top_k: None,
+            context: self.context,
+            prompt_cache: self.prompt_cache,
+        }
+    }
+}
+
+/// One candidate's answers on the selection sample (and the confirmation sample, for the two
+/// compared there).
+struct Candidate {
+    config: Config,
+    selection: Vec<Record>,
+    /// The halving round it fell out in (1-based), if it did.
+    dropped: Option<usize>,
+    confirmation: Vec<Record>,
+}
+
+impl Candidate {
+    fn accuracy(records: &[Record]) -> Option<f64> {
+        let answered: Vec<&Record> = records.iter().filter(|r| r.error.is_none()).collect();
+        let right = answered.iter().filter(|r| r.correct).count();
+        (!answered.is_empty()).then(|| 100.0 * right as f64 / answered.len() as f64)
+    }
+
+    fn ms_per_token(&self) -> f64 {
+        let ok: Vec<f64> = (self.selection.iter())
+            .filter(|r| r.error.is_none() && r.tokens > 0)
+            .map(|r| r.ms_per_token)
+            .collect();
+        ok.iter().sum::<f64>() / ok.len().max(1) as f64
+    }
+
+    /// Higher accuracy first, then the faster.
+    fn rank(&self) -> (f64, f64) {
+        let accuracy = Self::accuracy(&self.selection).unwrap_or(-1.0);
+        (accuracy, -self.ms_per_token())
+    }
+}
+
+/// What tune recommends, by its rule.
+#[derive(Debug, PartialEq)]
+pub(super) enum Verdict {
+    /// The ensemble's gain over the better member holds on the confirmation sample.
+    Ensemble,
+    /// No ensemble was shown to help: the better member alone.
+    Member,
+}
+
+/// The rule that protects the user: an ensemble only where the 95% paired interval of its gain
+/// over the better member, on questions the choice never saw, lies above 0.
+pub(super) fn verdict(confirmed: Option<&Paired>) -> Verdict {
+    match confirmed {
+        Some(p) if p.low > 0.0 => Verdict::Ensemble,
+        _ => Verdict::Member,
+    }
+}
+
+pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
+    let (select, confirm, write) = (args.select, args.confirm, args.write.clone());
+    if select < 4 || confirm < 4 {
+        bail!("--select and --confirm need at least 4 questions each (got {select} and {confirm})");
+    }
+    let mut eval = args.eval_args();
+    let Prepared { tasks, plan } = prepare(&eval, matches)?;
+    let n = plan.config.members.len();
+    if n < 2 {
+        bail!("gac tune compares ensembles with their members: give at least two members");
+    }
+    eval.gates = (0..n).collect();
+    let mut results = Results::open(&eval.out)?;
+    let mut slots: Vec<Option<Box<dyn Member>>> =
+        crate::members::load_members(&plan.config.members, false, eval.prompt_cache)?
+            .into_iter()
+            .map(Some)
+            .collect();
+    // The seeded order of each task: selection, then confirmation, then shots.
+    let orders: HashMap<String, (Vec<usize>, Vec<usize>)> = tasks
+        .iter()
+        .map(|t| {
+            let order = sample_at(t.examples.len(), 0, select + confirm, eval.shots, eval.seed);
+            (t.name.clone(), order)
+        })
+        .collect();
+    let questions = |from: usize, to: usize| {
+        let orders = &orders;
+        move |t: &Task| {
+            let (order, shots) = &orders[&t.name];
+            let (from, to) = (from.min(order.len()), to.min(order.len()));
+            (order[from..to].to_vec(), shots.clone())
+        }
+    };
+    let mut run = |config: &Config, from: usize, to: usize| -> Result<Vec<Record>> {
+        let members: Vec<Box<dyn Member>> = (config.members.iter())
+            .map(|&i| slots[i].take().expect("member in its slot"))
+            .collect();
+        let mut ensemble = Ensemble::new(members, config.weights.clone(), config.mode)?;
+        let records = run_config(
+            &mut ensemble,
+            config,
+            &tasks,
+            &eval,
+            &mut results,
+            &questions(from, to),
+            None,
+        );
+        for (&i, m) in config.members.iter().zip(ensemble.into_members()) {
+            slots[i] = Some(m);
+        }
+        records
+    };
+
+    // Each member alone on the whole selection sample, then the ensembles race.
+    let mut members = Vec::new();
+    let mut candidates = Vec::new();
+    for config in configurations(&plan, &eval)? {
+        match config.members.len() {
+            1 => members.push(config),
+            _ => candidates.push(config),
+        }
+    }
+    let mut alone: Vec<Candidate> = Vec::new();
+    for config in members {
+        let selection = run(&config, 0, select)?;
+        alone.push(Candidate {
+            config,
+            selection,
+            dropped: None,
+            confirmation: Vec::new(),
+        });
+    }
+    candidates.push(learned(&plan, &eval, &alone));
+    let mut racing: Vec<Candidate> = candidates
+        .into_iter()
+        .map(|config| Candidate {
+            config,
+            selection: Vec::new(),
+            dropped: None,
+            confirmation: Vec::new(),
+        })
+        .collect();
+    let rounds = [select.div_ceil(4), select.div_ceil(2), select];
+    for (round, &upto) in rounds.iter().enumerate() {
+        let mut alive: Vec<&mut Candidate> =
+            racing.iter_mut().filter(|c| c.dropped.is_none()).collect();
+        for c in alive.iter_mut() {
+            c.selection = run(&c.config, 0, upto)?;
+        }
+        if upto == select {
+            break;
+        }
+        alive.sort_by(|a, b| b.rank().partial_cmp(&a.rank()).expect("finite"));
+        let keep = alive.len().div_ceil(2);
+        let cut = alive[keep - 1].rank().0;
+        for c in alive.into_iter().skip(keep) {
+            if c.rank().0 < cut {
+                c.dropped = Some(round + 1);
+            }
+        }
+    }
+    let best_of = |list: &[Candidate]| {
+        (0..list.len())
+            .filter(|&i| list[i].dropped.is_none())
+            .max_by(|&a, &b| list[a].rank().partial_cmp(&list[b].rank()).expect("finite"))
+            .expect("a candidate")
+    };
+    let (m, e) = (best_of(&alone), best_of(&racing));
+    let ahead = racing[e].rank().0 > alone[m].rank().0;
+    // The confirmation sample, where the winner led: it and the better member, paired.
+    let mut confirmed = None;
+    if ahead {
+        alone[m].confirmation = run(&alone[m].config, select, select + confirm)?;
+        racing[e].confirmation = run(&racing[e].config, select, select + confirm)?;
+        confirmed = Some(pair(&racing[e], &alone[m], "all", eval.seed));
+    }
+    let verdict = verdict(confirmed.as_ref());
+    report(
+        &alone,
+        &racing,
+        (m, e),
+        confirmed.as_ref(),
+        &tasks,
+        eval.seed,
+    );
+    let (chosen, evidence) = match verdict {
+        Verdict::Ensemble => {
+            let p = confirmed.as_ref().expect("an ensemble is confirmed");
+            println!(
+                "\nRecommended: {} (ahead of {} alone by {:+.1} points on {} questions it was not chosen on, 95% interval {:+.1} to {:+.1}, McNemar p {:.3}).",
+                racing[e].config.name, alone[m].config.name, p.difference, p.n, p.low, p.high, p.p_value
+            );
+            (&racing[e].config, format!("{} ahead of {} alone by {:+.1} points (95% paired interval {:+.1} to {:+.1}, McNemar p {:.3}, n = {})", racing[e].config.name, alone[m].config.name, p.difference, p.low, p.high, p.p_value, p.n))
+        }
+        Verdict::Member => {
+            let why = match &confirmed {
+                Some(p) => format!(
+                    "the best ensemble, {}, was {:+.1} points against it on the confirmation sample (95% interval {:+.1} to {:+.1}): not shown to help",
+                    racing[e].config.name, p.difference, p.low, p.high
+                ),
+                None => format!(
+                    "no ensemble was ahead of it on the selection sample (the best, {}, {:.1}% against {:.1}%)",
+                    racing[e].config.name,
+                    racing[e].rank().0,
+                    alone[m].rank().0
+                ),
+            };
+            let name = &plan.config.members[alone[m].config.members[0]];
+            println!(
+                "\nRecommended: no ensemble of these members helps on these questions; use {} alone ({}): {why}.",
+                alone[m].config.name,
+                name.place()
+            );
+            (
+                &alone[m].config,
+                format!("{} alone: {why}", alone[m].config.name),
+            )
+        }
+    };
+    let toml = tuned_toml(&plan, chosen, &tasks, (select, confirm), &eval, &evidence)?;
+    std::fs::write(&write, toml).with_context(|| format!("cannot write {}", write.display()))?;
+    println!(
+        "Written to {}: run it with `gac generate --config {0}` (or chat, serve).",
+        write.display()
+    );
+    let task_flags: String = eval.tasks.iter().map(|t| format!(" --task {t}")).collect();
+    println!(
+        "To score it on questions tune never saw: gac eval --config {}{task_flags} --shots {} --seed {} --offset {} --limit N",
+        write.display(),
+        eval.shots,
+        eval.seed,
+        select + confirm + eval.shots
+    );
+    Ok(())
+}
+
+/// The average with each member weighted by its accuracy on the selection sample (plus 0.01,
+/// so that none is 0).
+fn learned(plan: &Plan, eval: &EvalArgs, alone: &[Candidate]) -> Config {
+    let weights: Vec<f32> = alone
+        .iter()
+        .map(|c| (Candidate::accuracy(&c.selection).unwrap_or(0.0) / 100.0) as f32 + 0.01)
+        .collect();
+    let all: Vec<usize> = (0..alone.len()).collect();
+    let weights = Some(weights);
+    let setup = setup_fingerprint(
+        &plan.config,
+        &all,
+        &weights,
+        (Mode::Average, plan.schedule),
+        None,
+        eval,
+    );
+    Config {
+        name: "average:learned".into(),
+        members: all,
+        weights,
+        mode: Mode::Average,
+        schedule: plan.schedule,
+        union_top_k: None,
+        weighting: Weighting::Fixed,
+        learned: false,
+        setup,
+    }
+}
+
+/// `ensemble` against `member` on the confirmation questions both answered, in `task` (or all).
+fn pair(ensemble: &Candidate, member: &Candidate, task: &str, seed: u64) -> Paired {
+    let base: HashMap<(&str, &str), bool> = (member.confirmation.iter())
+        .filter(|r| r.error.is_none())
+        .map(|r| ((r.task.as_str(), r.id.as_str()), r.correct))
+        .collect();
+    let pairs: Vec<(bool, bool)> = (ensemble.confirmation.iter())
+        .filter(|r| r.error.is_none() && (task == "all" || r.task == task))
+        .filter_map(|r| Some((r.correct, *base.get(&(r.task.as_str(), r.id.as_str()))?)))
+        .collect();
+    paired(
+        &ensemble.config.name,
+        &member.config.name,
+        task,
+        &pairs,
+        seed,
+    )
+}
+
+/// The table of every candidate on both samples, and the winner per task.
+fn report(
+    alone: &[Candidate],
+    racing: &[Candidate],
+    (m, e): (usize, usize),
+    confirmed: Option<&Paired>,
+    tasks: &[Task],
+    seed: u64,
+) {
+    let cell = |records: &[Record]| match Candidate::accuracy(records) {
+        Some(a) => format!(
+            "{a:.1} (n={})",
+            records.iter().filter(|r| r.error.is_none()).count()
+        ),
+        None => String::new(),
+    };
+    println!("| configuration | selection accuracy | ms/token | halving | confirmation accuracy |");
+    println!("|---|---:|---:|---|---:|");
+    for (i, c) in alone.iter().chain(racing).enumerate() {
+        let fate = match (c.dropped, i == m, i == alone.len() + e) {
+            (Some(r), _, _) => format!("dropped after round {r}"),
+            (None, true, _) => "better member".into(),
+            (None, _, true) => "winner".into(),
+            (None, _, _) => String::new(),
+        };
+        println!(
+            "| {} | {} | {:.1} | {fate} | {} |",
+            c.config.name,
+            cell(&c.selection),
+            c.ms_per_token(),
+            cell(&c.confirmation)
+        );
+    }
+    if let (Some(all), true) = (confirmed, tasks.len() > 1) {
+        println!(
+            "\n| task | gain over {} (points) | 95% interval | n |",
+            all.baseline
+        );
+        println!("|---|---:|---|---:|");
+        for task in tasks {
+            let p = pair(&racing[e], &alone[m], &task.name, seed);
+            if p.n > 0 {
+                println!(
+                    "| {} | {:+.1} | {:+.1} to {:+.1} | {} |",
+                    task.name, p.difference, p.low, p.high, p.n
+                );
+            }
+        }
+        println!(
+            "| all | {:+.1} | {:+.1} to {:+.1} | {} |",
+            all.difference, all.low, all.high, all.n
+        );
+    }
+}
+
+/// The chosen configuration as a `--config` file, with the evidence in a comment block.
+fn tuned_toml(
+    plan: &Plan,
+    chosen: &Config,
+    tasks: &[Task],
+    (select, confirm): (usize, usize),
+    eval: &EvalArgs,
+    evidence: &str,
+) -> Result<String> {
+    let members: Vec<_> = chosen
+        .members
+        .iter()
+        .zip(
+            chosen
+                .weights
+                .clone()
+                .unwrap_or_else(|| vec![1.0; chosen.members.len()]),
+        )
+        .map(|(&i, weight)| gac_examples::config::MemberConfig {
+            weight,
+            ..plan.config.members[i].clone()
+        })
+        .collect();
+    let gate = match chosen.mode {
+        Mode::Average => None,
+        Mode::Gated {
+            gate,
+            threshold,
+            when_unsure,
+        } => Some(GateConfig {
+            member: gate,
+            threshold,
+            when_unsure: match when_unsure {
+                gac_core::WhenUnsure::Average => "average".into(),
+                gac_core::WhenUnsure::Defer(k) => format!("member:{k}"),
+            },
+            schedule: None,
+        }),
+    };
+    let config = EnsembleConfig {
+        name: plan.config.name.clone(),
+        members,
+        gate,
+        weighting: (chosen.weighting == Weighting::Confidence).then(|| "confidence".into()),
+    };
+    let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+    let members: Vec<String> = plan.config.members.iter().map(|m| m.place()).collect();
+    let header = format!(
+        "# Chosen by gac tune on {}.\n# Members: {}.\n# Tasks: {}; per task the first {select} questions of the seeded order (seed {}) chose, the next {confirm} confirmed, {} shots.\n# Evidence: {evidence}.\n# The rule: an ensemble only where the 95% paired interval of its gain over the better member, on the confirmation questions, is above 0; it holds for questions like these as far as these samples represent them.\n",
+        today(),
+        members.join(", "),
+        names.join(", "),
+        eval.seed,
+        eval.shots,
+    );
+    Ok(format!("{header}{}", config.to_toml()?))
+}
+
+/// Today's date (UTC) as YYYY-MM-DD.
+fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gain(low: f64) -> Paired {
+        Paired {
+            config: "average".into(),
+            baseline: "member:1".into(),
+            task: "all".into(),
+            n: 100,
+            difference: low + 3.0,
+            low,
+            high: low + 6.0,
+            wins: 10,
+            losses: 4,
+            p_value: 0.18,
+        }
+    }
+
+    #[test]
+    fn an_ensemble_only_where_its_gain_holds() {
+        assert_eq!(verdict(Some(&gain(0.5))), Verdict::Ensemble);
+        assert_eq!(verdict(Some(&gain(0.0))), Verdict::Member);
+        assert_eq!(verdict(Some(&gain(-2.0))), Verdict::Member);
+        assert_eq!(verdict(None), Verdict::Member);
+    }
+
+    #[test]
+    fn today_is_a_date() {
+        let d = today();
+        assert_eq!(d.len(), 10, "{d}");
+        assert!(d.starts_with("20"), "{d}");
+    }
+}
