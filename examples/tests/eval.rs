@@ -684,22 +684,27 @@ fn prompt_cache_runs_and_keeps_smollm_answers() {
     assert_eq!(outputs(&["--prompt-cache"], "cached.jsonl"), cold);
 }
 
-/// Runs `gac eval` with these arguments on the fetched data; returns (stdout, stderr).
-fn eval_cli(args: &[&str], out: &std::path::Path) -> (String, String) {
-    let run = Command::new(env!("CARGO_BIN_EXE_gac"))
-        .arg("eval")
-        .args(args)
-        .args(data_args())
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap();
+/// Runs a command that must succeed; returns (stdout, stderr).
+fn succeeds(command: &mut Command) -> (String, String) {
+    let run = command.output().unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&run.stdout).into_owned(),
         String::from_utf8_lossy(&run.stderr).into_owned(),
     );
     assert!(run.status.success(), "{stderr}");
     (stdout, stderr)
+}
+
+/// Runs `gac eval` with these arguments on the fetched data; returns (stdout, stderr).
+fn eval_cli(args: &[&str], out: &std::path::Path) -> (String, String) {
+    succeeds(
+        Command::new(env!("CARGO_BIN_EXE_gac"))
+            .arg("eval")
+            .args(args)
+            .args(data_args())
+            .arg("--out")
+            .arg(out),
+    )
 }
 
 fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
@@ -988,26 +993,22 @@ fn tune_recommends_with_evidence_resumes_and_its_file_runs_as_is() {
     let (out, written) = (scratch("tune.jsonl", ""), scratch("tuned.toml", ""));
     let (smollm, gemma) = (asset(SMOLLM), asset(GEMMA));
     let tune = || {
-        let run = Command::new(env!("CARGO_BIN_EXE_gac"))
-            .arg("tune")
-            .arg("--model")
-            .arg(&smollm)
-            .arg("--model")
-            .arg(&gemma)
-            .arg("--task")
-            .arg(format!("jsonl:{}", task.display()))
-            .args(["--select", "4", "--confirm", "4", "--shots", "2"])
-            .args(["--threshold", "0.5", "--max-tokens", "4"])
-            .arg("--out")
-            .arg(&out)
-            .arg("--write")
-            .arg(&written)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
-        assert!(run.status.success(), "{stderr}");
-        (stdout, stderr)
+        succeeds(
+            Command::new(env!("CARGO_BIN_EXE_gac"))
+                .arg("tune")
+                .arg("--model")
+                .arg(&smollm)
+                .arg("--model")
+                .arg(&gemma)
+                .arg("--task")
+                .arg(format!("jsonl:{}", task.display()))
+                .args(["--select", "4", "--confirm", "4", "--shots", "2"])
+                .args(["--threshold", "0.5", "--max-tokens", "4"])
+                .arg("--out")
+                .arg(&out)
+                .arg("--write")
+                .arg(&written),
+        )
     };
     let (stdout, stderr) = tune();
     for want in [
@@ -1047,18 +1048,13 @@ fn tune_recommends_with_evidence_resumes_and_its_file_runs_as_is() {
         flags.extend(["--weighting".into(), w.clone()]);
     }
     let generate = |how: &[String]| {
-        let run = Command::new(env!("CARGO_BIN_EXE_gac"))
-            .args(["generate", "-q", "--max-tokens", "12"])
-            .args(how)
-            .arg("What is 7 plus 7?")
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        String::from_utf8(run.stdout).unwrap()
+        succeeds(
+            Command::new(env!("CARGO_BIN_EXE_gac"))
+                .args(["generate", "-q", "--max-tokens", "12"])
+                .args(how)
+                .arg("What is 7 plus 7?"),
+        )
+        .0
     };
     let as_file = generate(&["--config".into(), written.display().to_string()]);
     assert!(!as_file.is_empty());

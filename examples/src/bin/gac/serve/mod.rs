@@ -203,8 +203,20 @@ async fn shutdown_signal(state: Arc<Server>) {
     tokio::spawn(async move {
         signals.next().await;
         eprintln!("gac: second signal: exiting now");
-        std::process::exit(130);
+        exit_now(130);
     });
+}
+
+/// Ends the process at once with `code`. Not `std::process::exit`: its exit handlers free
+/// llama.cpp's global state while generations still run on other threads (seen as a SIGSEGV).
+fn exit_now(code: i32) -> ! {
+    #[cfg(unix)]
+    // SAFETY: `_exit` ends the process; it touches no memory of this one.
+    unsafe {
+        libc::_exit(code)
+    }
+    #[cfg(not(unix))]
+    std::process::exit(code)
 }
 
 /// SIGINT and SIGTERM, each received once or more.
