@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -224,6 +225,7 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
             _ => candidates.push(config),
         }
     }
+    let started = Instant::now();
     let mut alone: Vec<Candidate> = Vec::new();
     for config in members {
         let selection = run(&config, 0, select)?;
@@ -234,6 +236,7 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
             confirmation: Vec::new(),
         });
     }
+    let members_time = started.elapsed();
     candidates.push(learned(&plan, &eval, &alone));
     let mut racing: Vec<Candidate> = candidates
         .into_iter()
@@ -279,6 +282,14 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
         confirmed = Some(pair(&racing[e], &alone[m], "all", eval.seed));
     }
     let verdict = verdict(confirmed.as_ref());
+    let minutes = |d: Duration| d.as_secs_f64() / 60.0;
+    println!(
+        "Cost of this run: {:.1} min, of which {:.1} min the members alone on the selection sample ({:.1}x that; answers already in {} are reused, not counted).\n",
+        minutes(started.elapsed()),
+        minutes(members_time),
+        started.elapsed().as_secs_f64() / members_time.as_secs_f64().max(1e-9),
+        eval.out.display()
+    );
     report(
         &alone,
         &racing,
