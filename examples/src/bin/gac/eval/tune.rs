@@ -4,7 +4,8 @@
 //! Each task's questions are drawn in one seeded order: the first `--select` are the selection
 //! sample, the next `--confirm` the confirmation sample, the next `--shots` the shots. On the
 //! selection sample every member runs alone and the candidate ensembles race by successive
-//! halving (a quarter of the sample, then half, then all; the better half goes on each time).
+//! halving (a quarter of the sample, then half, then all; the better half goes on each time,
+//! ties in accuracy going to the faster).
 //! The winner then answers the confirmation sample beside the better member, paired question
 //! by question. An ensemble is recommended only when the lower end of the 95% paired interval
 //! of its gain is above 0; otherwise the better member alone.
@@ -258,12 +259,10 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
             break;
         }
         alive.sort_by(|a, b| b.rank().partial_cmp(&a.rank()).expect("finite"));
+        // The better half goes on (ties in accuracy go to the faster).
         let keep = alive.len().div_ceil(2);
-        let cut = alive[keep - 1].rank().0;
         for c in alive.into_iter().skip(keep) {
-            if c.rank().0 < cut {
-                c.dropped = Some(round + 1);
-            }
+            c.dropped = Some(round + 1);
         }
     }
     let best_of = |list: &[Candidate]| {
