@@ -257,17 +257,17 @@ impl Shared {
     /// [`Batching::Invariant`]), decodes them without holding the lock, and hands back the
     /// results.
     fn lead<'a>(&'a self, mut state: MutexGuard<'a, SharedState>) -> MutexGuard<'a, SharedState> {
-        let oldest = state
-            .sequences
-            .iter()
-            .enumerate()
-            .filter_map(|(seq, s)| Some((s.request.as_ref()?.since, seq)))
-            .min()
-            .map(|(_, seq)| seq);
-        let only = match (self.batching, oldest) {
-            (Batching::Shared, _) => None,
-            (Batching::Invariant, Some(seq)) => Some(seq),
-            (Batching::Invariant, None) => return state, // nothing pending
+        let only = match self.batching {
+            Batching::Shared => None,
+            Batching::Invariant => {
+                let oldest = (state.sequences.iter().enumerate())
+                    .filter_map(|(seq, s)| Some((s.request.as_ref()?.since, seq)))
+                    .min();
+                match oldest {
+                    Some((_, seq)) => Some(seq),
+                    None => return state, // nothing pending
+                }
+            }
         };
         let Some(mut engine) = state.engine.take() else {
             return state; // another member decodes

@@ -287,32 +287,30 @@ fn known_examples_have_the_right_targets() {
 
 #[test]
 fn bad_data_is_named_with_file_and_line() {
-    let file = scratch(
+    // The error (with its causes) of loading these lines as a task from a file of this name.
+    let refused = |name: &str, lines: &str| {
+        let file = scratch(name, lines);
+        format!(
+            "{:#}",
+            load_task(&format!("jsonl:{}", file.display()), &data(), SEED).unwrap_err()
+        )
+    };
+    let err = refused(
         "bad.jsonl",
         "{\"question\": \"2+2?\", \"answer\": 4}\n{not json\n",
     );
-    let err = load_task(&format!("jsonl:{}", file.display()), &data(), SEED)
-        .unwrap_err()
-        .to_string();
     assert!(
         err.contains("bad.jsonl:2") && err.contains("malformed JSON"),
         "{err}"
     );
-    let file = scratch("missing.jsonl", "{\"question\": \"2+2?\"}\n");
-    let err = load_task(&format!("jsonl:{}", file.display()), &data(), SEED)
-        .unwrap_err()
-        .to_string();
+    let err = refused("missing.jsonl", "{\"question\": \"2+2?\"}\n");
     assert!(
         err.contains("missing.jsonl:1") && err.contains("'answer'"),
         "{err}"
     );
-    let file = scratch(
+    let err = refused(
         "choice.jsonl",
         "{\"question\": \"q\", \"choices\": [\"x\", \"y\"], \"answer\": \"C\"}\n",
-    );
-    let err = format!(
-        "{:#}",
-        load_task(&format!("jsonl:{}", file.display()), &data(), SEED).unwrap_err()
     );
     assert!(
         err.contains("choice.jsonl:1") && err.contains("not one of the 2 choices"),
@@ -320,13 +318,9 @@ fn bad_data_is_named_with_file_and_line() {
     );
     // Two questions with one id (an explicit id can collide with a line number) would be
     // paired wrongly: refused, naming both lines.
-    let file = scratch(
+    let err = refused(
         "dup.jsonl",
         "{\"question\": \"a?\", \"answer\": 1}\n{\"id\": 1, \"question\": \"b?\", \"answer\": 2}\n",
-    );
-    let err = format!(
-        "{:#}",
-        load_task(&format!("jsonl:{}", file.display()), &data(), SEED).unwrap_err()
     );
     assert!(
         err.contains("dup.jsonl:2") && err.contains("id '1' is already the id of line 1"),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gac_core::{Ensemble, Error, Member, Mode, Setting, WhenUnsure};
+use gac_core::{Error, Member, Mode, Setting, WhenUnsure};
 use gac_examples::config::{Plan, RuntimeKind};
 use gac_examples::eval::paired::RESAMPLES;
 use gac_examples::eval::plot::{plot_intervals, plot_points};
@@ -243,12 +243,6 @@ pub fn eval(args: EvalArgs, matches: &clap::ArgMatches) -> Result<()> {
         _ => Vec::new(),
     };
     for c in &configs {
-        let members: Vec<Box<dyn Member>> = c
-            .members
-            .iter()
-            .map(|&i| slots[i].take().expect("member in its slot"))
-            .collect();
-        let mut ensemble = Ensemble::new(members, c.weights.clone(), c.mode)?;
         let per_task = c.learned.then_some(&learned[..]);
         let scored = |t: &Task| {
             sample_at(
@@ -259,19 +253,15 @@ pub fn eval(args: EvalArgs, matches: &clap::ArgMatches) -> Result<()> {
                 args.seed,
             )
         };
-        let outcome = run_config(
-            &mut ensemble,
+        current.extend(run_config(
+            &mut slots,
             c,
             &tasks,
             &args,
             &mut results,
             &scored,
             per_task,
-        );
-        for (&i, m) in c.members.iter().zip(ensemble.into_members()) {
-            slots[i] = Some(m);
-        }
-        current.extend(outcome?);
+        )?);
     }
     let ignored = results.records().len().saturating_sub(current.len());
     if ignored > 0 {

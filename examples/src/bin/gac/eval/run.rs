@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use gac_core::{Ensemble, GenerateOptions, Member, Mode};
+use gac_core::{Ensemble, GenerateOptions, Member};
 use gac_examples::eval::{
     extract, fingerprint, held_out, is_correct, sample_at, Record, Results, Task,
 };
@@ -18,10 +18,39 @@ pub(super) const STOPS: [&str; 2] = ["\n\n", "Question:"];
 /// Which questions of a task to ask, and which to show as shots.
 pub(super) type Questions<'a> = dyn Fn(&Task) -> (Vec<usize>, Vec<usize>) + 'a;
 
-/// Evaluates one configuration on every task's sample; returns the sample's records, those of
-/// earlier runs of the same setup reused. A failed generation is recorded as such and the run
-/// goes on.
+/// Evaluates one configuration, its members taken from `slots` and put back, on every task's
+/// questions; returns their records, those of earlier runs of the same setup reused. A failed
+/// generation is recorded as such and the run goes on.
 pub(super) fn run_config(
+    slots: &mut [Option<Box<dyn Member>>],
+    config: &Config,
+    tasks: &[Task],
+    args: &EvalArgs,
+    results: &mut Results,
+    questions: &Questions<'_>,
+    per_task_weights: Option<&[Vec<f32>]>,
+) -> Result<Vec<Record>> {
+    let members: Vec<Box<dyn Member>> = (config.members.iter())
+        .map(|&i| slots[i].take().expect("member in its slot"))
+        .collect();
+    let mut ensemble = Ensemble::new(members, config.weights.clone(), config.mode)?;
+    let records = answer(
+        &mut ensemble,
+        config,
+        tasks,
+        args,
+        results,
+        questions,
+        per_task_weights,
+    );
+    for (&i, m) in config.members.iter().zip(ensemble.into_members()) {
+        slots[i] = Some(m);
+    }
+    records
+}
+
+/// [`run_config`]'s work, on its ensemble.
+fn answer(
     ensemble: &mut Ensemble,
     config: &Config,
     tasks: &[Task],
@@ -127,25 +156,13 @@ pub(super) fn learn_weights(
     };
     let mut weights = vec![Vec::new(); tasks.len()];
     let mut asked = vec![0; tasks.len()];
-    for (i, member) in members.iter().enumerate() {
+    for member in members {
         let config = Config {
             name: format!("{}:held-out", member.name),
             setup: member.setup.clone(),
             ..member.clone()
         };
-        let alone = vec![slots[i].take().expect("member in its slot")];
-        let mut ensemble = Ensemble::new(alone, None, Mode::Average)?;
-        let records = run_config(
-            &mut ensemble,
-            &config,
-            tasks,
-            args,
-            results,
-            &questions,
-            None,
-        );
-        slots[i] = ensemble.into_members().pop();
-        let records = records?;
+        let records = run_config(slots, &config, tasks, args, results, &questions, None)?;
         for (t, task) in tasks.iter().enumerate() {
             let of: Vec<&Record> = records
                 .iter()

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gac_core::{Ensemble, Member, Mode, Weighting};
+use gac_core::{Member, Mode, Weighting};
 use gac_examples::config::{EnsembleConfig, GateConfig, Plan};
 use gac_examples::eval::paired::{paired, Paired};
 use gac_examples::eval::{sample_at, Record, Results, Task};
@@ -197,24 +197,16 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
             (order[from..to].to_vec(), shots.clone())
         }
     };
-    let mut run = |config: &Config, from: usize, to: usize| -> Result<Vec<Record>> {
-        let members: Vec<Box<dyn Member>> = (config.members.iter())
-            .map(|&i| slots[i].take().expect("member in its slot"))
-            .collect();
-        let mut ensemble = Ensemble::new(members, config.weights.clone(), config.mode)?;
-        let records = run_config(
-            &mut ensemble,
+    let mut run = |config: &Config, from: usize, to: usize| {
+        run_config(
+            &mut slots,
             config,
             &tasks,
             &eval,
             &mut results,
             &questions(from, to),
             None,
-        );
-        for (&i, m) in config.members.iter().zip(ensemble.into_members()) {
-            slots[i] = Some(m);
-        }
-        records
+        )
     };
 
     // Each member alone on the whole selection sample, then the ensembles race.
