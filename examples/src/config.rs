@@ -5,6 +5,9 @@
 //! ```toml
 //! name = "my-ensemble"      # optional: the model name `gac serve` reports
 //! weighting = "fixed"       # optional: or "confidence" (weights times each step's top probability)
+//! mode = "average"          # optional: or "selective" (ensemble only where the members disagree);
+//!                           # a [gate] table makes it gated
+//! union_top_k = 10          # optional: combine only each member's 10 most probable tokens
 //!
 //! [[member]]
 //! path = "models/a.gguf"
@@ -37,14 +40,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use gac_core::ensemble::validate;
-use gac_core::{Error, Mode, Result, Schedule, Weighting, WhenUnsure};
+use gac_core::ensemble::{validate, validate_union_top_k};
+use gac_core::{Error, GenerateOptions, Mode, Result, Sampling, Schedule, Weighting, WhenUnsure};
 
 /// The longest wait for one answer of a remote member a configuration may set: a day.
 pub const MAX_TIMEOUT_SECS: f32 = 86_400.0;
 
 /// A whole ensemble: its members and, optionally, a gate.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EnsembleConfig {
     /// The ensemble's name as a served model (default: `gac`).
@@ -60,6 +63,12 @@ pub struct EnsembleConfig {
     /// each step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weighting: Option<String>,
+    /// `average` (default) or `selective`; a `[gate]` table makes the mode gated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Combine only each member's K most probable tokens (the top-k union).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub union_top_k: Option<usize>,
 }
 
 /// Which inference runtime hosts a member.
@@ -107,14 +116,44 @@ impl RuntimeKind {
 pub struct Plan {
     /// What it was made from: the members and the name.
     pub config: EnsembleConfig,
+    /// How the members are combined.
+    pub combination: Combination,
+}
+
+/// How an ensemble's members are combined: the typed settings a plan checked, which a
+/// `gac serve` request may override.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Combination {
     /// The members' weights, in order.
     pub weights: Vec<f32>,
-    /// Average, or gated (gate, threshold, what to do when unsure).
+    /// Average, selective, or gated (gate, threshold, what to do when unsure).
     pub mode: Mode,
     /// When a gated ensemble evaluates the other members.
     pub schedule: Schedule,
     /// Fixed weights, or weights times each step's confidence.
     pub weighting: Weighting,
+    /// Combine only each member's K most probable tokens.
+    pub union_top_k: Option<usize>,
+}
+
+impl Combination {
+    /// Checks it for an ensemble of `members`: gac-core's checks of weights, mode and K.
+    pub fn validate(&self, members: usize) -> Result<()> {
+        validate(&self.weights, &self.mode, members)?;
+        validate_union_top_k(self.union_top_k)
+    }
+
+    /// The options of one generation with this combination.
+    pub fn options(&self, max_tokens: usize, sampling: Sampling) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens,
+            sampling,
+            union_top_k: self.union_top_k,
+            schedule: self.schedule,
+            weighting: self.weighting,
+            ..GenerateOptions::default()
+        }
+    }
 }
 
 /// One member: where its model is and where it runs.
@@ -384,12 +423,22 @@ impl EnsembleConfig {
     pub fn plan(self) -> Result<Plan> {
         self.validate()?;
         Ok(Plan {
+            combination: self.combination()?,
+            config: self,
+        })
+    }
+
+    /// The combination this configuration describes, checked.
+    fn combination(&self) -> Result<Combination> {
+        let combination = Combination {
             weights: self.weights(),
             mode: self.mode()?,
             schedule: self.schedule()?,
             weighting: self.weighting()?,
-            config: self,
-        })
+            union_top_k: self.union_top_k,
+        };
+        combination.validate(self.members.len())?;
+        Ok(combination)
     }
 
     /// Checks every value before any model is loaded.
@@ -451,9 +500,7 @@ impl EnsembleConfig {
                 }
             }
         }
-        self.schedule()?;
-        self.weighting()?;
-        validate(&self.weights(), &self.mode()?, self.members.len())
+        self.combination().map(|_| ())
     }
 
     /// How the weights are set at each step: `weighting`, fixed by default.
@@ -504,14 +551,32 @@ impl EnsembleConfig {
     /// The combination mode this configuration describes (its ranges are checked by
     /// [`EnsembleConfig::validate`]).
     fn mode(&self) -> Result<Mode> {
-        let Some(gate) = &self.gate else {
-            return Ok(Mode::Average);
-        };
-        Ok(Mode::Gated {
-            gate: gate.member,
-            threshold: gate.threshold,
-            when_unsure: parse_when_unsure(&gate.when_unsure)?,
-        })
+        match (&self.gate, self.mode.as_deref()) {
+            (Some(gate), None | Some("gated")) => Ok(Mode::Gated {
+                gate: gate.member,
+                threshold: gate.threshold,
+                when_unsure: parse_when_unsure(&gate.when_unsure)?,
+            }),
+            (None, Some("gated")) => Err(Error::config("mode", "'gated' needs a [gate] table")),
+            (Some(_), Some(mode @ ("average" | "selective"))) => Err(Error::config(
+                "mode",
+                format!("'{mode}' and a [gate] table: a [gate] makes the mode gated; keep one"),
+            )),
+            (None, None) => Ok(Mode::Average),
+            (_, Some(mode)) => parse_mode(mode),
+        }
+    }
+}
+
+/// Parses `average` or `selective` (a gated mode is described by its gate's settings).
+pub fn parse_mode(s: &str) -> Result<Mode> {
+    match s {
+        "average" => Ok(Mode::Average),
+        "selective" => Ok(Mode::Selective),
+        _ => Err(Error::config(
+            "mode",
+            format!("'{s}' is neither 'average' nor 'selective' (a gate makes it gated)"),
+        )),
     }
 }
 
@@ -582,6 +647,24 @@ mod tests {
     }
 
     #[test]
+    fn mode_and_top_k_union_make_the_plans_combination() {
+        let plan = |toml: &str| parse(toml).unwrap().plan().unwrap().combination;
+        let two = "[[member]]\npath='a'\n[[member]]\npath='b'\n";
+        let c = plan(&format!("mode='selective'\nunion_top_k=10\n{two}"));
+        assert_eq!((c.mode, c.union_top_k), (Mode::Selective, Some(10)));
+        let options = c.options(7, Sampling::Greedy);
+        assert_eq!((options.max_tokens, options.union_top_k), (7, Some(10)));
+        assert_eq!(plan(two).mode, Mode::Average);
+        let gated = plan(&format!(
+            "mode='gated'\n{two}[gate]\nmember=1\nthreshold=0.2"
+        ));
+        assert!(matches!(gated.mode, Mode::Gated { gate: 1, .. }));
+        // Written and read back, the same.
+        let config = parse(&format!("mode='selective'\nunion_top_k=10\n{two}")).unwrap();
+        assert_eq!(parse(&config.to_toml().unwrap()).unwrap(), config);
+    }
+
+    #[test]
     fn remote_members_parse() {
         let mut c = parse(
             r#"
@@ -637,6 +720,22 @@ mod tests {
                 "weighting: 'loud' is neither",
             ),
             ("[[member]]\npath='a'\nweigth=1", "weigth"),
+            (
+                "mode='loud'\n[[member]]\npath='a'",
+                "mode: 'loud' is neither",
+            ),
+            (
+                "mode='selective'\n[[member]]\npath='a'\n[gate]\nmember=0\nthreshold=0.5",
+                "mode: 'selective' and a [gate] table",
+            ),
+            (
+                "mode='gated'\n[[member]]\npath='a'",
+                "mode: 'gated' needs a [gate]",
+            ),
+            (
+                "union_top_k=0\n[[member]]\npath='a'",
+                "union_top_k: 0 keeps no token",
+            ),
             ("[[member]]\npath='a'\nruntime='vllm'", "vllm"),
             ("[[member]]\npath='a'\ncontext=0", "member[0].context"),
             (
@@ -732,6 +831,8 @@ mod tests {
                 schedule: None,
             }),
             weighting: Some("confidence".into()),
+            union_top_k: Some(10),
+            ..EnsembleConfig::default()
         };
         let path = dir.join("tuned.toml");
         std::fs::write(&path, config.to_toml().unwrap()).unwrap();

@@ -176,6 +176,7 @@ fn bench_prints_every_table() {
         "SmolLM2-135M-Instruct.Q4_1 alone",
         "gemma-3-270m-q4_k_m alone",
         "average ensemble |",
+        "selective ensemble |",
         "gated ensemble (lazy)",
         "gated ensemble (eager)",
     ] {
@@ -257,6 +258,11 @@ fn bad_settings_are_named() {
         (
             &["--weighting", "loud", "hi"],
             "weighting: 'loud' is neither",
+        ),
+        (&["--mode", "loud", "hi"], "mode: 'loud' is neither"),
+        (
+            &["--mode", "selective", "--gate", "0", "hi"],
+            "cannot be used with",
         ),
     ];
     for (args, needle) in cases {

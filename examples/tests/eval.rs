@@ -984,7 +984,17 @@ fn tune_recommends_with_evidence_resumes_and_its_file_runs_as_is() {
         })
         .collect();
     let task = scratch("sums.jsonl", &questions);
+    let twice: String = (1..=12)
+        .map(|i| {
+            format!(
+                "{{\"question\": \"What is twice {i}?\", \"answer\": \"{}\"}}\n",
+                2 * i
+            )
+        })
+        .collect();
+    let second = scratch("twice.jsonl", &twice);
     let (out, written) = (scratch("tune.jsonl", ""), scratch("tuned.toml", ""));
+    let plot = scratch("tune.svg", "");
     let (smollm, gemma) = (asset(SMOLLM), asset(GEMMA));
     let tune = || {
         succeeds(
@@ -996,12 +1006,16 @@ fn tune_recommends_with_evidence_resumes_and_its_file_runs_as_is() {
                 .arg(&gemma)
                 .arg("--task")
                 .arg(format!("jsonl:{}", task.display()))
+                .arg("--task")
+                .arg(format!("jsonl:{}", second.display()))
                 .args(["--select", "4", "--confirm", "4", "--shots", "2"])
                 .args(["--threshold", "0.5", "--max-tokens", "4"])
                 .arg("--out")
                 .arg(&out)
                 .arg("--write")
-                .arg(&written),
+                .arg(&written)
+                .arg("--plot")
+                .arg(&plot),
         )
     };
     let (stdout, stderr) = tune();
@@ -1010,10 +1024,15 @@ fn tune_recommends_with_evidence_resumes_and_its_file_runs_as_is() {
         "| member:1 |",
         "| average |",
         "| average:learned |",
+        "| average:top10 |",
+        "| average:confidence |",
+        "| selective |",
         "| gated:0.5:gate=1 |",
+        "| gated:0.5:gate=0:member=1 |",
         "better member",
         "Recommended: ",
         "--offset 10",
+        "Per task, each decided on its own questions",
     ] {
         assert!(stdout.contains(want), "{want:?} missing:\n{stdout}");
     }
@@ -1028,6 +1047,8 @@ fn tune_recommends_with_evidence_resumes_and_its_file_runs_as_is() {
     };
     assert_eq!(advice(&again), advice(&stdout), "{stderr}");
     assert!(stdout.contains("Cost of this run: "), "{stdout}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("selective"), "{svg}");
 
     // The file is a --config with its evidence, and it runs as the configuration it names.
     let text = std::fs::read_to_string(&written).unwrap();
@@ -1048,6 +1069,12 @@ fn tune_recommends_with_evidence_resumes_and_its_file_runs_as_is() {
     if let Some(w) = &config.weighting {
         flags.extend(["--weighting".into(), w.clone()]);
     }
+    if let Some(mode) = &config.mode {
+        flags.extend(["--mode".into(), mode.clone()]);
+    }
+    if let Some(k) = config.union_top_k {
+        flags.extend(["--union-top-k".into(), k.to_string()]);
+    }
     let generate = |how: &[String]| {
         succeeds(
             Command::new(env!("CARGO_BIN_EXE_gac"))
@@ -1060,4 +1087,24 @@ fn tune_recommends_with_evidence_resumes_and_its_file_runs_as_is() {
     let as_file = generate(&["--config".into(), written.display().to_string()]);
     assert!(!as_file.is_empty());
     assert_eq!(as_file, generate(&flags), "{text}");
+
+    // Each task's own recommendation, in a row of the table and a file of its own that runs.
+    for name in [&task, &second] {
+        let safe = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        let task: String = (format!("jsonl:{}", name.display()).chars())
+            .map(|c| if safe(c) { c } else { '_' })
+            .collect();
+        let per_task = written.with_file_name(format!("tuned.{task}.toml"));
+        let row = stdout
+            .lines()
+            .find(|l| l.contains(&*per_task.display().to_string()));
+        assert!(
+            row.is_some(),
+            "no row for {}:\n{stdout}",
+            per_task.display()
+        );
+        let text = std::fs::read_to_string(&per_task).unwrap();
+        assert!(text.contains("# Evidence: on task jsonl:"), "{text}");
+        assert!(!generate(&["--config".into(), per_task.display().to_string()]).is_empty());
+    }
 }

@@ -244,6 +244,21 @@ fn a_served_ensemble_answers_like_gac_generate_streams_and_shuts_down_cleanly() 
         );
     }
 
+    // Selective, greedy: the average's text, with the steps it ensembled counted.
+    let body =
+        json!({"prompt": PROMPTS[0], "max_tokens": 16, "temperature": 0, "mode": "selective"});
+    let c = server.complete(body);
+    assert_eq!(
+        c["choices"][0]["text"],
+        generate(PROMPTS[0], 16, false),
+        "{c}"
+    );
+    let (ensembled, steps) = (&c["gac"]["ensembled_steps"], &c["gac"]["steps"]);
+    assert!(
+        ensembled.as_u64().unwrap() <= steps.as_u64().unwrap(),
+        "{c}"
+    );
+
     // Chat: the same as `gac generate --chat` for one user message.
     let user = "Name three colours of the rainbow.";
     let r = server.post(
@@ -459,6 +474,24 @@ fn bad_inputs_get_openai_errors(server: &Server) {
             "{\"prompt\": \"x\", \"union_top_k\": 0}",
             400,
             "union_top_k",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"mode\": \"loud\"}",
+            400,
+            "invalid mode: 'loud' is neither",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"mode\": \"selective\", \"gate\": 0}",
+            400,
+            "invalid mode: give either mode or gate",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"mode\": \"average\", \"threshold\": 0.5}",
+            400,
+            "invalid threshold: needs a gate",
         ),
         (
             "/v1/completions",

@@ -196,3 +196,24 @@ fn without_prompt_cache_every_prompt_is_evaluated_afresh() {
         assert_eq!(reused, 0);
     }
 }
+
+#[test]
+fn selective_is_the_average_token_for_token_and_ensembles_only_disagreements() {
+    // A model with itself always agrees: never ensembled, its own greedy output.
+    for prompt in &PROMPTS[..2] {
+        let g = generate(&[SMOLLM, SMOLLM], Mode::Selective, Schedule::Lazy, prompt);
+        assert_eq!(g.member_ids[0], reference_greedy(SMOLLM, prompt, TOKENS));
+        assert_eq!(g.stats.ensembled_steps, 0, "{prompt:?}");
+    }
+    // Two models: greedy, a token both find most probable is the average's pick too, so the
+    // text is the average's; only the steps where they differ are ensembled.
+    let (mut ensembled, mut steps) = (0, 0);
+    for prompt in &PROMPTS[..3] {
+        let selective = generate(&[SMOLLM, GEMMA], Mode::Selective, Schedule::Lazy, prompt);
+        let average = generate(&[SMOLLM, GEMMA], Mode::Average, Schedule::Lazy, prompt);
+        assert_eq!(selective.tokens, average.tokens, "{prompt:?}");
+        ensembled += selective.stats.ensembled_steps;
+        steps += selective.stats.steps;
+    }
+    assert!(0 < ensembled && ensembled < steps, "{ensembled} of {steps}");
+}

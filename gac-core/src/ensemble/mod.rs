@@ -185,10 +185,9 @@ impl Ensemble {
             let mut run = Run {
                 workers,
                 weights,
-                mode,
                 union,
                 candidates: Candidates::new(union.len()),
-                chain: Chain::for_sampling(&options.sampling, options.union_top_k),
+                chain: Chain::build(mode, &options.sampling, options.union_top_k),
                 schedule: options.schedule,
                 weighting: options.weighting,
                 logprobs: options.logprobs,

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::member::Interrupt;
 use crate::select::{Candidates, Chain, Filled, MemberInput, Scatter};
-use crate::select::{Mode, Schedule, Weighting};
+use crate::select::{Mode, Schedule, Signal, Weighting};
 use crate::text::{find_stop, held_back, Utf8Stream};
 use crate::union::{Union, UnionId, END};
 use crate::{Error, Result};
@@ -20,11 +20,10 @@ type Picked = (UnionId, Option<TokenLogprob>);
 pub(super) struct Run<'a> {
     pub(super) workers: Vec<Worker>,
     pub(super) weights: &'a [f32],
-    pub(super) mode: Mode,
     pub(super) union: &'a Union,
     /// This step's candidates (allocated once, at union size).
     pub(super) candidates: Candidates,
-    /// How a token is chosen from them.
+    /// Which members decide a step and how a token is chosen from them.
     pub(super) chain: Chain,
     /// When gated mode evaluates the non-gate members.
     pub(super) schedule: Schedule,
@@ -54,9 +53,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Combines these members' last distributions (weights renormalized over them) and picks;
-    /// with the pick's probability when logprobs are asked for.
-    fn choose(&mut self, which: &[usize], step: usize) -> Result<Picked> {
+    /// Combines these members' last distributions (weights renormalized over them) and picks,
+    /// or takes `taken` where the step's token is already decided; with the token's
+    /// probability when logprobs are asked for.
+    fn choose(&mut self, which: &[usize], step: usize, taken: Option<UnionId>) -> Result<Picked> {
         let started = Instant::now();
         let mut evaluating = Duration::ZERO;
         let mut filled = self.scatter(which, None);
@@ -92,7 +92,10 @@ impl Run<'_> {
             false => self.logprobs.map(|n| self.top_logprobs(n)),
         };
         let t = Instant::now();
-        let x = self.chain.choose(&mut self.candidates);
+        let x = match taken {
+            Some(x) => Some(x),
+            None => self.chain.choose(&mut self.candidates),
+        };
         self.stats.pick_time += t.elapsed();
         let x = x.ok_or(Error::ZeroMass { step })?;
         if let (true, Some(n)) = (report_whole, self.logprobs) {
@@ -160,13 +163,54 @@ impl Run<'_> {
         (total, top)
     }
 
+    /// The union token every member finds most probable, each decided on its own
+    /// distribution as a greedy pick is, if they agree (selective mode's signal). The time
+    /// counts as the combine's, the members' evaluations apart.
+    fn agreed(&mut self, all: &[usize]) -> Result<Option<UnionId>> {
+        let started = Instant::now();
+        let mut evaluating = Duration::ZERO;
+        let mut first = None;
+        let mut agreed = true;
+        for &i in all {
+            let mut filled = self.scatter(&[i], Some(Scatter::Heads));
+            if filled == Filled::NeedsFull {
+                let t = Instant::now();
+                self.fetch_whole(&[i])?;
+                evaluating += t.elapsed();
+                filled = self.scatter(&[i], Some(Scatter::Heads));
+            }
+            let best = (filled == Filled::Mass).then(|| self.candidates.best());
+            if *first.get_or_insert(best) != best {
+                agreed = false;
+                break;
+            }
+        }
+        self.stats.combine_time += started.elapsed() - evaluating;
+        Ok(first.flatten().flatten().filter(|_| agreed).map(UnionId))
+    }
+
     /// One step: evaluates the members it needs and picks a token; returns it (with its
     /// probability if asked for), whether the step was ensembled and the gate's confidence.
     fn step(&mut self, all: &[usize], step: usize) -> Result<(Picked, bool, Option<f32>)> {
-        let (which, ensembled, confidence) = match self.mode {
+        let (which, ensembled, confidence) = match self.chain.mode() {
             Mode::Average => {
                 self.evaluate(all)?;
-                let (which, ensembled) = self.mode.deciders(all, 0.0);
+                let (which, ensembled) = self.chain.deciders(all, Signal::None);
+                (which, ensembled, None)
+            }
+            Mode::Selective => {
+                self.evaluate(all)?;
+                let agreed = self.agreed(all)?;
+                let signal = Signal::Agreed(agreed.is_some());
+                let (which, ensembled) = self.chain.deciders(all, signal);
+                if let Some(x) = agreed {
+                    // The agreed token, with its probability under the average if asked for.
+                    let logprob = match self.logprobs {
+                        Some(_) => self.choose(&which, step, Some(x))?.1,
+                        None => None,
+                    };
+                    return Ok(((x, logprob), ensembled, None));
+                }
                 (which, ensembled, None)
             }
             Mode::Gated { gate, .. } => {
@@ -174,7 +218,7 @@ impl Run<'_> {
                 let gate_only = [gate];
                 self.evaluate(if eager { all } else { &gate_only })?;
                 let top = self.workers[gate].top;
-                let (which, ensembled) = self.mode.deciders(all, top);
+                let (which, ensembled) = self.chain.deciders(all, Signal::GateTop(top));
                 if !eager {
                     let rest: Vec<usize> = which.iter().copied().filter(|&i| i != gate).collect();
                     for i in all.iter().filter(|i| !which.contains(i)) {
@@ -185,7 +229,7 @@ impl Run<'_> {
                 (which, ensembled, Some(top))
             }
         };
-        let x = self.choose(&which, step)?;
+        let x = self.choose(&which, step, None)?;
         Ok((x, ensembled, confidence))
     }
 

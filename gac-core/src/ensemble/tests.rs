@@ -632,3 +632,57 @@ fn confidence_weighting_lets_the_surer_member_count_more() {
         ("e", "h")
     );
 }
+
+#[test]
+fn selective_ensembles_only_the_steps_where_the_members_disagree() {
+    // Both members' most probable token is "h": never ensembled, "h" is taken.
+    let mut a = vec![0.0; A.len()];
+    (a[1], a[2]) = (10.0, 9.9);
+    let mut b = vec![0.0; B.len()];
+    (b[1], b[2]) = (10.0, 5.0);
+    let (g, _) = run(
+        vec![fixed("a", A, a.clone()), fixed("b", B, b)],
+        Mode::Selective,
+        &three_tokens(),
+    )
+    .unwrap();
+    assert_eq!((g.text.as_str(), g.stats.ensembled_steps), ("hhh", 0));
+    // Member b now prefers "e" by far: every step is ensembled, and the average picks "e"
+    // where member a alone would have said "h".
+    let mut b = vec![0.0; B.len()];
+    (b[1], b[2]) = (5.0, 10.0);
+    let members = || vec![fixed("a", A, a.clone()), fixed("b", B, b.clone())];
+    let (g, _) = run(members(), Mode::Selective, &three_tokens()).unwrap();
+    assert_eq!((g.text.as_str(), g.stats.ensembled_steps), ("eee", 3));
+    let (average, _) = run(members(), Mode::Average, &three_tokens()).unwrap();
+    assert_eq!(average.tokens, g.tokens);
+}
+
+#[test]
+fn selective_takes_the_agreed_token_where_a_draw_would_vary() {
+    // Both members find "h" most probable, member a only just (e is close behind).
+    let mut a = vec![0.0; A.len()];
+    (a[1], a[2]) = (10.0, 9.9);
+    let mut b = vec![0.0; B.len()];
+    (b[1], b[2]) = (10.0, 5.0);
+    let mut drawn = Vec::new();
+    for seed in 0..16 {
+        let opts = GenerateOptions {
+            sampling: Sampling::Draw(Draw {
+                temperature: 1.0,
+                seed,
+                ..Draw::default()
+            }),
+            logprobs: Some(2),
+            ..three_tokens()
+        };
+        let members = || vec![fixed("a", A, a.clone()), fixed("b", B, b.clone())];
+        let (g, _) = run(members(), Mode::Selective, &opts).unwrap();
+        assert_eq!((g.text.as_str(), g.stats.ensembled_steps), ("hhh", 0));
+        // Its probability is reported under the average, as a drawn token's would be.
+        let p = g.logprobs[0].logprob.exp();
+        assert!((0.6..0.8).contains(&p), "{p}");
+        drawn.push(run(members(), Mode::Average, &opts).unwrap().0.text);
+    }
+    assert!(drawn.iter().any(|t| t != "hhh"), "{drawn:?}");
+}

@@ -1,6 +1,7 @@
 //! Choosing one union token from the members' distributions, as a chain of small stages over
-//! one candidates buffer (the way llama.cpp's sampler chain is built): a scatter puts the
-//! members' weighted distributions into union space (all of them, only the heads when they
+//! one candidates buffer (the way llama.cpp's sampler chain is built): the mode decides which
+//! members decide the step (all, the first where they agree, or a sure gate); a scatter puts
+//! those members' weighted distributions into union space (all of them, only the heads when they
 //! decide a greedy pick exactly, or the top-k union); stages narrow the candidates (top-k,
 //! top-p, temperature); one chooser ends the chain (greedy, or a seeded draw). Everything is
 //! reused from step to step: nothing proportional to a vocabulary is allocated per step.
@@ -11,15 +12,17 @@ mod sampling;
 mod stages;
 
 pub use candidates::{argmax, descending, Candidates, Filled, MemberInput, Scatter, HEAD_FLOOR};
-pub use mode::{Mode, Schedule, Weighting, WhenUnsure, DEFAULT_THRESHOLD};
-pub use sampling::{Draw, Sampling, SplitMix64, DEFAULT_TOP_K, DEFAULT_TOP_P};
+pub use mode::{Mode, Schedule, Signal, Weighting, WhenUnsure, DEFAULT_THRESHOLD};
+pub use sampling::{Draw, Sampling, SplitMix64, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P};
 pub use stages::{Chooser, Stage, Stages, Temperature, TopK, TopP};
 
 use crate::union::UnionId;
 
-/// A whole selection: how the members enter, the stages, and the chooser that ends it.
+/// A whole selection: which members decide, how they enter, the stages, and the chooser that
+/// ends it.
 #[derive(Debug)]
 pub struct Chain {
+    mode: Mode,
     scatter: Scatter,
     stages: Stages,
     chooser: Chooser,
@@ -27,18 +30,20 @@ pub struct Chain {
 
 impl Chain {
     /// A chain of these parts.
-    pub fn new(scatter: Scatter, stages: Stages, chooser: Chooser) -> Self {
+    pub fn new(mode: Mode, scatter: Scatter, stages: Stages, chooser: Chooser) -> Self {
         Self {
+            mode,
             scatter,
             stages,
             chooser,
         }
     }
 
-    /// gac's chain for a sampling: greedy (exact, deciding on the heads where it can) or
-    /// top-k, top-p, temperature and a seeded draw, in that order (llama.cpp's default order);
-    /// `union_top_k` combines only each member's k most probable tokens.
-    pub fn for_sampling(sampling: &Sampling, union_top_k: Option<usize>) -> Self {
+    /// gac's chain for a mode and a sampling: the mode's decision, then greedy (exact,
+    /// deciding on the heads where it can) or top-k, top-p, temperature and a seeded draw, in
+    /// that order (llama.cpp's default order); `union_top_k` combines only each member's k
+    /// most probable tokens.
+    pub fn build(mode: Mode, sampling: &Sampling, union_top_k: Option<usize>) -> Self {
         let (stages, chooser) = match sampling {
             Sampling::Greedy => (Stages::default(), Chooser::Greedy),
             Sampling::Draw(draw) => {
@@ -55,7 +60,18 @@ impl Chain {
             (None, Sampling::Greedy) => Scatter::Heads,
             (None, Sampling::Draw(_)) => Scatter::Full,
         };
-        Self::new(scatter, stages, chooser)
+        Self::new(mode, scatter, stages, chooser)
+    }
+
+    /// The mode: what the first stage reads.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The first stage: the members that decide this step, out of `all`, and whether it is
+    /// ensembled ([`Mode::deciders`]).
+    pub fn deciders(&self, all: &[usize], signal: Signal) -> (Vec<usize>, bool) {
+        self.mode.deciders(all, signal)
     }
 
     /// Whether a greedy pick may be decided on the members' heads alone: the candidates then
@@ -130,7 +146,7 @@ mod tests {
     }
 
     fn draws(config: Draw, probs: &[f32], n: usize) -> Vec<u32> {
-        let mut chain = Chain::for_sampling(&Sampling::Draw(config), None);
+        let mut chain = Chain::build(Mode::Average, &Sampling::Draw(config), None);
         let mut candidates = Candidates::new(probs.len());
         (0..n)
             .map(|_| pick(&mut chain, &mut candidates, probs).unwrap())
@@ -140,14 +156,14 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax_lowest_on_ties() {
         for union_top_k in [None, Some(2)] {
-            let mut chain = Chain::for_sampling(&Sampling::Greedy, union_top_k);
+            let mut chain = Chain::build(Mode::Average, &Sampling::Greedy, union_top_k);
             let mut c = Candidates::new(4);
             assert_eq!(pick(&mut chain, &mut c, &[0.1, 0.4, 0.4, 0.1]), Some(1));
             assert_eq!(pick(&mut chain, &mut c, &[0.0, 0.0, 0.0, 0.0]), None);
         }
         // Too flat for the heads to decide: the full distributions do, with the same rule.
         let flat = vec![1.0 / 5000.0; 5000];
-        let mut chain = Chain::for_sampling(&Sampling::Greedy, None);
+        let mut chain = Chain::build(Mode::Average, &Sampling::Greedy, None);
         assert_eq!(pick(&mut chain, &mut Candidates::new(5000), &flat), Some(0));
     }
 
@@ -235,6 +251,7 @@ mod tests {
         };
         let nested = Stages(vec![Box::new(TopK(2))]);
         let mut chain = Chain::new(
+            Mode::Average,
             Scatter::Full,
             Stages(vec![Box::new(nested), Box::new(TopP(0.7))]),
             Chooser::Greedy,
@@ -261,7 +278,7 @@ mod tests {
                 folds: &folds,
             };
             let mut c = Candidates::new(3);
-            let chain = Chain::for_sampling(&Sampling::Greedy, None);
+            let chain = Chain::build(Mode::Average, &Sampling::Greedy, None);
             chain.scatter(&mut c, &[input])
         };
         // The whole distribution listed: nothing is left out.

@@ -1,6 +1,7 @@
-//! Which members decide a step: the mode (the average, or a gate deciding alone while it is
-//! sure, paper Eq. 5), what an unsure step does, when the other members are evaluated, and how
-//! their weights are set.
+//! Which members decide a step, the first stage of the selection: the mode (the average, the
+//! average only where the members disagree, or a gate deciding alone while it is sure, paper
+//! Eq. 5), what an unsure step does, when the other members are evaluated, and how their
+//! weights are set.
 
 /// What the ensemble does at a step where the gate is unsure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,13 @@ pub const DEFAULT_THRESHOLD: f32 = 0.5;
 pub enum Mode {
     /// Every step averages all members (paper Eq. 3).
     Average,
+    /// Every member is evaluated at every step; where their most probable union tokens agree,
+    /// that token is taken whatever the sampling; only where they disagree does the chain pick
+    /// from the average (ensembling at the points of disagreement only). Under greedy picks
+    /// this is the average token for token (a token that is every member's argmax is the
+    /// argmax of any weighted average of them); with sampling, the steps the members agree on
+    /// are not drawn.
+    Selective,
     /// Member `gate` decides alone while its top probability is above `threshold`; otherwise the
     /// ensemble does what `when_unsure` says (paper Eq. 5). Threshold 0 is the gate alone,
     /// threshold 1 the plain average.
@@ -58,24 +66,57 @@ pub enum Mode {
     },
 }
 
+/// What a step's decision reads besides the mode: the gate's top probability (gated mode), or
+/// whether the members' most probable union tokens agree (selective mode).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Signal {
+    /// Nothing: the average needs no signal.
+    None,
+    /// The gate's top probability at this step.
+    GateTop(f32),
+    /// Whether every member's most probable union token is the same.
+    Agreed(bool),
+}
+
 impl Mode {
     /// The members that decide a step, out of `all`, and whether it is ensembled: every member
-    /// in the average; in gated mode the gate alone while its top probability `gate_top` is
-    /// above the threshold, else as `when_unsure` says.
-    pub fn deciders(&self, all: &[usize], gate_top: f32) -> (Vec<usize>, bool) {
-        match *self {
-            Mode::Average => (all.to_vec(), all.len() > 1),
-            Mode::Gated {
-                gate, threshold, ..
-            } if gate_top > threshold => (vec![gate], false),
-            Mode::Gated {
-                when_unsure: WhenUnsure::Average,
-                ..
-            } => (all.to_vec(), true),
-            Mode::Gated {
-                when_unsure: WhenUnsure::Defer(k),
-                ..
-            } => (vec![k], true),
+    /// in the average and in selective mode (where the members agree, unanimously: the step is
+    /// not ensembled); in gated mode the gate alone while its top probability is above the
+    /// threshold, else as `when_unsure` says. A signal the mode does not read counts as the
+    /// unsure (ensembling) case.
+    pub fn deciders(&self, all: &[usize], signal: Signal) -> (Vec<usize>, bool) {
+        match (*self, signal) {
+            (Mode::Selective, Signal::Agreed(true)) => (all.to_vec(), false),
+            (Mode::Average | Mode::Selective, _) => (all.to_vec(), all.len() > 1),
+            (
+                Mode::Gated {
+                    gate, threshold, ..
+                },
+                Signal::GateTop(top),
+            ) if top > threshold => (vec![gate], false),
+            (
+                Mode::Gated {
+                    when_unsure: WhenUnsure::Average,
+                    ..
+                },
+                _,
+            ) => (all.to_vec(), true),
+            (
+                Mode::Gated {
+                    when_unsure: WhenUnsure::Defer(k),
+                    ..
+                },
+                _,
+            ) => (vec![k], true),
+        }
+    }
+
+    /// The mode's name in messages and files: `average`, `selective` or `gated`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Average => "average",
+            Mode::Selective => "selective",
+            Mode::Gated { .. } => "gated",
         }
     }
 }
@@ -93,13 +134,33 @@ mod tests {
         };
         let all = [0, 1, 2];
         let average = gated(WhenUnsure::Average);
-        assert_eq!(average.deciders(&all, 0.51), (vec![1], false));
-        assert_eq!(average.deciders(&all, 0.5), (vec![0, 1, 2], true));
+        let top = Signal::GateTop;
+        assert_eq!(average.deciders(&all, top(0.51)), (vec![1], false));
+        assert_eq!(average.deciders(&all, top(0.5)), (vec![0, 1, 2], true));
         assert_eq!(
-            gated(WhenUnsure::Defer(2)).deciders(&all, 0.2),
+            gated(WhenUnsure::Defer(2)).deciders(&all, top(0.2)),
             (vec![2], true)
         );
-        assert_eq!(Mode::Average.deciders(&all, 0.0), (vec![0, 1, 2], true));
-        assert_eq!(Mode::Average.deciders(&[0], 0.0), (vec![0], false));
+        let none = Signal::None;
+        assert_eq!(Mode::Average.deciders(&all, none), (vec![0, 1, 2], true));
+        assert_eq!(Mode::Average.deciders(&[0], none), (vec![0], false));
+    }
+
+    #[test]
+    fn selective_ensembles_only_where_the_members_disagree() {
+        let all = [0, 1];
+        let selective = Mode::Selective;
+        assert_eq!(
+            selective.deciders(&all, Signal::Agreed(true)),
+            (vec![0, 1], false)
+        );
+        assert_eq!(
+            selective.deciders(&all, Signal::Agreed(false)),
+            (vec![0, 1], true)
+        );
+        assert_eq!(
+            selective.deciders(&[0], Signal::Agreed(true)),
+            (vec![0], false)
+        );
     }
 }

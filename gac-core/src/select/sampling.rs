@@ -1,9 +1,12 @@
 //! How a token is picked: greedy, or a seeded draw narrowed by top-k and top-p and reshaped
-//! by a temperature (the settings of the chain in [`super::Chain::for_sampling`]), and the
+//! by a temperature (the settings of the chain in [`super::Chain::build`]), and the
 //! seedable generator a draw uses.
 
 use crate::{Error, Result, Setting};
 
+/// Temperature of a draw where none is given (`gac chat`, `gac serve`): llama-server's
+/// default (OpenAI's is 1).
+pub const DEFAULT_TEMPERATURE: f32 = 0.8;
 /// Top-k of a draw where none is given.
 pub const DEFAULT_TOP_K: usize = 40;
 /// Top-p of a draw where none is given.

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use gac_core::select::{Sampling, DEFAULT_TOP_K, DEFAULT_TOP_P};
 use gac_examples::config::{
-    parse_when_unsure, EnsembleConfig, GateConfig, MemberConfig, Plan, RuntimeKind,
+    parse_mode, parse_when_unsure, EnsembleConfig, GateConfig, MemberConfig, Plan, RuntimeKind,
 };
 
 /// Members, where they run and how they are combined.
@@ -23,6 +23,11 @@ pub struct EnsembleArgs {
         allow_negative_numbers = true
     )]
     weights: Vec<f32>,
+    /// `average` (every step averages the members) or `selective` (only the steps where the
+    /// members' most probable tokens differ; elsewhere the first member decides). Default:
+    /// the --config's, else average; --gate makes it gated.
+    #[arg(long, value_name = "MODE", conflicts_with = "gate")]
+    mode: Option<String>,
     /// Gated mode: member N decides alone while its top probability is above --threshold.
     #[arg(long, value_name = "N")]
     gate: Option<usize>,
@@ -47,6 +52,10 @@ pub struct EnsembleArgs {
     /// its top probability, so a member sure of its next token counts more.
     #[arg(long, value_name = "HOW")]
     weighting: Option<String>,
+    /// Combine only each member's K most probable tokens (the top-k union) instead of the full
+    /// distributions.
+    #[arg(long, value_name = "K")]
+    union_top_k: Option<usize>,
     /// CPU threads of the llama.cpp member whose --model it follows (default: the cores divided
     /// among the members; mistral.rs members share one pool, sized by RAYON_NUM_THREADS).
     #[arg(long = "threads", value_name = "N", conflicts_with = "config")]
@@ -180,8 +189,18 @@ impl EnsembleArgs {
         if self.weighting.is_some() {
             config.weighting = self.weighting.clone();
         }
+        if self.union_top_k.is_some() {
+            config.union_top_k = self.union_top_k;
+        }
+        // A mode on the command line replaces the file's, gated or not.
+        if let Some(mode) = &self.mode {
+            parse_mode(mode)?;
+            config.mode = Some(mode.clone());
+            config.gate = None;
+        }
         if let Some(member) = self.gate {
             parse_when_unsure(&self.when_unsure)?;
+            config.mode = None;
             config.gate = Some(GateConfig {
                 member,
                 threshold: self.threshold,
@@ -197,7 +216,7 @@ impl EnsembleArgs {
 #[derive(Args, Debug)]
 pub struct SamplingArgs {
     /// Sampling temperature; 0 picks the most probable token (greedy). Default: 0 for
-    /// `generate`, 0.7 for `chat`.
+    /// `generate`, 0.8 for `chat`.
     #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f32>,
     /// With sampling: keep only the K most probable union tokens (0 = all).
@@ -236,8 +255,8 @@ pub(crate) struct MemberArgs {
     )]
     models: Vec<PathBuf>,
     /// A TOML file listing members (path, weight, gpu, gpu_layers, threads, context,
-    /// device_top_k; runtime = "http" with url, vocab, n_probs, timeout) and an optional
-    /// [gate]; see the README.
+    /// device_top_k; runtime = "http" with url, vocab, n_probs, timeout), the mode,
+    /// weighting, union_top_k and an optional [gate]; see the README.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -248,14 +267,12 @@ impl MemberArgs {
         match &self.config {
             Some(path) => Ok(EnsembleConfig::from_file(path)?),
             None => Ok(EnsembleConfig {
-                name: None,
                 members: self
                     .models
                     .iter()
                     .map(|m| member_flag(m))
                     .collect::<Result<_>>()?,
-                gate: None,
-                weighting: None,
+                ..EnsembleConfig::default()
             }),
         }
     }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gac_core::{Ensemble, Finish, GenerateOptions, Generation, Message, Observer, Prompt};
+use gac_core::select::DEFAULT_TEMPERATURE;
+use gac_core::{Ensemble, Finish, Generation, Message, Observer, Prompt};
 use gac_examples::config::Plan;
 use rustyline::error::ReadlineError;
 
@@ -53,16 +54,15 @@ impl Observer for Terminal {
 }
 
 pub fn chat(args: ChatArgs, plan: Plan) -> Result<()> {
-    let options = GenerateOptions {
-        max_tokens: args.max_tokens,
-        sampling: args.sampling.sampling(0.7)?,
-        schedule: plan.schedule,
-        weighting: plan.weighting,
-        ..GenerateOptions::default()
-    };
+    let sampling = args.sampling.sampling(DEFAULT_TEMPERATURE)?;
+    let options = plan.combination.options(args.max_tokens, sampling);
     // The cache across generations is what lets a turn evaluate only what it adds.
     let members = load_members(&plan.config.members, false, true)?;
-    let mut ensemble = Ensemble::new(members, Some(plan.weights), plan.mode)?;
+    let mut ensemble = Ensemble::new(
+        members,
+        Some(plan.combination.weights),
+        plan.combination.mode,
+    )?;
     let mut editor = rustyline::DefaultEditor::new().context("opening the terminal")?;
     // After the editor, which takes SIGINT for itself when it is created: while it reads a
     // line, Ctrl-C is a key it sees; during an answer, it is this signal.

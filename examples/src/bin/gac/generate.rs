@@ -21,10 +21,6 @@ pub struct GenerateArgs {
     /// Stop after this many tokens.
     #[arg(long, value_name = "N", default_value_t = 128)]
     max_tokens: usize,
-    /// Combine only each member's K most probable tokens (the top-k union) instead of the full
-    /// distributions.
-    #[arg(long, value_name = "K")]
-    union_top_k: Option<usize>,
     /// Stop when this text appears (repeatable); the output is cut before it.
     #[arg(long = "stop", value_name = "TEXT")]
     stops: Vec<String>,
@@ -55,16 +51,10 @@ pub fn generate(args: GenerateArgs, plan: Plan) -> Result<()> {
         bail!("the prompt is empty");
     }
     let options = GenerateOptions {
-        max_tokens: args.max_tokens,
         stop: args.stops.clone(),
-        sampling: args.sampling.sampling(0.0)?,
         chat: args.chat,
-        union_top_k: args.union_top_k,
-        schedule: plan.schedule,
-        weighting: plan.weighting,
-        logprobs: None,
+        ..(plan.combination).options(args.max_tokens, args.sampling.sampling(0.0)?)
     };
-    gac_core::ensemble::validate_union_top_k(args.union_top_k)?;
     let members = load_members(&plan.config.members, args.json, false)?;
     if args.chat {
         for m in &members {
@@ -76,7 +66,11 @@ pub fn generate(args: GenerateArgs, plan: Plan) -> Result<()> {
             }
         }
     }
-    let mut ensemble = Ensemble::new(members, Some(plan.weights), plan.mode)?;
+    let mut ensemble = Ensemble::new(
+        members,
+        Some(plan.combination.weights),
+        plan.combination.mode,
+    )?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;

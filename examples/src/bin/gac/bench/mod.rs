@@ -184,10 +184,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     // Every value checked before anything loads, as for the other subcommands.
     let plan = EnsembleConfig {
-        name: None,
         members: configs.clone(),
-        gate: None,
-        weighting: None,
+        ..EnsembleConfig::default()
     }
     .plan()?;
     for &threshold in &args.thresholds {
@@ -196,7 +194,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             threshold,
             when_unsure: WhenUnsure::Average,
         };
-        gac_core::ensemble::validate(&plan.weights, &mode, configs.len())?;
+        gac_core::ensemble::validate(&plan.combination.weights, &mode, configs.len())?;
     }
     if !args.remotes.is_empty() {
         return remote::remote_members(&args, &configs, &prompts);
@@ -255,6 +253,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         rows.push(run(
             &mut ensemble,
             "average ensemble",
+            &prompts,
+            args.tokens,
+            Schedule::Lazy,
+        )?);
+        ensemble.set_mode(Mode::Selective)?;
+        rows.push(run(
+            &mut ensemble,
+            "selective ensemble",
             &prompts,
             args.tokens,
             Schedule::Lazy,

@@ -24,16 +24,17 @@ pub(super) struct Config {
 }
 
 /// Each member alone, the average (with the configuration's weights), each top-k union, the
-/// gated ensembles of --threshold (gate = member 0) and the configuration's own [gate].
+/// selective mode, the gated ensembles of --threshold (gate = member 0) and the
+/// configuration's own combination (its mode, top-k union and weighting).
 pub(super) fn configurations(plan: &Plan, args: &EvalArgs) -> Result<Vec<Config>> {
     let config = &plan.config;
     let n = config.members.len();
     let all: Vec<usize> = (0..n).collect();
-    let weights = Some(plan.weights.clone());
-    let (own, own_schedule) = (plan.mode, plan.schedule);
+    let own = &plan.combination;
+    let weights = Some(own.weights.clone());
     let make = |name: String, members: Vec<usize>, weights: Option<Vec<f32>>, mode, top_k| {
-        let schedule = match mode == own {
-            true => own_schedule,
+        let schedule = match mode == own.mode {
+            true => own.schedule,
             false => Schedule::Lazy,
         };
         let setup = setup_fingerprint(config, &members, &weights, (mode, schedule), top_k, args);
@@ -49,16 +50,15 @@ pub(super) fn configurations(plan: &Plan, args: &EvalArgs) -> Result<Vec<Config>
             setup,
         }
     };
-    // A variant of the average: same members and mode, its own name and setup.
-    let variant = |name: &str, what: &str| {
-        let mut c = make(
-            name.into(),
-            (0..n).collect(),
-            weights.clone(),
-            Mode::Average,
-            None,
-        );
+    // A variant: its own name and setup.
+    let variant = |name: &str, what: &str, mode: Mode, top_k: Option<usize>| {
+        let mut c = make(name.into(), all.clone(), weights.clone(), mode, top_k);
         c.setup = fingerprint(&format!("{} {what}", c.setup));
+        c
+    };
+    let confident = |name: &str, mode: Mode, top_k: Option<usize>| {
+        let mut c = variant(name, "weighting=confidence", mode, top_k);
+        c.weighting = Weighting::Confidence;
         c
     };
     for &k in &args.union_top_ks {
@@ -122,14 +122,22 @@ pub(super) fn configurations(plan: &Plan, args: &EvalArgs) -> Result<Vec<Config>
             ));
         }
         if args.confidence {
-            let mut c = variant("average:confidence", "weighting=confidence");
-            c.weighting = Weighting::Confidence;
-            configs.push(c);
+            configs.push(confident("average:confidence", Mode::Average, None));
         }
         if let Some(held) = args.learn_weights {
-            let mut c = variant("average:learned", &format!("weights=learned:{held}"));
+            let what = format!("weights=learned:{held}");
+            let mut c = variant("average:learned", &what, Mode::Average, None);
             c.learned = true;
             configs.push(c);
+        }
+        if args.selective {
+            configs.push(make(
+                "selective".into(),
+                all.clone(),
+                weights.clone(),
+                Mode::Selective,
+                None,
+            ));
         }
         let gates = match args.gates.is_empty() {
             true => vec![0],
@@ -151,20 +159,42 @@ pub(super) fn configurations(plan: &Plan, args: &EvalArgs) -> Result<Vec<Config>
                 }
             }
         }
-        if own != Mode::Average && !gated.contains(&own) {
-            gated.push(own);
-        }
         for mode in gated {
             configs.push(make(
-                gated_name(mode),
+                mode_name(mode),
                 all.clone(),
                 weights.clone(),
                 mode,
                 None,
             ));
         }
+        // The configuration's own combination, where it is none of the above.
+        let name = combination_name(own.mode, own.union_top_k, own.weighting);
+        if !configs.iter().any(|c| c.name == name) {
+            configs.push(match own.weighting {
+                Weighting::Confidence => confident(&name, own.mode, own.union_top_k),
+                Weighting::Fixed => make(name, all, weights, own.mode, own.union_top_k),
+            });
+        }
     }
     Ok(configs)
+}
+
+/// A combination's configuration name: its mode's, then `:topK` for a top-k union and
+/// `:confidence` for confidence weighting (`average:top10`, `selective:confidence`).
+pub(super) fn combination_name(
+    mode: Mode,
+    union_top_k: Option<usize>,
+    weighting: Weighting,
+) -> String {
+    let mut name = mode_name(mode);
+    if let Some(k) = union_top_k {
+        name += &format!(":top{k}");
+    }
+    if weighting == Weighting::Confidence {
+        name += ":confidence";
+    }
+    name
 }
 
 /// "1st", "2nd", "3rd", "4th", ...
@@ -179,15 +209,16 @@ fn ordinal(n: usize) -> String {
     format!("{n}{suffix}")
 }
 
-/// `gated:T` for gate 0 averaging when unsure, else `gated:T:gate=G[:member=K]`.
-fn gated_name(mode: Mode) -> String {
+/// `average`, `selective`, or `gated:T` for gate 0 averaging when unsure, else
+/// `gated:T:gate=G[:member=K]`.
+fn mode_name(mode: Mode) -> String {
     let Mode::Gated {
         gate,
         threshold,
         when_unsure,
     } = mode
     else {
-        return "average".into();
+        return mode.name().into();
     };
     match (gate, when_unsure) {
         (0, WhenUnsure::Average) => format!("gated:{threshold}"),

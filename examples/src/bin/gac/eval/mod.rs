@@ -78,6 +78,10 @@ pub struct EvalArgs {
     /// union); repeatable.
     #[arg(long = "union-top-k", value_name = "K")]
     union_top_ks: Vec<usize>,
+    /// Also evaluate the selective mode: the average only at the steps where the members'
+    /// most probable tokens differ.
+    #[arg(long)]
+    selective: bool,
     /// Skip the members-alone configurations.
     #[arg(long)]
     no_single: bool,
@@ -93,7 +97,7 @@ pub struct EvalArgs {
     /// every member is above chance and all within --max-gap points of each other, where an
     /// ensemble of them can help. Meant for a small --limit over many tasks
     /// (`--task 'bigbench:*'`).
-    #[arg(long, conflicts_with_all = ["thresholds", "union_top_ks", "no_single", "plot", "plot_paired", "confidence", "learn_weights"])]
+    #[arg(long, conflicts_with_all = ["thresholds", "union_top_ks", "selective", "no_single", "plot", "plot_paired", "confidence", "learn_weights"])]
     screen: bool,
     /// With --screen: the largest accuracy gap between the members, in points, for a task to
     /// be an ensemble candidate.
@@ -198,7 +202,7 @@ pub(super) fn prepare(args: &EvalArgs, matches: &clap::ArgMatches) -> Result<Pre
                 threshold,
                 when_unsure: WhenUnsure::Average,
             };
-            if let Err(e) = gac_core::ensemble::validate(&plan.weights, &mode, n) {
+            if let Err(e) = gac_core::ensemble::validate(&plan.combination.weights, &mode, n) {
                 match e {
                     Error::Setting {
                         setting: Setting::Gate,

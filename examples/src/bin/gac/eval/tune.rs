@@ -5,10 +5,14 @@
 //! sample, the next `--confirm` the confirmation sample, the next `--shots` the shots. On the
 //! selection sample every member runs alone and the candidate ensembles race by successive
 //! halving (a quarter of the sample, then half, then all; the better half goes on each time,
-//! ties in accuracy going to the faster).
+//! ties in accuracy going to the faster). The candidates: the average, its top-k union, the
+//! confidence-weighted average, weights learned from the members' selection accuracy, the
+//! selective mode, and gated ensembles with each member as gate (averaging, or deferring to
+//! another member, when unsure).
 //! The winner then answers the confirmation sample beside the better member, paired question
 //! by question. An ensemble is recommended only when the lower end of the 95% paired interval
-//! of its gain is above 0; otherwise the better member alone.
+//! of its gain is above 0; otherwise the better member alone. With several tasks, the same is
+//! decided for each task on its own questions, beside the decision for the mix.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,15 +20,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gac_core::{Member, Mode, Weighting};
+use gac_core::select::DEFAULT_THRESHOLD;
+use gac_core::{Member, Mode, Schedule, Weighting, WhenUnsure};
 use gac_examples::config::{EnsembleConfig, GateConfig, Plan};
 use gac_examples::eval::paired::{paired, Paired};
+use gac_examples::eval::plot::{plot_points, Point};
 use gac_examples::eval::{sample_at, Record, Results, Task};
 
-use super::configs::{configurations, setup_fingerprint, Config};
+use super::configs::{combination_name, configurations, setup_fingerprint, Config};
 use super::run::run_config;
 use super::{prepare, EvalArgs, Prepared};
 use crate::args::{MemberArgs, RemoteArgs};
+
+/// The K of the top-k union candidate (UniTE's choice).
+const UNION_TOP_K: usize = 10;
 
 #[derive(Args, Debug)]
 pub struct TuneArgs {
@@ -63,9 +72,14 @@ pub struct TuneArgs {
     /// Results file (JSON lines, shared with `gac eval`: an answer already there is reused).
     #[arg(long, value_name = "FILE", default_value = "gac-tune.jsonl")]
     out: PathBuf,
-    /// Where the recommended configuration is written, for `--config`.
+    /// Where the recommended configuration is written, for `--config` (with several tasks,
+    /// each task's own recommendation too, as FILE's name with `.TASK` before `.toml`).
     #[arg(long, value_name = "FILE", default_value = "gac-tuned.toml")]
     write: PathBuf,
+    /// Also draw every candidate's selection accuracy against its ms/token into this file (SVG,
+    /// or PNG for a name ending in .png).
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
     /// CPU threads per llama.cpp member.
     #[arg(long, default_value_t = 1)]
     threads: i32,
@@ -94,7 +108,8 @@ impl TuneArgs {
             thresholds: self.thresholds,
             gates: Vec::new(),
             defer: false,
-            union_top_ks: Vec::new(),
+            union_top_ks: vec![UNION_TOP_K],
+            selective: true,
             no_single: false,
             confidence: true,
             learn_weights: None,
@@ -124,25 +139,53 @@ struct Candidate {
 }
 
 impl Candidate {
-    fn accuracy(records: &[Record]) -> Option<f64> {
-        let answered: Vec<&Record> = records.iter().filter(|r| r.error.is_none()).collect();
-        let right = answered.iter().filter(|r| r.correct).count();
-        (!answered.is_empty()).then(|| 100.0 * right as f64 / answered.len() as f64)
+    fn new(config: Config) -> Self {
+        Self {
+            config,
+            selection: Vec::new(),
+            dropped: None,
+            confirmation: Vec::new(),
+        }
     }
 
-    fn ms_per_token(&self) -> f64 {
-        let ok: Vec<f64> = (self.selection.iter())
+    fn accuracy<'a>(records: impl IntoIterator<Item = &'a Record>) -> Option<f64> {
+        let (mut answered, mut right) = (0, 0);
+        for r in records.into_iter().filter(|r| r.error.is_none()) {
+            answered += 1;
+            right += usize::from(r.correct);
+        }
+        (answered > 0).then(|| 100.0 * right as f64 / answered as f64)
+    }
+
+    /// Its selection answers, of one task or (`None`) of all.
+    fn selection_in<'a>(&'a self, task: Option<&'a str>) -> impl Iterator<Item = &'a Record> {
+        (self.selection.iter()).filter(move |r| task.is_none_or(|t| r.task == t))
+    }
+
+    fn ms_per_token(&self, task: Option<&str>) -> f64 {
+        let ok: Vec<f64> = (self.selection_in(task))
             .filter(|r| r.error.is_none() && r.tokens > 0)
             .map(|r| r.ms_per_token)
             .collect();
         ok.iter().sum::<f64>() / ok.len().max(1) as f64
     }
 
-    /// Higher accuracy first, then the faster.
-    fn rank(&self) -> (f64, f64) {
-        let accuracy = Self::accuracy(&self.selection).unwrap_or(-1.0);
-        (accuracy, -self.ms_per_token())
+    /// Higher accuracy first, then the faster, on one task's selection answers or all.
+    fn rank(&self, task: Option<&str>) -> (f64, f64) {
+        let accuracy = Self::accuracy(self.selection_in(task)).unwrap_or(-1.0);
+        (accuracy, -self.ms_per_token(task))
     }
+}
+
+/// The best of the candidates that ran the whole selection sample, on one task or all.
+fn best_of(list: &[Candidate], task: Option<&str>) -> usize {
+    (0..list.len())
+        .filter(|&i| list[i].dropped.is_none())
+        .max_by(|&a, &b| {
+            let (a, b) = (list[a].rank(task), list[b].rank(task));
+            a.partial_cmp(&b).expect("finite")
+        })
+        .expect("a candidate")
 }
 
 /// What tune recommends, by its rule.
@@ -165,6 +208,7 @@ pub(super) fn verdict(confirmed: Option<&Paired>) -> Verdict {
 
 pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
     let (select, confirm, write) = (args.select, args.confirm, args.write.clone());
+    let plot = args.plot.clone();
     if select < 4 || confirm < 4 {
         bail!("--select and --confirm need at least 4 questions each (got {select} and {confirm})");
     }
@@ -189,22 +233,27 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
             (t.name.clone(), order)
         })
         .collect();
-    let questions = |from: usize, to: usize| {
+    // Questions from..to of each task's order, of one task only where `only` names it.
+    let questions = |from: usize, to: usize, only: Option<&str>| {
         let orders = &orders;
+        let only = only.map(str::to_string);
         move |t: &Task| {
             let (order, shots) = &orders[&t.name];
-            let (from, to) = (from.min(order.len()), to.min(order.len()));
+            let (mut from, to) = (from.min(order.len()), to.min(order.len()));
+            if only.as_ref().is_some_and(|name| *name != t.name) {
+                from = to;
+            }
             (order[from..to].to_vec(), shots.clone())
         }
     };
-    let mut run = |config: &Config, from: usize, to: usize| {
+    let mut run_on = |config: &Config, from: usize, to: usize, only: Option<&str>| {
         run_config(
             &mut slots,
             config,
             &tasks,
             &eval,
             &mut results,
-            &questions(from, to),
+            &questions(from, to, only),
             None,
         )
     };
@@ -221,58 +270,41 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
     let started = Instant::now();
     let mut alone: Vec<Candidate> = Vec::new();
     for config in members {
-        let selection = run(&config, 0, select)?;
-        alone.push(Candidate {
-            config,
-            selection,
-            dropped: None,
-            confirmation: Vec::new(),
-        });
+        let mut member = Candidate::new(config);
+        member.selection = run_on(&member.config, 0, select, None)?;
+        alone.push(member);
     }
     let members_time = started.elapsed();
     candidates.push(learned(&plan, &eval, &alone));
-    let mut racing: Vec<Candidate> = candidates
-        .into_iter()
-        .map(|config| Candidate {
-            config,
-            selection: Vec::new(),
-            dropped: None,
-            confirmation: Vec::new(),
-        })
-        .collect();
+    candidates.extend(deferring(&plan, &eval));
+    let mut racing: Vec<Candidate> = candidates.into_iter().map(Candidate::new).collect();
     let rounds = [select.div_ceil(4), select.div_ceil(2), select];
     for (round, &upto) in rounds.iter().enumerate() {
         let mut alive: Vec<&mut Candidate> =
             racing.iter_mut().filter(|c| c.dropped.is_none()).collect();
         for c in alive.iter_mut() {
-            c.selection = run(&c.config, 0, upto)?;
+            c.selection = run_on(&c.config, 0, upto, None)?;
         }
         if upto == select {
             break;
         }
-        alive.sort_by(|a, b| b.rank().partial_cmp(&a.rank()).expect("finite"));
+        alive.sort_by(|a, b| b.rank(None).partial_cmp(&a.rank(None)).expect("finite"));
         // The better half goes on (ties in accuracy go to the faster).
         let keep = alive.len().div_ceil(2);
         for c in alive.into_iter().skip(keep) {
             c.dropped = Some(round + 1);
         }
     }
-    let best_of = |list: &[Candidate]| {
-        (0..list.len())
-            .filter(|&i| list[i].dropped.is_none())
-            .max_by(|&a, &b| list[a].rank().partial_cmp(&list[b].rank()).expect("finite"))
-            .expect("a candidate")
-    };
-    let (m, e) = (best_of(&alone), best_of(&racing));
-    let ahead = racing[e].rank().0 > alone[m].rank().0;
+    let (m, e) = (best_of(&alone, None), best_of(&racing, None));
+    let ahead = racing[e].rank(None).0 > alone[m].rank(None).0;
     // The confirmation sample, where the winner led: it and the better member, paired.
     let mut confirmed = None;
     if ahead {
-        alone[m].confirmation = run(&alone[m].config, select, select + confirm)?;
-        racing[e].confirmation = run(&racing[e].config, select, select + confirm)?;
+        alone[m].confirmation = run_on(&alone[m].config, select, select + confirm, None)?;
+        racing[e].confirmation = run_on(&racing[e].config, select, select + confirm, None)?;
         confirmed = Some(pair(&racing[e], &alone[m], "all", eval.seed));
     }
-    let verdict = verdict(confirmed.as_ref());
+    let decision = verdict(confirmed.as_ref());
     let minutes = |d: Duration| d.as_secs_f64() / 60.0;
     println!(
         "Cost of this run: {:.1} min, of which {:.1} min the members alone on the selection sample ({:.1}x that; answers already in {} are reused, not counted).\n",
@@ -289,7 +321,7 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
         &tasks,
         eval.seed,
     );
-    let (chosen, evidence) = match verdict {
+    let (chosen, evidence) = match decision {
         Verdict::Ensemble => {
             let p = confirmed.as_ref().expect("an ensemble is confirmed");
             println!(
@@ -307,8 +339,8 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
                 None => format!(
                     "no ensemble was ahead of it on the selection sample (the best, {}, {:.1}% against {:.1}%)",
                     racing[e].config.name,
-                    racing[e].rank().0,
-                    alone[m].rank().0
+                    racing[e].rank(None).0,
+                    alone[m].rank(None).0
                 ),
             };
             let name = &plan.config.members[alone[m].config.members[0]];
@@ -323,6 +355,9 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
             )
         }
     };
+    if let Some(path) = &plot {
+        plot_selection(path, &alone, &racing)?;
+    }
     let toml = tuned_toml(&plan, chosen, &tasks, (select, confirm), &eval, &evidence)?;
     std::fs::write(&write, toml).with_context(|| format!("cannot write {}", write.display()))?;
     println!(
@@ -337,7 +372,139 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
         eval.seed,
         select + confirm + eval.shots
     );
+    if tasks.len() < 2 {
+        return Ok(());
+    }
+    // Each task decided on its own questions: its better member and its best ensemble on its
+    // selection answers, confirmed on its confirmation questions where the ensemble led.
+    println!("\nPer task, each decided on its own questions by the same rule:\n");
+    println!("| task | better member | best ensemble | selection accuracy (member, ensemble) | gain on confirmation | recommended | written to |");
+    println!("|---|---|---|---|---|---|---|");
+    for task in &tasks {
+        let name = task.name.as_str();
+        let (mt, et) = (best_of(&alone, Some(name)), best_of(&racing, Some(name)));
+        let (member, ensemble) = (alone[mt].rank(Some(name)).0, racing[et].rank(Some(name)).0);
+        let mut confirmed = None;
+        if ensemble > member {
+            for c in [&mut alone[mt], &mut racing[et]] {
+                let records = run_on(&c.config, select, select + confirm, Some(name))?;
+                c.confirmation.retain(|r| r.task != name);
+                c.confirmation.extend(records);
+            }
+            confirmed = Some(pair(&racing[et], &alone[mt], name, eval.seed));
+        }
+        let chosen = match verdict(confirmed.as_ref()) {
+            Verdict::Ensemble => &racing[et].config,
+            Verdict::Member => &alone[mt].config,
+        };
+        let gain = confirmed
+            .as_ref()
+            .map_or("not run (no ensemble led)".into(), |p| {
+                format!(
+                    "{:+.1} ({:+.1} to {:+.1}, n = {})",
+                    p.difference, p.low, p.high, p.n
+                )
+            });
+        let evidence = format!(
+            "on task {name}: {}, against {} alone: {gain}",
+            chosen.name, alone[mt].config.name
+        );
+        let path = task_path(&write, name);
+        let toml = tuned_toml(
+            &plan,
+            chosen,
+            std::slice::from_ref(task),
+            (select, confirm),
+            &eval,
+            &evidence,
+        )?;
+        std::fs::write(&path, toml).with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "| {name} | {} | {} | {member:.1}, {ensemble:.1} | {gain} | {} | {} |",
+            alone[mt].config.name,
+            racing[et].config.name,
+            chosen.name,
+            path.display()
+        );
+    }
     Ok(())
+}
+
+/// Draws every candidate's accuracy on the selection questions it answered against its
+/// ms/token; a candidate dropped by the halving is labelled with how many it answered.
+fn plot_selection(path: &std::path::Path, alone: &[Candidate], racing: &[Candidate]) -> Result<()> {
+    let points: Vec<Point> = (alone.iter().chain(racing))
+        .filter_map(|c| {
+            let accuracy = Candidate::accuracy(&c.selection)?;
+            let label = match c.dropped {
+                Some(_) => format!("{} (n={})", c.config.name, c.selection.len()),
+                None => c.config.name.clone(),
+            };
+            Some(Point {
+                label,
+                ms_per_token: c.ms_per_token(None),
+                accuracy,
+            })
+        })
+        .collect();
+    let title = "gac tune: selection accuracy vs ms/token";
+    plot_points(path, title, &points).map_err(anyhow::Error::msg)?;
+    eprintln!("gac tune: plot in {}", path.display());
+    Ok(())
+}
+
+/// The file of one task's recommendation: `tuned.toml` becomes `tuned.TASK.toml`, the task's
+/// name reduced to letters, digits, `-` and `_`.
+fn task_path(write: &std::path::Path, task: &str) -> PathBuf {
+    let task: String = task
+        .chars()
+        .map(
+            |c| match c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                true => c,
+                false => '_',
+            },
+        )
+        .collect();
+    let stem = write.file_stem().unwrap_or_default().to_string_lossy();
+    write.with_file_name(format!("{stem}.{task}.toml"))
+}
+
+/// Gated ensembles that, where the gate is unsure, take another member alone (the paper's
+/// defer-to-the-stronger-model variant), at the default threshold, each member as gate.
+fn deferring(plan: &Plan, eval: &EvalArgs) -> Vec<Config> {
+    let n = plan.config.members.len();
+    let all: Vec<usize> = (0..n).collect();
+    let weights = Some(plan.combination.weights.clone());
+    let mut configs = Vec::new();
+    for gate in 0..n {
+        for k in (0..n).filter(|&k| k != gate) {
+            let mode = Mode::Gated {
+                gate,
+                threshold: DEFAULT_THRESHOLD,
+                when_unsure: WhenUnsure::Defer(k),
+            };
+            let setup = setup_fingerprint(
+                &plan.config,
+                &all,
+                &weights,
+                (mode, Schedule::Lazy),
+                None,
+                eval,
+            );
+            configs.push(Config {
+                name: combination_name(mode, None, Weighting::Fixed),
+                members: all.clone(),
+                weights: weights.clone(),
+                mode,
+                schedule: Schedule::Lazy,
+                union_top_k: None,
+                weighting: Weighting::Fixed,
+                learned: false,
+                setup,
+            });
+        }
+    }
+    configs
 }
 
 /// The average with each member weighted by its accuracy on the selection sample (plus 0.01,
@@ -353,7 +520,7 @@ fn learned(plan: &Plan, eval: &EvalArgs, alone: &[Candidate]) -> Config {
         &plan.config,
         &all,
         &weights,
-        (Mode::Average, plan.schedule),
+        (Mode::Average, plan.combination.schedule),
         None,
         eval,
     );
@@ -362,7 +529,7 @@ fn learned(plan: &Plan, eval: &EvalArgs, alone: &[Candidate]) -> Config {
         members: all,
         weights,
         mode: Mode::Average,
-        schedule: plan.schedule,
+        schedule: plan.combination.schedule,
         union_top_k: None,
         weighting: Weighting::Fixed,
         learned: false,
@@ -418,7 +585,7 @@ fn report(
             "| {} | {} | {:.1} | {fate} | {} |",
             c.config.name,
             cell(&c.selection),
-            c.ms_per_token(),
+            c.ms_per_token(None),
             cell(&c.confirmation)
         );
     }
@@ -468,7 +635,7 @@ fn tuned_toml(
         })
         .collect();
     let gate = match chosen.mode {
-        Mode::Average => None,
+        Mode::Average | Mode::Selective => None,
         Mode::Gated {
             gate,
             threshold,
@@ -477,8 +644,8 @@ fn tuned_toml(
             member: gate,
             threshold,
             when_unsure: match when_unsure {
-                gac_core::WhenUnsure::Average => "average".into(),
-                gac_core::WhenUnsure::Defer(k) => format!("member:{k}"),
+                WhenUnsure::Average => "average".into(),
+                WhenUnsure::Defer(k) => format!("member:{k}"),
             },
             schedule: None,
         }),
@@ -488,6 +655,8 @@ fn tuned_toml(
         members,
         gate,
         weighting: (chosen.weighting == Weighting::Confidence).then(|| "confidence".into()),
+        mode: (chosen.mode == Mode::Selective).then(|| "selective".into()),
+        union_top_k: chosen.union_top_k,
     };
     let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
     let members: Vec<String> = plan.config.members.iter().map(|m| m.place()).collect();

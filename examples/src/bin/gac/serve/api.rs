@@ -1,16 +1,14 @@
 //! The OpenAI request bodies `gac serve` reads, and their validation into a [`Job`]: every
 //! value is checked before a slot is taken, and every error names the field at fault.
 
-use gac_core::select::{Sampling, DEFAULT_THRESHOLD, DEFAULT_TOP_K, DEFAULT_TOP_P};
+use gac_core::select::{Sampling, DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD};
+use gac_core::select::{DEFAULT_TOP_K, DEFAULT_TOP_P};
 use gac_core::{GenerateOptions, Message, Mode, Setting, WhenUnsure};
-use gac_examples::config::parse_when_unsure;
+use gac_examples::config::{parse_mode, parse_when_unsure, Combination};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::ApiError;
-
-/// A request's temperature where it gives none (llama-server's default; OpenAI's is 1).
-const DEFAULT_TEMPERATURE: f32 = 0.8;
 
 /// What the server is and what a request may ask of it.
 #[derive(Debug, Clone)]
@@ -21,11 +19,9 @@ pub struct Limits {
     pub context: usize,
     /// `max_tokens` when a request gives none.
     pub default_max_tokens: usize,
-    /// The server's own weights and mode (a request may override them).
-    pub weights: Vec<f32>,
-    pub mode: Mode,
-    pub schedule: gac_core::Schedule,
-    pub weighting: gac_core::Weighting,
+    /// The server's own combination (a request may override its weights, mode and K).
+    pub combination: Combination,
+    /// How many members the ensemble has.
     pub members: usize,
 }
 
@@ -67,6 +63,7 @@ pub struct Common {
     response_format: Option<Value>,
     // gac's own knobs.
     top_k: Option<usize>,
+    mode: Option<String>,
     gate: Option<usize>,
     threshold: Option<f32>,
     when_unsure: Option<String>,
@@ -122,9 +119,10 @@ pub enum RequestInput {
 pub struct Job {
     pub kind: Kind,
     pub input: RequestInput,
+    /// How the members are combined for it: the server's, with the request's overrides.
+    pub combination: Combination,
+    /// Its generation options, built from the combination.
     pub options: GenerateOptions,
-    pub weights: Vec<f32>,
-    pub mode: Mode,
     pub stream: bool,
     pub include_usage: bool,
 }
@@ -170,6 +168,7 @@ const COMMON_FIELDS: &[&str] = &[
     "response_format",
     "user",
     "top_k",
+    "mode",
     "gate",
     "threshold",
     "when_unsure",
@@ -387,25 +386,25 @@ impl Common {
             self.seed.unwrap_or_else(random_seed),
         )
         .map_err(|e| core_field(&e))?;
-        gac_core::ensemble::validate_union_top_k(self.union_top_k).map_err(|e| core_field(&e))?;
-        let weights = self.weights.unwrap_or_else(|| limits.weights.clone());
-        gac_core::ensemble::validate(&weights, &mode, limits.members)
+        let server = &limits.combination;
+        let combination = Combination {
+            weights: self.weights.unwrap_or_else(|| server.weights.clone()),
+            mode,
+            union_top_k: self.union_top_k.or(server.union_top_k),
+            ..server.clone()
+        };
+        combination
+            .validate(limits.members)
             .map_err(|e| core_field(&e))?;
         Ok(Job {
             kind,
             input,
             options: GenerateOptions {
-                max_tokens: max_tokens as usize,
                 stop,
-                sampling,
-                chat: false,
-                union_top_k: self.union_top_k,
-                schedule: limits.schedule,
-                weighting: limits.weighting,
                 logprobs,
+                ..combination.options(max_tokens as usize, sampling)
             },
-            weights,
-            mode,
+            combination,
             stream: self.stream.unwrap_or(false),
             include_usage: self
                 .stream_options
@@ -413,18 +412,33 @@ impl Common {
         })
     }
 
-    /// The server's mode with this request's gate fields applied.
+    /// The server's mode with this request's `mode` or gate fields applied.
     fn mode(&self, limits: &Limits) -> Result<Mode, ApiError> {
-        let (gate, threshold, when_unsure) = match limits.mode {
+        let server = limits.combination.mode;
+        let (gate, threshold, when_unsure) = match server {
             Mode::Gated {
                 gate,
                 threshold,
                 when_unsure,
             } => (Some(gate), threshold, when_unsure),
-            Mode::Average => (None, DEFAULT_THRESHOLD, WhenUnsure::Average),
+            Mode::Average | Mode::Selective => (None, DEFAULT_THRESHOLD, WhenUnsure::Average),
         };
-        let gate = self.gate.or(gate);
-        let Some(gate) = gate else {
+        if let Some(mode) = &self.mode {
+            if self.gate.is_some() {
+                return Err(invalid(
+                    "mode",
+                    "give either mode or gate (a gate makes it gated)",
+                ));
+            }
+            let mode =
+                parse_mode(mode).map_err(|e| ApiError::invalid(Some("mode"), e.to_string()))?;
+            return match (self.threshold, &self.when_unsure) {
+                (Some(_), _) => Err(invalid("threshold", "needs a gate (the gate field)")),
+                (_, Some(_)) => Err(invalid("when_unsure", "needs a gate (the gate field)")),
+                _ => Ok(mode),
+            };
+        }
+        let Some(gate) = self.gate.or(gate) else {
             for (name, given) in [
                 ("threshold", self.threshold.is_some()),
                 ("when_unsure", self.when_unsure.is_some()),
@@ -433,7 +447,7 @@ impl Common {
                     return Err(invalid(name, "needs a gate (the gate field)"));
                 }
             }
-            return Ok(Mode::Average);
+            return Ok(server);
         };
         let when_unsure = match &self.when_unsure {
             Some(s) => parse_when_unsure(s)

@@ -156,10 +156,11 @@ fn load(state: &Server, args: &ServeArgs, plan: &Plan) -> Result<()> {
         ..Loading::single(false, false)
     };
     let sets = load_slots(&plan.config.members, loading)?;
-    let mode = plan.mode;
+    let combination = &plan.combination;
     let mut ensembles = Vec::with_capacity(sets.len());
     for members in sets {
-        ensembles.push(Ensemble::new(members, Some(plan.weights.clone()), mode)?);
+        let weights = Some(combination.weights.clone());
+        ensembles.push(Ensemble::new(members, weights, combination.mode)?);
     }
     let context = ensembles[0]
         .members()
@@ -171,10 +172,7 @@ fn load(state: &Server, args: &ServeArgs, plan: &Plan) -> Result<()> {
         model: state.model.clone(),
         context,
         default_max_tokens: args.max_tokens.min(context.saturating_sub(1)).max(1),
-        weights: plan.weights.clone(),
-        mode,
-        schedule: plan.schedule,
-        weighting: plan.weighting,
+        combination: combination.clone(),
         members: plan.config.members.len(),
     };
     let union = Arc::new(ensembles[0].union().clone());

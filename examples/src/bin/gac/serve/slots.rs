@@ -172,8 +172,8 @@ impl Lease {
             .as_mut()
             .ok_or_else(|| ApiError::internal("no ensemble in a free slot"))?;
         ensemble.set_interrupt(cancel.clone());
-        ensemble.set_weights(job.weights.clone())?;
-        ensemble.set_mode(job.mode)?;
+        ensemble.set_weights(job.combination.weights.clone())?;
+        ensemble.set_mode(job.combination.mode)?;
         let mut watcher = Watcher {
             events,
             cancel,
