@@ -421,7 +421,7 @@ impl EnsembleConfig {
 
     /// Checks every value once and types the settings: what every subcommand runs.
     pub fn plan(self) -> Result<Plan> {
-        self.validate()?;
+        self.validate_members()?;
         Ok(Plan {
             combination: self.combination()?,
             config: self,
@@ -443,6 +443,12 @@ impl EnsembleConfig {
 
     /// Checks every value before any model is loaded.
     pub fn validate(&self) -> Result<()> {
+        self.validate_members()?;
+        self.combination().map(|_| ())
+    }
+
+    /// Checks the members' values.
+    fn validate_members(&self) -> Result<()> {
         if self.members.is_empty() {
             return Err(Error::NoMembers);
         }
@@ -500,7 +506,7 @@ impl EnsembleConfig {
                 }
             }
         }
-        self.combination().map(|_| ())
+        Ok(())
     }
 
     /// How the weights are set at each step: `weighting`, fixed by default.
@@ -552,48 +558,19 @@ impl EnsembleConfig {
     /// [`EnsembleConfig::validate`]).
     fn mode(&self) -> Result<Mode> {
         match (&self.gate, self.mode.as_deref()) {
-            (Some(gate), None | Some("gated")) => Ok(Mode::Gated {
+            (Some(gate), None) => Ok(Mode::Gated {
                 gate: gate.member,
                 threshold: gate.threshold,
-                when_unsure: parse_when_unsure(&gate.when_unsure)?,
+                when_unsure: WhenUnsure::parse(&gate.when_unsure)?,
             }),
-            (None, Some("gated")) => Err(Error::config("mode", "'gated' needs a [gate] table")),
-            (Some(_), Some(mode @ ("average" | "selective"))) => Err(Error::config(
+            (Some(_), Some(mode)) => Err(Error::config(
                 "mode",
                 format!("'{mode}' and a [gate] table: a [gate] makes the mode gated; keep one"),
             )),
             (None, None) => Ok(Mode::Average),
-            (_, Some(mode)) => parse_mode(mode),
+            (None, Some(mode)) => Mode::named(mode),
         }
     }
-}
-
-/// Parses `average` or `selective` (a gated mode is described by its gate's settings).
-pub fn parse_mode(s: &str) -> Result<Mode> {
-    match s {
-        "average" => Ok(Mode::Average),
-        "selective" => Ok(Mode::Selective),
-        _ => Err(Error::config(
-            "mode",
-            format!("'{s}' is neither 'average' nor 'selective' (a gate makes it gated)"),
-        )),
-    }
-}
-
-/// Parses `average` or `member:K`.
-pub fn parse_when_unsure(s: &str) -> Result<WhenUnsure> {
-    if s == "average" {
-        return Ok(WhenUnsure::Average);
-    }
-    s.strip_prefix("member:")
-        .and_then(|k| k.parse().ok())
-        .map(WhenUnsure::Defer)
-        .ok_or_else(|| {
-            Error::config(
-                "when_unsure",
-                format!("'{s}' is neither 'average' nor 'member:K'"),
-            )
-        })
 }
 
 #[cfg(test)]
@@ -655,9 +632,7 @@ mod tests {
         let options = c.options(7, Sampling::Greedy);
         assert_eq!((options.max_tokens, options.union_top_k), (7, Some(10)));
         assert_eq!(plan(two).mode, Mode::Average);
-        let gated = plan(&format!(
-            "mode='gated'\n{two}[gate]\nmember=1\nthreshold=0.2"
-        ));
+        let gated = plan(&format!("{two}[gate]\nmember=1\nthreshold=0.2"));
         assert!(matches!(gated.mode, Mode::Gated { gate: 1, .. }));
         // Written and read back, the same.
         let config = parse(&format!("mode='selective'\nunion_top_k=10\n{two}")).unwrap();
@@ -730,7 +705,7 @@ mod tests {
             ),
             (
                 "mode='gated'\n[[member]]\npath='a'",
-                "mode: 'gated' needs a [gate]",
+                "mode: 'gated' is neither",
             ),
             (
                 "union_top_k=0\n[[member]]\npath='a'",

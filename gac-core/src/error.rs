@@ -22,6 +22,8 @@ pub enum Setting {
     Threshold,
     /// What an unsure step does.
     WhenUnsure,
+    /// The mode by name.
+    Mode,
 }
 
 impl fmt::Display for Setting {
@@ -35,6 +37,7 @@ impl fmt::Display for Setting {
             Setting::Gate => write!(f, "gate"),
             Setting::Threshold => write!(f, "threshold"),
             Setting::WhenUnsure => write!(f, "when_unsure"),
+            Setting::Mode => write!(f, "mode"),
         }
     }
 }

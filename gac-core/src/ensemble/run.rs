@@ -163,30 +163,43 @@ impl Run<'_> {
         (total, top)
     }
 
-    /// The union token every member finds most probable, each decided on its own
-    /// distribution as a greedy pick is, if they agree (selective mode's signal). The time
-    /// counts as the combine's, the members' evaluations apart.
+    /// The union token every member with weight finds most probable, each ranked on its own
+    /// distribution as the chain ranks it, if they agree (selective mode's signal). Members
+    /// whose heads cannot decide give their whole distributions, in parallel. The time counts
+    /// as the combine's, the members' evaluations apart.
     fn agreed(&mut self, all: &[usize]) -> Result<Option<UnionId>> {
         let started = Instant::now();
-        let mut evaluating = Duration::ZERO;
-        let mut first = None;
-        let mut agreed = true;
-        for &i in all {
-            let mut filled = self.scatter(&[i], Some(Scatter::Heads));
-            if filled == Filled::NeedsFull {
-                let t = Instant::now();
-                self.fetch_whole(&[i])?;
-                evaluating += t.elapsed();
-                filled = self.scatter(&[i], Some(Scatter::Heads));
-            }
-            let best = (filled == Filled::Mass).then(|| self.candidates.best());
-            if *first.get_or_insert(best) != best {
-                agreed = false;
-                break;
+        let how = self.chain.argmax_scatter();
+        let voters: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| self.weights[i] > 0.0)
+            .collect();
+        let mut best = Vec::with_capacity(voters.len());
+        let mut whole = Vec::new();
+        for &i in &voters {
+            match self.scatter(&[i], Some(how)) {
+                Filled::NeedsFull => whole.push(i),
+                Filled::Mass => best.push(self.candidates.best()),
+                Filled::Empty => best.push(None),
             }
         }
+        let t = Instant::now();
+        self.fetch_whole(&whole)?;
+        let evaluating = t.elapsed();
+        for &i in &whole {
+            let filled = self.scatter(&[i], Some(how));
+            best.push(
+                (filled == Filled::Mass)
+                    .then(|| self.candidates.best())
+                    .flatten(),
+            );
+        }
         self.stats.combine_time += started.elapsed() - evaluating;
-        Ok(first.flatten().flatten().filter(|_| agreed).map(UnionId))
+        let first = best.first().copied().flatten();
+        Ok(first
+            .filter(|_| best.iter().all(|b| *b == first))
+            .map(UnionId))
     }
 
     /// One step: evaluates the members it needs and picks a token; returns it (with its

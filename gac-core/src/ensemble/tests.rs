@@ -686,3 +686,40 @@ fn selective_takes_the_agreed_token_where_a_draw_would_vary() {
     }
     assert!(drawn.iter().any(|t| t != "hhh"), "{drawn:?}");
 }
+
+#[test]
+fn selective_greedy_is_the_average_with_or_without_a_top_k_union() {
+    for union_top_k in [None, Some(2)] {
+        let opts = GenerateOptions {
+            max_tokens: 30,
+            union_top_k,
+            ..Default::default()
+        };
+        let (mut ensembled, mut steps) = (0, 0);
+        for seed in 0..10 {
+            let (selective, _) = run(noisy_pair(seed), Mode::Selective, &opts).unwrap();
+            let (average, _) = run(noisy_pair(seed), Mode::Average, &opts).unwrap();
+            assert_eq!(
+                selective.tokens, average.tokens,
+                "seed {seed}, {union_top_k:?}"
+            );
+            ensembled += selective.stats.ensembled_steps;
+            steps += selective.stats.steps;
+        }
+        assert!(0 < ensembled && ensembled < steps, "{ensembled} of {steps}");
+    }
+}
+
+#[test]
+fn a_member_without_weight_has_no_say_in_selective_agreement() {
+    let opts = GenerateOptions {
+        max_tokens: 30,
+        ..Default::default()
+    };
+    let mut pair = Ensemble::new(noisy_pair(3), Some(vec![1.0, 0.0]), Mode::Selective).unwrap();
+    let g = pair.generate("hello", &opts, &mut |_| {}).unwrap();
+    assert_eq!(g.stats.ensembled_steps, 0);
+    let first = noisy_pair(3).into_iter().take(1).collect();
+    let (alone, _) = run(first, Mode::Average, &opts).unwrap();
+    assert_eq!(g.text, alone.text);
+}

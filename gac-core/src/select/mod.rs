@@ -74,6 +74,16 @@ impl Chain {
         self.mode.deciders(all, signal)
     }
 
+    /// How one member alone enters to find its most probable union token, as this chain would
+    /// rank it: its top-k for a top-k union, else its head (exact, with the whole distribution
+    /// where the head cannot decide).
+    pub fn argmax_scatter(&self) -> Scatter {
+        match self.scatter {
+            Scatter::TopK(k) => Scatter::TopK(k),
+            _ => Scatter::Heads,
+        }
+    }
+
     /// Whether a greedy pick may be decided on the members' heads alone: the candidates then
     /// hold only what decided it, not the whole combined distribution.
     pub fn decides_on_heads(&self) -> bool {

@@ -3,6 +3,8 @@
 //! Eq. 5), what an unsure step does, when the other members are evaluated, and how their
 //! weights are set.
 
+use crate::{Error, Result, Setting};
+
 /// What the ensemble does at a step where the gate is unsure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WhenUnsure {
@@ -11,6 +13,32 @@ pub enum WhenUnsure {
     /// Take this member's distribution alone (the paper's variant for a small gate and a much
     /// larger second model).
     Defer(usize),
+}
+
+impl WhenUnsure {
+    /// Reads `average` or `member:K`.
+    pub fn parse(s: &str) -> Result<Self> {
+        if s == "average" {
+            return Ok(WhenUnsure::Average);
+        }
+        s.strip_prefix("member:")
+            .and_then(|k| k.parse().ok())
+            .map(WhenUnsure::Defer)
+            .ok_or_else(|| {
+                Error::setting(
+                    Setting::WhenUnsure,
+                    format!("'{s}' is neither 'average' nor 'member:K'"),
+                )
+            })
+    }
+
+    /// Its name as [`WhenUnsure::parse`] reads it.
+    pub fn name(&self) -> String {
+        match self {
+            WhenUnsure::Average => "average".into(),
+            WhenUnsure::Defer(k) => format!("member:{k}"),
+        }
+    }
 }
 
 /// When gated mode evaluates the members other than the gate.
@@ -119,6 +147,21 @@ impl Mode {
             Mode::Gated { .. } => "gated",
         }
     }
+
+    /// The mode of a name: `average` or `selective` (a gated mode is described by its gate's
+    /// settings, not by name).
+    pub fn named(name: &str) -> Result<Self> {
+        match [Mode::Average, Mode::Selective]
+            .into_iter()
+            .find(|m| m.name() == name)
+        {
+            Some(mode) => Ok(mode),
+            None => Err(Error::setting(
+                Setting::Mode,
+                format!("'{name}' is neither 'average' nor 'selective' (a gate makes it gated)"),
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +187,18 @@ mod tests {
         let none = Signal::None;
         assert_eq!(Mode::Average.deciders(&all, none), (vec![0, 1, 2], true));
         assert_eq!(Mode::Average.deciders(&[0], none), (vec![0], false));
+    }
+
+    #[test]
+    fn names_read_back() {
+        for mode in [Mode::Average, Mode::Selective] {
+            assert_eq!(Mode::named(mode.name()), Ok(mode));
+        }
+        assert!(Mode::named("gated").is_err());
+        for w in [WhenUnsure::Average, WhenUnsure::Defer(3)] {
+            assert_eq!(WhenUnsure::parse(&w.name()), Ok(w));
+        }
+        assert!(WhenUnsure::parse("member:x").is_err());
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub struct Draw {
 impl Default for Draw {
     fn default() -> Self {
         Self {
-            temperature: 1.0,
+            temperature: DEFAULT_TEMPERATURE,
             top_k: DEFAULT_TOP_K,
             top_p: DEFAULT_TOP_P,
             seed: 0,

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::Args;
 use gac_core::select::{Sampling, DEFAULT_TOP_K, DEFAULT_TOP_P};
-use gac_examples::config::{
-    parse_mode, parse_when_unsure, EnsembleConfig, GateConfig, MemberConfig, Plan, RuntimeKind,
-};
+use gac_examples::config::{EnsembleConfig, GateConfig, MemberConfig, Plan, RuntimeKind};
 
 /// Members, where they run and how they are combined.
 #[derive(Args, Debug)]
@@ -23,9 +21,9 @@ pub struct EnsembleArgs {
         allow_negative_numbers = true
     )]
     weights: Vec<f32>,
-    /// `average` (every step averages the members) or `selective` (only the steps where the
-    /// members' most probable tokens differ; elsewhere the first member decides). Default:
-    /// the --config's, else average; --gate makes it gated.
+    /// `average` (every step averages the members) or `selective` (where the members' most
+    /// probable tokens agree that token is taken; only where they differ are they averaged).
+    /// Default: the --config's, else average; --gate makes it gated.
     #[arg(long, value_name = "MODE", conflicts_with = "gate")]
     mode: Option<String>,
     /// Gated mode: member N decides alone while its top probability is above --threshold.
@@ -194,12 +192,10 @@ impl EnsembleArgs {
         }
         // A mode on the command line replaces the file's, gated or not.
         if let Some(mode) = &self.mode {
-            parse_mode(mode)?;
             config.mode = Some(mode.clone());
             config.gate = None;
         }
         if let Some(member) = self.gate {
-            parse_when_unsure(&self.when_unsure)?;
             config.mode = None;
             config.gate = Some(GateConfig {
                 member,

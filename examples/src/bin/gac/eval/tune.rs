@@ -6,9 +6,10 @@
 //! selection sample every member runs alone and the candidate ensembles race by successive
 //! halving (a quarter of the sample, then half, then all; the better half goes on each time,
 //! ties in accuracy going to the faster). The candidates: the average, its top-k union, the
-//! confidence-weighted average, weights learned from the members' selection accuracy, the
-//! selective mode, and gated ensembles with each member as gate (averaging, or deferring to
-//! another member, when unsure).
+//! confidence-weighted average, weights learned from the members' selection accuracy, and gated
+//! ensembles with each member as gate (averaging, or deferring to another member, when unsure).
+//! The selective mode is not raced: tune's answers are greedy, and greedy it answers exactly as
+//! the average (a token that every member ranks first is the average's first too).
 //! The winner then answers the confirmation sample beside the better member, paired question
 //! by question. An ensemble is recommended only when the lower end of the 95% paired interval
 //! of its gain is above 0; otherwise the better member alone. With several tasks, the same is
@@ -63,7 +64,8 @@ pub struct TuneArgs {
     /// Seed of the question order.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
-    /// Gate thresholds tried with each member as the gate.
+    /// Gate thresholds tried with each member as the gate (averaging when unsure; deferring to
+    /// another member is tried at 0.5).
     #[arg(long = "threshold", value_name = "T", default_values_t = [0.3, 0.5, 0.7])]
     thresholds: Vec<f32>,
     /// Token limit per answer.
@@ -109,7 +111,8 @@ impl TuneArgs {
             gates: Vec::new(),
             defer: false,
             union_top_ks: vec![UNION_TOP_K],
-            selective: true,
+            // Greedy, the selective mode answers exactly as the average: not raced.
+            selective: false,
             no_single: false,
             confidence: true,
             learn_weights: None,
@@ -276,7 +279,11 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
     }
     let members_time = started.elapsed();
     candidates.push(learned(&plan, &eval, &alone));
-    candidates.extend(deferring(&plan, &eval));
+    for config in deferring(&plan, &eval) {
+        if !candidates.iter().any(|c| c.name == config.name) {
+            candidates.push(config);
+        }
+    }
     let mut racing: Vec<Candidate> = candidates.into_iter().map(Candidate::new).collect();
     let rounds = [select.div_ceil(4), select.div_ceil(2), select];
     for (round, &upto) in rounds.iter().enumerate() {
@@ -305,14 +312,6 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
         confirmed = Some(pair(&racing[e], &alone[m], "all", eval.seed));
     }
     let decision = verdict(confirmed.as_ref());
-    let minutes = |d: Duration| d.as_secs_f64() / 60.0;
-    println!(
-        "Cost of this run: {:.1} min, of which {:.1} min the members alone on the selection sample ({:.1}x that; answers already in {} are reused, not counted).\n",
-        minutes(started.elapsed()),
-        minutes(members_time),
-        started.elapsed().as_secs_f64() / members_time.as_secs_f64().max(1e-9),
-        eval.out.display()
-    );
     report(
         &alone,
         &racing,
@@ -355,9 +354,6 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
             )
         }
     };
-    if let Some(path) = &plot {
-        plot_selection(path, &alone, &racing)?;
-    }
     let toml = tuned_toml(&plan, chosen, &tasks, (select, confirm), &eval, &evidence)?;
     std::fs::write(&write, toml).with_context(|| format!("cannot write {}", write.display()))?;
     println!(
@@ -372,61 +368,73 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
         eval.seed,
         select + confirm + eval.shots
     );
-    if tasks.len() < 2 {
-        return Ok(());
-    }
-    // Each task decided on its own questions: its better member and its best ensemble on its
-    // selection answers, confirmed on its confirmation questions where the ensemble led.
-    println!("\nPer task, each decided on its own questions by the same rule:\n");
-    println!("| task | better member | best ensemble | selection accuracy (member, ensemble) | gain on confirmation | recommended | written to |");
-    println!("|---|---|---|---|---|---|---|");
-    for task in &tasks {
-        let name = task.name.as_str();
-        let (mt, et) = (best_of(&alone, Some(name)), best_of(&racing, Some(name)));
-        let (member, ensemble) = (alone[mt].rank(Some(name)).0, racing[et].rank(Some(name)).0);
-        let mut confirmed = None;
-        if ensemble > member {
-            for c in [&mut alone[mt], &mut racing[et]] {
-                let records = run_on(&c.config, select, select + confirm, Some(name))?;
-                c.confirmation.retain(|r| r.task != name);
-                c.confirmation.extend(records);
+    // Each task decided on its own questions: its better member and its best ensemble (of
+    // those that ran the whole selection sample) on its selection answers, confirmed on its
+    // confirmation questions where the ensemble led.
+    if tasks.len() > 1 {
+        println!("\nPer task, each decided on its own questions by the same rule (among the ensembles that ran the whole selection sample):\n");
+        println!("| task | better member | best ensemble | selection accuracy (member, ensemble) | gain on confirmation | recommended | written to |");
+        println!("|---|---|---|---|---|---|---|");
+        for task in &tasks {
+            let name = task.name.as_str();
+            let (mt, et) = (best_of(&alone, Some(name)), best_of(&racing, Some(name)));
+            let (member, ensemble) = (alone[mt].rank(Some(name)).0, racing[et].rank(Some(name)).0);
+            let mut confirmed = None;
+            if ensemble > member {
+                for c in [&mut alone[mt], &mut racing[et]] {
+                    let records = run_on(&c.config, select, select + confirm, Some(name))?;
+                    c.confirmation.retain(|r| r.task != name);
+                    c.confirmation.extend(records);
+                }
+                confirmed = Some(pair(&racing[et], &alone[mt], name, eval.seed));
             }
-            confirmed = Some(pair(&racing[et], &alone[mt], name, eval.seed));
+            let chosen = match verdict(confirmed.as_ref()) {
+                Verdict::Ensemble => &racing[et].config,
+                Verdict::Member => &alone[mt].config,
+            };
+            let gain = confirmed
+                .as_ref()
+                .map_or("not run (no ensemble led)".into(), |p| {
+                    format!(
+                        "{:+.1} ({:+.1} to {:+.1}, n = {})",
+                        p.difference, p.low, p.high, p.n
+                    )
+                });
+            let evidence = format!(
+                "on task {name}: {} against {} alone: {gain}; recommended: {}",
+                racing[et].config.name, alone[mt].config.name, chosen.name
+            );
+            let path = task_path(&write, name);
+            let toml = tuned_toml(
+                &plan,
+                chosen,
+                std::slice::from_ref(task),
+                (select, confirm),
+                &eval,
+                &evidence,
+            )?;
+            std::fs::write(&path, toml)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!(
+                "| {name} | {} | {} | {member:.1}, {ensemble:.1} | {gain} | {} | {} |",
+                alone[mt].config.name,
+                racing[et].config.name,
+                chosen.name,
+                path.display()
+            );
         }
-        let chosen = match verdict(confirmed.as_ref()) {
-            Verdict::Ensemble => &racing[et].config,
-            Verdict::Member => &alone[mt].config,
-        };
-        let gain = confirmed
-            .as_ref()
-            .map_or("not run (no ensemble led)".into(), |p| {
-                format!(
-                    "{:+.1} ({:+.1} to {:+.1}, n = {})",
-                    p.difference, p.low, p.high, p.n
-                )
-            });
-        let evidence = format!(
-            "on task {name}: {}, against {} alone: {gain}",
-            chosen.name, alone[mt].config.name
-        );
-        let path = task_path(&write, name);
-        let toml = tuned_toml(
-            &plan,
-            chosen,
-            std::slice::from_ref(task),
-            (select, confirm),
-            &eval,
-            &evidence,
-        )?;
-        std::fs::write(&path, toml).with_context(|| format!("cannot write {}", path.display()))?;
-        println!(
-            "| {name} | {} | {} | {member:.1}, {ensemble:.1} | {gain} | {} | {} |",
-            alone[mt].config.name,
-            racing[et].config.name,
-            chosen.name,
-            path.display()
-        );
     }
+    if let Some(path) = &plot {
+        plot_selection(path, &alone, &racing)?;
+    }
+    let minutes = |d: Duration| d.as_secs_f64() / 60.0;
+    println!(
+        "\nCost of this run: {:.1} min, of which {:.1} min the members alone on the selection sample ({:.1}x that; answers already in {} are reused, not counted).",
+        minutes(started.elapsed()),
+        minutes(members_time),
+        started.elapsed().as_secs_f64() / members_time.as_secs_f64().max(1e-9),
+        eval.out.display()
+    );
     Ok(())
 }
 
@@ -572,6 +580,7 @@ fn report(
         ),
         None => String::new(),
     };
+    println!("The selective mode is not raced: greedy, it answers exactly as the average, whose row stands for it.\n");
     println!("| configuration | selection accuracy | ms/token | halving | confirmation accuracy |");
     println!("|---|---:|---:|---|---:|");
     for (i, c) in alone.iter().chain(racing).enumerate() {
@@ -643,10 +652,7 @@ fn tuned_toml(
         } => Some(GateConfig {
             member: gate,
             threshold,
-            when_unsure: match when_unsure {
-                WhenUnsure::Average => "average".into(),
-                WhenUnsure::Defer(k) => format!("member:{k}"),
-            },
+            when_unsure: when_unsure.name(),
             schedule: None,
         }),
     };
@@ -655,7 +661,7 @@ fn tuned_toml(
         members,
         gate,
         weighting: (chosen.weighting == Weighting::Confidence).then(|| "confidence".into()),
-        mode: (chosen.mode == Mode::Selective).then(|| "selective".into()),
+        mode: (chosen.mode == Mode::Selective).then(|| chosen.mode.name().into()),
         union_top_k: chosen.union_top_k,
     };
     let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();

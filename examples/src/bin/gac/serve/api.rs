@@ -4,7 +4,7 @@
 use gac_core::select::{Sampling, DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD};
 use gac_core::select::{DEFAULT_TOP_K, DEFAULT_TOP_P};
 use gac_core::{GenerateOptions, Message, Mode, Setting, WhenUnsure};
-use gac_examples::config::{parse_mode, parse_when_unsure, Combination};
+use gac_examples::config::Combination;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -430,8 +430,7 @@ impl Common {
                     "give either mode or gate (a gate makes it gated)",
                 ));
             }
-            let mode =
-                parse_mode(mode).map_err(|e| ApiError::invalid(Some("mode"), e.to_string()))?;
+            let mode = Mode::named(mode).map_err(|e| core_field(&e))?;
             return match (self.threshold, &self.when_unsure) {
                 (Some(_), _) => Err(invalid("threshold", "needs a gate (the gate field)")),
                 (_, Some(_)) => Err(invalid("when_unsure", "needs a gate (the gate field)")),
@@ -450,8 +449,7 @@ impl Common {
             return Ok(server);
         };
         let when_unsure = match &self.when_unsure {
-            Some(s) => parse_when_unsure(s)
-                .map_err(|e| ApiError::invalid(Some("when_unsure"), e.to_string()))?,
+            Some(s) => WhenUnsure::parse(s).map_err(|e| core_field(&e))?,
             None => when_unsure,
         };
         Ok(Mode::Gated {
@@ -473,6 +471,7 @@ pub(super) fn core_field(e: &gac_core::Error) -> ApiError {
             Setting::Gate => "gate",
             Setting::Threshold => "threshold",
             Setting::WhenUnsure => "when_unsure",
+            Setting::Mode => "mode",
         }),
         _ => None,
     };
