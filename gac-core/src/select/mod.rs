@@ -1,6 +1,7 @@
 //! Choosing one union token from the members' distributions, as a chain of small stages over
 //! one candidates buffer (the way llama.cpp's sampler chain is built): the mode decides which
-//! members decide the step (all, the first where they agree, or a sure gate); a scatter puts
+//! members decide the step (all; in selective mode the token they agree on is taken without
+//! the rest of the chain; or a sure gate); a scatter puts
 //! those members' weighted distributions into union space (all of them, only the heads when they
 //! decide a greedy pick exactly, or the top-k union); stages narrow the candidates (top-k,
 //! top-p, temperature); one chooser ends the chain (greedy, or a seeded draw). Everything is
@@ -75,12 +76,12 @@ impl Chain {
     }
 
     /// How one member alone enters to find its most probable union token, as this chain would
-    /// rank it: its top-k for a top-k union, else its head (exact, with the whole distribution
-    /// where the head cannot decide).
+    /// rank it: its top-k for a top-k union, what it gave for a draw, else its head (exact,
+    /// with the whole distribution where the head cannot decide).
     pub fn argmax_scatter(&self) -> Scatter {
         match self.scatter {
-            Scatter::TopK(k) => Scatter::TopK(k),
-            _ => Scatter::Heads,
+            Scatter::Whole => Scatter::Heads,
+            how => how,
         }
     }
 

@@ -74,7 +74,8 @@ pub const DEFAULT_THRESHOLD: f32 = 0.5;
 pub enum Mode {
     /// Every step averages all members (paper Eq. 3).
     Average,
-    /// Every member is evaluated at every step; where their most probable union tokens agree,
+    /// Every member is evaluated at every step; where the most probable union tokens of the
+    /// members with weight agree,
     /// that token is taken whatever the sampling; only where they disagree does the chain pick
     /// from the average (ensembling at the points of disagreement only). Under greedy picks
     /// this is the average token for token (a token that is every member's argmax is the
@@ -102,7 +103,7 @@ pub enum Signal {
     None,
     /// The gate's top probability at this step.
     GateTop(f32),
-    /// Whether every member's most probable union token is the same.
+    /// Whether every member with weight has the same most probable union token.
     Agreed(bool),
 }
 
@@ -158,7 +159,7 @@ impl Mode {
             Some(mode) => Ok(mode),
             None => Err(Error::setting(
                 Setting::Mode,
-                format!("'{name}' is neither 'average' nor 'selective' (a gate makes it gated)"),
+                format!("'{name}' is neither 'average' nor 'selective' (a gate, or a [gate] table, makes it gated)"),
             )),
         }
     }

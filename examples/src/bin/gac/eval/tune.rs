@@ -265,8 +265,10 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
     let mut members = Vec::new();
     let mut candidates = Vec::new();
     for config in configurations(&plan, &eval)? {
-        match config.members.len() {
-            1 => members.push(config),
+        match (config.members.len(), config.mode) {
+            (1, _) => members.push(config),
+            // A --config's own selective mode: greedy, it is the average.
+            (_, Mode::Selective) => {}
             _ => candidates.push(config),
         }
     }
