@@ -4,8 +4,9 @@
 //! Each task's questions are drawn in one seeded order: the first `--select` are the selection
 //! sample, the next `--confirm` the confirmation sample, the next `--shots` the shots. On the
 //! selection sample every member runs alone and the candidate ensembles race by successive
-//! halving (a quarter of the sample, then half, then all; the better half goes on each time,
-//! ties in accuracy going to the faster). The candidates: the average, its top-k union, the
+//! halving (as many rounds as it takes to leave two, each on twice the questions of the one
+//! before and the last on all of them; the better half goes on each time, ties in accuracy
+//! going to the faster). The candidates: the average, its top-k union, the
 //! confidence-weighted average, weights learned from the members' selection accuracy, and gated
 //! ensembles with each member as gate (averaging, or deferring to another member, when unsure).
 //! The selective mode is not raced: tune's answers are greedy, and greedy it answers exactly as
@@ -287,8 +288,7 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
         }
     }
     let mut racing: Vec<Candidate> = candidates.into_iter().map(Candidate::new).collect();
-    let rounds = [select.div_ceil(4), select.div_ceil(2), select];
-    for (round, &upto) in rounds.iter().enumerate() {
+    for (round, upto) in halving_rounds(racing.len(), select).into_iter().enumerate() {
         let mut alive: Vec<&mut Candidate> =
             racing.iter_mut().filter(|c| c.dropped.is_none()).collect();
         for c in alive.iter_mut() {
@@ -438,6 +438,17 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
         eval.out.display()
     );
     Ok(())
+}
+
+/// How many selection questions each halving round asks: the whole sample in the last round,
+/// half of it in the one before, and so on back to the first, with as many rounds as halving
+/// `candidates` takes to leave two (so every round costs about the same).
+fn halving_rounds(candidates: usize, select: usize) -> Vec<usize> {
+    let rounds = candidates.max(2).next_power_of_two().trailing_zeros();
+    (0..rounds)
+        .rev()
+        .map(|halvings| select.div_ceil(1 << halvings))
+        .collect()
 }
 
 /// Draws every candidate's accuracy on the selection questions it answered against its
@@ -722,6 +733,14 @@ mod tests {
         assert_eq!(verdict(Some(&gain(0.0))), Verdict::Member);
         assert_eq!(verdict(Some(&gain(-2.0))), Verdict::Member);
         assert_eq!(verdict(None), Verdict::Member);
+    }
+
+    #[test]
+    fn halving_doubles_the_sample_until_two_are_left() {
+        assert_eq!(halving_rounds(13, 40), [5, 10, 20, 40]);
+        assert_eq!(halving_rounds(8, 60), [15, 30, 60]);
+        assert_eq!(halving_rounds(2, 60), [60]);
+        assert_eq!(halving_rounds(1, 60), [60]);
     }
 
     #[test]
