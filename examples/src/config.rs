@@ -41,7 +41,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use gac_core::ensemble::{validate, validate_union_top_k};
-use gac_core::{Error, GenerateOptions, Mode, Result, Sampling, Schedule, Weighting, WhenUnsure};
+use gac_core::{
+    Error, GenerateOptions, Grammar, Mode, Result, Sampling, Schedule, Weighting, WhenUnsure,
+};
 
 /// The longest wait for one answer of a remote member a configuration may set: a day.
 pub const MAX_TIMEOUT_SECS: f32 = 86_400.0;
@@ -69,6 +71,15 @@ pub struct EnsembleConfig {
     /// Combine only each member's K most probable tokens (the top-k union).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub union_top_k: Option<usize>,
+    /// The output must be valid against the JSON schema in this file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<PathBuf>,
+    /// The output must be a JSON object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_object: Option<bool>,
+    /// The output must match the Lark grammar in this file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<PathBuf>,
 }
 
 /// Which inference runtime hosts a member.
@@ -134,6 +145,8 @@ pub struct Combination {
     pub weighting: Weighting,
     /// Combine only each member's K most probable tokens.
     pub union_top_k: Option<usize>,
+    /// What the output must match (structured outputs).
+    pub grammar: Option<Grammar>,
 }
 
 impl Combination {
@@ -151,6 +164,7 @@ impl Combination {
             union_top_k: self.union_top_k,
             schedule: self.schedule,
             weighting: self.weighting,
+            grammar: self.grammar.clone(),
             ..GenerateOptions::default()
         }
     }
@@ -409,6 +423,11 @@ impl EnsembleConfig {
                 *vocab = base.join(&*vocab);
             }
         }
+        for file in [&mut config.json_schema, &mut config.grammar] {
+            if let Some(f) = file.as_mut().filter(|f| f.is_relative()) {
+                *f = base.join(&*f);
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -436,9 +455,44 @@ impl EnsembleConfig {
             schedule: self.schedule()?,
             weighting: self.weighting()?,
             union_top_k: self.union_top_k,
+            grammar: self.grammar()?,
         };
         combination.validate(self.members.len())?;
         Ok(combination)
+    }
+
+    /// The grammar the output must match, read from its file: at most one of `json_schema`,
+    /// `json_object` and `grammar`.
+    fn grammar(&self) -> Result<Option<Grammar>> {
+        let json_object = self.json_object == Some(true);
+        let given = [
+            self.json_schema.is_some(),
+            json_object,
+            self.grammar.is_some(),
+        ];
+        if given.iter().filter(|&&g| g).count() > 1 {
+            return Err(Error::config(
+                "json_schema",
+                "give one of json_schema, json_object and grammar",
+            ));
+        }
+        let read = |key: &str, path: &Path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::config(key, format!("cannot read {}: {e}", path.display())))
+        };
+        if let Some(path) = &self.json_schema {
+            let schema = serde_json::from_str(&read("json_schema", path)?).map_err(|e| {
+                Error::config(
+                    "json_schema",
+                    format!("{} is not JSON: {e}", path.display()),
+                )
+            })?;
+            return Ok(Some(Grammar::JsonSchema(schema)));
+        }
+        if let Some(path) = &self.grammar {
+            return Ok(Some(Grammar::Lark(read("grammar", path)?)));
+        }
+        Ok(json_object.then_some(Grammar::JsonObject))
     }
 
     /// Checks every value before any model is loaded.

@@ -176,6 +176,8 @@ fn bench_prints_every_table() {
         "SmolLM2-135M-Instruct.Q4_1 alone",
         "gemma-3-270m-q4_k_m alone",
         "average ensemble |",
+        "average ensemble, grammar: any text |",
+        "average ensemble, grammar: JSON object |",
         "selective ensemble |",
         "gated ensemble (lazy)",
         "gated ensemble (eager)",
@@ -192,6 +194,97 @@ fn bench_prints_every_table() {
         assert!(number(3) > 0.0 && number(4) > 0.0, "{cache:?}");
         assert!(number(6) >= 0.0, "{cache:?}");
     }
+}
+
+#[test]
+fn structured_outputs_from_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("gac-cli-grammar-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (smollm, gemma) = (path(SMOLLM), path(GEMMA));
+    let run = |extra: &[&str], prompt: &str| {
+        let mut args = vec!["generate", "--model", &smollm, "--model", &gemma, "--json"];
+        args.extend(extra);
+        args.push(prompt);
+        gac(&args)
+    };
+    // A grammar: only its words, under sampling too; the answer ends with the grammar.
+    let yes_no = file("yes-no.lark", r#"start: "yes" | "no""#);
+    for seed in ["1", "2", "3"] {
+        let extra = ["--grammar", &yes_no, "--temperature", "1", "--seed", seed];
+        let out = run(&extra, "Question: Is the sea salty?\nAnswer:");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let g: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(["yes", "no"].contains(&g["text"].as_str().unwrap()), "{g}");
+        assert_eq!(g["finish"], "end", "{g}");
+    }
+    // JSON mode: an object.
+    let out = run(&["--json-object", "--max-tokens", "64"], "A cat as JSON:");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = g["text"].as_str().unwrap();
+    if g["finish"] == "end" {
+        let object: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert!(object.is_object(), "{text}");
+    } else {
+        assert!(text.starts_with('{'), "{text}");
+    }
+    // Bad input is named before any model loads, or before any step.
+    let missing = dir.join("missing.json").display().to_string();
+    let e = fails(&[
+        "generate",
+        "--model",
+        &smollm,
+        "--json-schema",
+        &missing,
+        "hi",
+    ]);
+    assert!(
+        e.contains("json_schema") && e.contains("missing.json"),
+        "{e}"
+    );
+    let not_json = file("not.json", "{type: object");
+    let e = fails(&[
+        "generate",
+        "--model",
+        &smollm,
+        "--json-schema",
+        &not_json,
+        "hi",
+    ]);
+    assert!(e.contains("not.json is not JSON"), "{e}");
+    let bad = file("bad.lark", "start: nowhere");
+    let e = fails(&["generate", "--model", &smollm, "--grammar", &bad, "hi"]);
+    assert!(
+        e.contains("invalid grammar") && e.contains("nowhere"),
+        "{e}"
+    );
+    let e = fails(&[
+        "generate",
+        "--model",
+        &smollm,
+        "--grammar",
+        &bad,
+        "--json-object",
+        "hi",
+    ]);
+    assert!(
+        e.contains("--json-object") || e.contains("--grammar"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -24,6 +24,8 @@ pub enum Setting {
     WhenUnsure,
     /// The mode by name.
     Mode,
+    /// A grammar or JSON schema that constrains the output.
+    Grammar,
 }
 
 impl fmt::Display for Setting {
@@ -38,6 +40,7 @@ impl fmt::Display for Setting {
             Setting::Threshold => write!(f, "threshold"),
             Setting::WhenUnsure => write!(f, "when_unsure"),
             Setting::Mode => write!(f, "mode"),
+            Setting::Grammar => write!(f, "grammar"),
         }
     }
 }
@@ -104,6 +107,14 @@ pub enum Error {
         /// The step (0-based generated token index).
         step: usize,
     },
+    /// The grammar's parser failed during a generation (a compile error is
+    /// [`Setting::Grammar`]).
+    Constraint {
+        /// The step (0-based generated token index).
+        step: usize,
+        /// What the parser said.
+        message: String,
+    },
 }
 
 impl Error {
@@ -165,6 +176,9 @@ impl fmt::Display for Error {
             }
             Error::ZeroMass { step } => {
                 write!(f, "no token received any probability at step {step}")
+            }
+            Error::Constraint { step, message } => {
+                write!(f, "the grammar's parser failed at step {step}: {message}")
             }
         }
     }

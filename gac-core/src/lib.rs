@@ -17,6 +17,7 @@
 
 pub mod bridge;
 pub mod combine;
+pub mod constraint;
 pub mod ensemble;
 mod error;
 pub mod gguf;
@@ -30,6 +31,7 @@ pub mod tokenizer_json;
 pub mod union;
 pub mod vocab;
 
+pub use constraint::Grammar;
 pub use ensemble::{
     Ensemble, Finish, GenerateOptions, Generation, Observer, Prompt, Stats, StepStats, TokenLogprob,
 };

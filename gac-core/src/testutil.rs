@@ -7,6 +7,19 @@ use crate::member::{Encoder, Evaluation, Member};
 use crate::vocab::{Token, Vocab};
 use crate::{Error, Result};
 
+/// A vocabulary of `pieces` (`"<end>"` is End, `"<special>"` is Special, the rest text).
+pub fn vocab(name: &str, pieces: &[&str]) -> Vocab {
+    let tokens = pieces
+        .iter()
+        .map(|p| match *p {
+            "<end>" => Token::End,
+            "<special>" => Token::Special,
+            p => Token::Text(p.as_bytes().into()),
+        })
+        .collect();
+    Vocab::new(name, tokens).expect("a test vocabulary has an End token")
+}
+
 /// A member that writes `target` and then ends; see the module doc.
 #[derive(Debug)]
 pub struct ScriptedMember {
@@ -39,15 +52,7 @@ pub struct ScriptedMember {
 impl ScriptedMember {
     /// A member over `pieces` (`"<end>"` is End, `"<special>"` is Special) that writes `target`.
     pub fn new(name: &str, pieces: &[&str], target: &str) -> Self {
-        let tokens = pieces
-            .iter()
-            .map(|p| match *p {
-                "<end>" => Token::End,
-                "<special>" => Token::Special,
-                p => Token::Text(p.as_bytes().into()),
-            })
-            .collect();
-        let vocab = Vocab::new(name, tokens).expect("scripted vocab has an End token");
+        let vocab = vocab(name, pieces);
         let logits = vec![0.0; vocab.len()];
         Self {
             name: name.to_string(),

@@ -14,6 +14,7 @@ mod worker;
 use std::sync::mpsc::channel;
 use std::time::Instant;
 
+use crate::constraint::{Grammar, Grammars};
 use crate::member::{Interrupt, Member};
 use crate::select::{Candidates, Chain};
 use crate::select::{Mode, WhenUnsure};
@@ -35,6 +36,8 @@ pub struct Ensemble {
     weights: Vec<f32>,
     mode: Mode,
     union: Union,
+    /// The union prepared for grammars, on first use.
+    grammars: Option<Grammars>,
     interrupt: Interrupt,
 }
 
@@ -63,6 +66,7 @@ impl Ensemble {
             weights,
             mode,
             union,
+            grammars: None,
             interrupt,
         })
     }
@@ -116,6 +120,26 @@ impl Ensemble {
         Ok(())
     }
 
+    /// The union prepared for grammars (built on first use, then kept); share it with
+    /// [`Ensemble::set_grammars`] among ensembles of the same members.
+    pub fn grammars(&mut self) -> Result<&Grammars> {
+        if self.grammars.is_none() {
+            self.grammars = Some(Grammars::new(&self.union)?);
+        }
+        Ok(self.grammars.as_ref().expect("just built"))
+    }
+
+    /// Uses `grammars`, prepared for another ensemble of the same members in the same order.
+    pub fn set_grammars(&mut self, grammars: Grammars) {
+        self.grammars = Some(grammars);
+    }
+
+    /// Checks that `grammar` compiles for this ensemble (a [`Setting::Grammar`] error says
+    /// what is wrong), without generating.
+    pub fn check_grammar(&mut self, grammar: &Grammar) -> Result<()> {
+        self.grammars()?.compile(grammar).map(drop)
+    }
+
     /// Generates from `prompt`, calling `on_text` with each piece of text as it becomes final.
     pub fn generate(
         &mut self,
@@ -143,6 +167,12 @@ impl Ensemble {
         if empty {
             return Err(Error::EmptyPrompt);
         }
+        // Compiled before anything runs (the union is prepared once, on first use): a bad
+        // grammar fails here, and the time is not the generation's.
+        let constraint = match &options.grammar {
+            Some(g) => Some(self.grammars()?.compile(g)?),
+            None => None,
+        };
         let start = Instant::now();
         let mut prompt_lens = Vec::with_capacity(self.members.len());
         for member in &mut self.members {
@@ -191,6 +221,7 @@ impl Ensemble {
                 schedule: options.schedule,
                 weighting: options.weighting,
                 logprobs: options.logprobs,
+                constraint,
                 interrupt: self.interrupt.clone(),
                 stats: Stats::default(),
             };

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::constraint::Constraint;
 use crate::member::Interrupt;
 use crate::select::{Candidates, Chain, Filled, MemberInput, Scatter};
 use crate::select::{Mode, Schedule, Signal, Weighting};
@@ -31,15 +32,50 @@ pub(super) struct Run<'a> {
     pub(super) weighting: Weighting,
     /// How many alternatives to report with each token's probability, if any.
     pub(super) logprobs: Option<usize>,
+    /// The grammar the output must match, if any.
+    pub(super) constraint: Option<Constraint>,
     /// Set from another thread: stop at the next step.
     pub(super) interrupt: Interrupt,
     pub(super) stats: Stats,
 }
 
 impl Run<'_> {
-    /// Evaluates these members in parallel.
-    fn evaluate(&mut self, which: &[usize]) -> Result<()> {
-        self.in_parallel(which, Worker::send_eval)
+    /// Evaluates these members in parallel; meanwhile, restricts the candidates to what the
+    /// grammar allows at this step (it depends only on the text so far).
+    fn evaluate(&mut self, which: &[usize], step: usize) -> Result<()> {
+        for &i in which {
+            self.workers[i].send_eval()?;
+        }
+        let restricted = self.restrict(step);
+        for &i in which {
+            self.workers[i].receive(&mut self.stats.members[i])?;
+        }
+        restricted
+    }
+
+    /// Restricts the candidates to the union tokens the grammar allows at this step.
+    fn restrict(&mut self, step: usize) -> Result<()> {
+        if let Some(c) = &mut self.constraint {
+            let t = Instant::now();
+            self.candidates.restrict(Some(c.allowed(step)?));
+            self.stats.constraint_time += t.elapsed();
+        }
+        Ok(())
+    }
+
+    /// The gate's confidence: its top probability, or under a grammar the largest share of
+    /// the mass it gives the allowed tokens.
+    fn gate_confidence(&mut self, gate: usize) -> Result<f32> {
+        if self.constraint.is_none() {
+            return Ok(self.workers[gate].top);
+        }
+        if self.workers[gate].dist.as_ref().is_some_and(|d| !d.full) {
+            self.fetch_whole(&[gate])?;
+        }
+        self.scatter(&[gate], Some(Scatter::Whole));
+        let list = self.candidates.sorted();
+        let total: f32 = list.iter().map(|x| x.0).sum();
+        Ok(list.first().map_or(0.0, |x| x.0 / total))
     }
 
     /// Sends each of these members its command, then waits for every answer.
@@ -62,8 +98,9 @@ impl Run<'_> {
         let mut filled = self.scatter(which, None);
         if filled == Filled::NeedsFull {
             let t = Instant::now();
-            // The heads do not decide this greedy step, or some are shorter than the top-k
-            // union's K: those members evaluate their whole distribution, for this step alone.
+            // The heads do not decide this greedy step, some are shorter than the top-k
+            // union's K, or they hold no token the grammar allows: those members evaluate
+            // their whole distribution, for this step alone.
             let inputs = inputs_of(
                 &self.workers,
                 self.weights,
@@ -74,7 +111,9 @@ impl Run<'_> {
             let heads: Vec<usize> = which
                 .iter()
                 .zip(&inputs)
-                .filter(|(_, m)| self.chain.needs_whole(m))
+                .filter(|(_, m)| {
+                    self.chain.needs_whole(m) || (self.candidates.restricted() && !m.full)
+                })
                 .map(|(&i, _)| i)
                 .collect();
             self.fetch_whole(&heads)?;
@@ -207,12 +246,12 @@ impl Run<'_> {
     fn step(&mut self, all: &[usize], step: usize) -> Result<(Picked, bool, Option<f32>)> {
         let (which, ensembled, confidence) = match self.chain.mode() {
             Mode::Average => {
-                self.evaluate(all)?;
+                self.evaluate(all, step)?;
                 let (which, ensembled) = self.chain.deciders(all, Signal::None);
                 (which, ensembled, None)
             }
             Mode::Selective => {
-                self.evaluate(all)?;
+                self.evaluate(all, step)?;
                 let agreed = self.agreed(all)?;
                 let signal = Signal::Agreed(agreed.is_some());
                 let (which, ensembled) = self.chain.deciders(all, signal);
@@ -229,15 +268,15 @@ impl Run<'_> {
             Mode::Gated { gate, .. } => {
                 let eager = self.schedule == Schedule::Eager;
                 let gate_only = [gate];
-                self.evaluate(if eager { all } else { &gate_only })?;
-                let top = self.workers[gate].top;
+                self.evaluate(if eager { all } else { &gate_only }, step)?;
+                let top = self.gate_confidence(gate)?;
                 let (which, ensembled) = self.chain.deciders(all, Signal::GateTop(top));
                 if !eager {
                     let rest: Vec<usize> = which.iter().copied().filter(|&i| i != gate).collect();
                     for i in all.iter().filter(|i| !which.contains(i)) {
                         self.workers[*i].send_idle()?;
                     }
-                    self.evaluate(&rest)?;
+                    self.evaluate(&rest, step)?;
                 }
                 (which, ensembled, Some(top))
             }
@@ -302,6 +341,9 @@ impl Run<'_> {
                 self.stats.combine_time += t.elapsed();
                 break;
             }
+            if let Some(c) = &mut self.constraint {
+                c.advance(x, step)?;
+            }
             observer.token(x, logprob.as_ref());
             logprobs.extend(logprob);
             tokens.push(x);
@@ -326,6 +368,14 @@ impl Run<'_> {
             self.stats.combine_time += t.elapsed();
             if stop.is_some() {
                 finish = Finish::Stop;
+                break;
+            }
+            if self
+                .constraint
+                .as_ref()
+                .is_some_and(Constraint::is_complete)
+            {
+                finish = Finish::End;
                 break;
             }
         }

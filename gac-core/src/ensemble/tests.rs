@@ -723,3 +723,131 @@ fn a_member_without_weight_has_no_say_in_selective_agreement() {
     let (alone, _) = run(first, Mode::Average, &opts).unwrap();
     assert_eq!(g.text, alone.text);
 }
+
+/// Whether `text` is (he|lo| )+ then d, whole, or (`whole` false) the start of such a text.
+fn spells_he_lo_d(text: &str, whole: bool) -> bool {
+    let mut rest = text;
+    loop {
+        if rest.is_empty() {
+            return !whole;
+        }
+        if rest == "d" {
+            return text.len() > 1;
+        }
+        match ["he", "lo", " "].iter().find(|p| rest.starts_with(*p)) {
+            Some(p) => rest = &rest[p.len()..],
+            None => return !whole && ["h", "l"].contains(&rest),
+        }
+    }
+}
+
+#[test]
+fn a_grammar_holds_in_every_mode_sampling_and_union() {
+    let grammar = Grammar::Lark(r#"start: ("he" | "lo" | " ")+ "d""#.into());
+    let draw = Sampling::Draw(Draw {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 5,
+    });
+    let gated = |when_unsure| Mode::Gated {
+        gate: 1,
+        threshold: 0.5,
+        when_unsure,
+    };
+    let modes = [
+        Mode::Average,
+        Mode::Selective,
+        gated(WhenUnsure::Average),
+        gated(WhenUnsure::Defer(0)),
+    ];
+    let mut ended = 0;
+    for seed in 0..6 {
+        for mode in modes {
+            for sampling in [Sampling::Greedy, draw] {
+                for union_top_k in [None, Some(3)] {
+                    let opts = GenerateOptions {
+                        max_tokens: 12,
+                        sampling,
+                        union_top_k,
+                        grammar: Some(grammar.clone()),
+                        ..Default::default()
+                    };
+                    let (g, streamed) = run(noisy_heads(seed, 4), mode, &opts).unwrap();
+                    let whole = g.finish == Finish::End;
+                    assert!(
+                        spells_he_lo_d(&g.text, whole) && streamed == g.text,
+                        "{mode:?} {sampling:?} {union_top_k:?} seed {seed}: {:?} {:?}",
+                        g.text,
+                        g.finish
+                    );
+                    ended += usize::from(whole);
+                }
+            }
+        }
+    }
+    assert!(ended > 0, "some generations complete the grammar");
+}
+
+#[test]
+fn constrained_greedy_on_heads_picks_what_whole_distributions_pick() {
+    let opts = GenerateOptions {
+        max_tokens: 12,
+        grammar: Some(Grammar::Lark(r#"start: ("he" | "lo" | " ")+ "d""#.into())),
+        ..Default::default()
+    };
+    for seed in 0..30 {
+        let (full, _) = run(noisy_pair(seed), Mode::Average, &opts).unwrap();
+        let (heads, _) = run(noisy_heads(seed, 2), Mode::Average, &opts).unwrap();
+        assert_eq!(heads.tokens, full.tokens, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_gate_sure_of_a_token_the_grammar_forbids_is_unsure_of_the_allowed_ones() {
+    // The gate puts 0.9 on "o" (forbidden) and splits the rest between "h" and "e".
+    let pieces = &["<end>", "h", "e", "o", "l"];
+    let gate = || {
+        fixed(
+            "gate",
+            pieces,
+            vec![-20.0, 0.0, 0.0, 2.0_f32.ln() + 2.89, -20.0],
+        )
+    };
+    let other = || fixed("other", pieces, vec![-20.0, 0.0, 3.0, 0.0, -20.0]);
+    let mode = Mode::Gated {
+        gate: 0,
+        threshold: 0.6,
+        when_unsure: WhenUnsure::Average,
+    };
+    let free = GenerateOptions {
+        max_tokens: 1,
+        ..Default::default()
+    };
+    let (g, _) = run(vec![gate(), other()], mode, &free).unwrap();
+    assert_eq!((g.text.as_str(), g.stats.ensembled_steps), ("o", 0));
+    let constrained = GenerateOptions {
+        grammar: Some(Grammar::Lark(r#"start: "h" | "e""#.into())),
+        ..free
+    };
+    let (g, _) = run(vec![gate(), other()], mode, &constrained).unwrap();
+    assert_eq!((g.text.as_str(), g.stats.ensembled_steps), ("e", 1));
+    assert_eq!(g.finish, Finish::End, "the grammar is complete");
+}
+
+#[test]
+fn a_bad_grammar_is_named_before_any_member_runs() {
+    let opts = GenerateOptions {
+        grammar: Some(Grammar::Lark("start: undefined_rule".into())),
+        ..Default::default()
+    };
+    let mut a = ScriptedMember::new("a", A, "hello");
+    a.fail_at = Some(0);
+    match run(vec![boxed(a)], Mode::Average, &opts) {
+        Err(Error::Setting {
+            setting: Setting::Grammar,
+            message,
+        }) => assert!(message.contains("undefined_rule"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}

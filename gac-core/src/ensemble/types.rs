@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::constraint::Grammar;
 use crate::member::Message;
 use crate::select::Sampling;
 use crate::select::{Schedule, Weighting};
@@ -30,6 +31,9 @@ pub struct GenerateOptions {
     /// Report each picked token's probability under the combined distribution, with this many
     /// of that step's most probable tokens (see [`TokenLogprob`]); `None` reports nothing.
     pub logprobs: Option<usize>,
+    /// The grammar the generated text must match (structured outputs); see
+    /// [`crate::constraint`].
+    pub grammar: Option<Grammar>,
 }
 
 impl Default for GenerateOptions {
@@ -43,6 +47,7 @@ impl Default for GenerateOptions {
             schedule: Schedule::Lazy,
             weighting: Weighting::Fixed,
             logprobs: None,
+            grammar: None,
         }
     }
 }
@@ -126,6 +131,9 @@ pub struct Stats {
     /// The part of `combine_time` spent picking the token (the rest is projecting into the
     /// union and bookkeeping).
     pub pick_time: Duration,
+    /// Time spent computing which tokens the grammar allows (overlapping the members'
+    /// evaluations: it is not part of `combine_time`).
+    pub constraint_time: Duration,
     /// Wall time of the whole generation, prompt included.
     pub total_time: Duration,
     /// Wall time of the first step (prompt evaluation).

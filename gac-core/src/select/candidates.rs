@@ -2,6 +2,7 @@
 //! list of tokens still in the running that the stages narrow.
 
 use crate::combine::scatter_add;
+use crate::constraint::is_allowed;
 
 /// Probabilities below this are left out of a member's head (see [`crate::combine::softmax`]).
 pub const HEAD_FLOOR: f32 = 1e-4;
@@ -109,6 +110,8 @@ pub struct Candidates {
     sorted: bool,
     /// A member's top-k, for the top-k union.
     top: Vec<(f32, u32)>,
+    /// The union ids a grammar allows at this step, as a bitset; empty when unconstrained.
+    allowed: Vec<u32>,
     union_len: usize,
 }
 
@@ -141,7 +144,40 @@ impl Candidates {
             list: Vec::new(),
             sorted: false,
             top: Vec::new(),
+            allowed: Vec::new(),
             union_len,
+        }
+    }
+
+    /// Restricts every later scatter to the union ids set in `allowed` (a bitset, bit `u % 32`
+    /// of word `u / 32`, as a grammar gives it), or lifts the restriction (`None`). A
+    /// restricted scatter works as if the other tokens had no mass: heads decide among the
+    /// allowed tokens, the top-k union takes each member's k most probable allowed tokens.
+    pub fn restrict(&mut self, allowed: Option<&[u32]>) {
+        self.allowed.clear();
+        self.allowed.extend_from_slice(allowed.unwrap_or_default());
+    }
+
+    /// Whether union id `u` may enter (always, unless restricted).
+    fn admits(&self, u: u32) -> bool {
+        self.allowed.is_empty() || is_allowed(&self.allowed, u)
+    }
+
+    /// Zeroes the dense buffer's tokens outside the restriction.
+    fn zero_disallowed(&mut self) {
+        if self.allowed.is_empty() {
+            return;
+        }
+        for (w, chunk) in self.acc[..self.union_len].chunks_mut(32).enumerate() {
+            let bits = self.allowed.get(w).copied().unwrap_or(0);
+            if bits == u32::MAX {
+                continue;
+            }
+            for (b, slot) in chunk.iter_mut().enumerate() {
+                if bits & (1 << b) == 0 {
+                    *slot = 0.0;
+                }
+            }
         }
     }
 
@@ -169,12 +205,25 @@ impl Candidates {
                     false => self.add_head(m),
                 }
             }
+            self.zero_disallowed();
             self.written_all = true;
         }
-        match self.written_all || !self.list.is_empty() {
+        let restricted = !self.allowed.is_empty();
+        let mass = match self.written_all {
+            true => !restricted || self.acc[..self.union_len].iter().any(|&p| p > 0.0),
+            false => !self.list.is_empty(),
+        };
+        match mass {
             true => Filled::Mass,
+            // The heads hold no allowed token: the allowed ones are in the rest.
+            false if restricted && members.iter().any(|m| !m.full) => Filled::NeedsFull,
             false => Filled::Empty,
         }
+    }
+
+    /// Whether a restriction is in force (see [`Candidates::restrict`]).
+    pub fn restricted(&self) -> bool {
+        !self.allowed.is_empty()
     }
 
     /// Adds a member's weighted head (special tokens to the sink, as in a full scatter).
@@ -253,9 +302,10 @@ impl Candidates {
         self.sorted = false;
     }
 
-    /// Adds `mass` to union token `u` (never the sink), remembering which were written.
+    /// Adds `mass` to union token `u` (never the sink; nothing outside the restriction),
+    /// remembering which were written.
     fn add(&mut self, u: u32, mass: f32) {
-        if mass > 0.0 {
+        if mass > 0.0 && self.admits(u) {
             let slot = &mut self.acc[u as usize];
             if *slot == 0.0 {
                 self.touched.push(u);
@@ -274,7 +324,10 @@ impl Candidates {
             top.extend(
                 m.head
                     .iter()
-                    .filter(|&&j| m.projection[j as usize] != sink)
+                    .filter(|&&j| {
+                        let u = m.projection[j as usize];
+                        u != sink && self.admits(u)
+                    })
                     .map(|&j| (m.probs[j as usize], j)),
             );
             if top.len() > k {

@@ -54,6 +54,17 @@ pub struct EnsembleArgs {
     /// distributions.
     #[arg(long, value_name = "K")]
     union_top_k: Option<usize>,
+    /// The output must be valid against the JSON schema in FILE (structured outputs: only
+    /// union tokens the schema allows are chosen, and the generation ends with the value).
+    #[arg(long, value_name = "FILE", group = "structure")]
+    json_schema: Option<PathBuf>,
+    /// The output must be a JSON object.
+    #[arg(long, group = "structure")]
+    json_object: bool,
+    /// The output must match the grammar in FILE, in llguidance's Lark syntax
+    /// (`start: "yes" | "no"`; GBNF is not read).
+    #[arg(long, value_name = "FILE", group = "structure")]
+    grammar: Option<PathBuf>,
     /// CPU threads of the llama.cpp member whose --model it follows (default: the cores divided
     /// among the members; mistral.rs members share one pool, sized by RAYON_NUM_THREADS).
     #[arg(long = "threads", value_name = "N", conflicts_with = "config")]
@@ -189,6 +200,12 @@ impl EnsembleArgs {
         }
         if self.union_top_k.is_some() {
             config.union_top_k = self.union_top_k;
+        }
+        // A structure on the command line replaces the file's.
+        if self.json_schema.is_some() || self.json_object || self.grammar.is_some() {
+            config.json_schema = self.json_schema.clone();
+            config.json_object = self.json_object.then_some(true);
+            config.grammar = self.grammar.clone();
         }
         // A mode on the command line replaces the file's, gated or not.
         if let Some(mode) = &self.mode {

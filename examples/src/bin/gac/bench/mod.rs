@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gac_core::{Encoder, Ensemble, GenerateOptions, Member, Mode, Schedule, Stats, WhenUnsure};
+use gac_core::{
+    Encoder, Ensemble, GenerateOptions, Grammar, Member, Mode, Schedule, Stats, WhenUnsure,
+};
 use gac_examples::config::{EnsembleConfig, MemberConfig, RuntimeKind};
 use gac_llamacpp::LlamaMember;
 use mistralrs_core::{MistralRs, NormalRequest, Request, RequestMessage, Response, SamplingParams};
@@ -77,6 +79,13 @@ impl Row {
                 ms(time) / tokens.max(1) as f64
             })
             .fold(0.0, f64::max)
+    }
+
+    /// ms per step spent computing the grammar's mask (beside the members' evaluations).
+    fn grammar_ms(&self) -> f64 {
+        let steps: usize = self.stats.iter().map(|s| s.steps).sum();
+        let time: Duration = self.stats.iter().map(|s| s.constraint_time).sum();
+        ms(time) / steps.max(1) as f64
     }
 
     /// The ensemble step per step, in ms: (softmax, projection and bookkeeping, pick,
@@ -257,6 +266,20 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             args.tokens,
             Schedule::Lazy,
         )?);
+        // Structured outputs: a grammar that allows any text (every step's mask is nearly
+        // the whole union, the most work for the parser) and a JSON object.
+        for (label, grammar) in [
+            ("any text", Grammar::Lark(r#"start: /(.|\n)*/"#.into())),
+            ("JSON object", Grammar::JsonObject),
+        ] {
+            let options = GenerateOptions {
+                max_tokens: args.tokens,
+                grammar: Some(grammar),
+                ..GenerateOptions::default()
+            };
+            let name = format!("average ensemble, grammar: {label}");
+            rows.push(run_with(&mut ensemble, &name, &prompts, &options)?);
+        }
         ensemble.set_mode(Mode::Selective)?;
         rows.push(run(
             &mut ensemble,
@@ -292,12 +315,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         args.tokens,
         args.threads
     );
-    println!("| configuration | prefill ms/token | decode ms/token | vs slowest member alone | steps ensembled | softmax | projection | pick | re-encode | step / slowest decode |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| configuration | prefill ms/token | decode ms/token | vs slowest member alone | steps ensembled | softmax | projection | pick | re-encode | step / slowest decode | grammar mask |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
         let (parts, eval) = row.step_breakdown();
         println!(
-            "| {} | {:.2} | {:.2} | {:.2}x | {:.1}% | {:.3} | {:.3} | {:.3} | {:.3} | {:.2}% |",
+            "| {} | {:.2} | {:.2} | {:.2}x | {:.1}% | {:.3} | {:.3} | {:.3} | {:.3} | {:.2}% | {:.3} |",
             row.name,
             row.prefill_ms_per_token(),
             row.ms_per_token(),
@@ -308,11 +331,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             parts[2],
             parts[3],
             100.0 * parts.iter().sum::<f64>() / eval,
+            row.grammar_ms(),
         );
     }
     for (name, ms_per_token) in &plain {
         println!(
-            "| {name} | | {ms_per_token:.2} | {:.2}x | | | | | | |",
+            "| {name} | | {ms_per_token:.2} | {:.2}x | | | | | | | |",
             ms_per_token / slowest_alone
         );
     }

@@ -253,8 +253,13 @@ pub(super) fn setup_fingerprint(
             )
         })
         .collect();
+    // Only a run with a grammar says so: the setups of earlier runs stay as they were.
+    let grammar = match args.grammar() {
+        Ok(Some(g)) => format!(" grammar={g:?}"),
+        _ => String::new(),
+    };
     fingerprint(&format!(
-        "members=[{}] weights={weights:?} mode={mode:?} union_top_k={union_top_k:?} max_tokens={} prompt_cache={} stop={STOPS:?}",
+        "members=[{}] weights={weights:?} mode={mode:?} union_top_k={union_top_k:?} max_tokens={} prompt_cache={} stop={STOPS:?}{grammar}",
         members.join(", "),
         args.max_tokens,
         args.prompt_cache,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gac_core::{Error, Member, Mode, Setting, WhenUnsure};
+use gac_core::{Error, Grammar, Member, Mode, Setting, WhenUnsure};
 use gac_examples::config::{Plan, RuntimeKind};
 use gac_examples::eval::paired::RESAMPLES;
 use gac_examples::eval::plot::{plot_intervals, plot_points};
@@ -111,6 +111,10 @@ pub struct EvalArgs {
     /// Token limit per answer.
     #[arg(long, default_value_t = 16)]
     max_tokens: usize,
+    /// Every configuration's answers must match the grammar in FILE (llguidance's Lark
+    /// syntax), e.g. a task's labels: `start: "A" | "B" | "C" | "D"` (structured outputs).
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<PathBuf>,
     /// Results file (JSON lines; an existing file is resumed: an example already answered in the
     /// same setup, asked the same way, is not generated again). One run at a time per file.
     #[arg(long, value_name = "FILE", default_value = "gac-eval.jsonl")]
@@ -156,6 +160,18 @@ fn data_paths(args: &EvalArgs) -> DataPaths {
     DataPaths::new(dir, args.bigbench.clone())
 }
 
+impl EvalArgs {
+    /// The grammar of `--grammar`, read from its file.
+    pub(super) fn grammar(&self) -> Result<Option<Grammar>> {
+        let Some(path) = &self.grammar else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("invalid --grammar: cannot read {}", path.display()))?;
+        Ok(Some(Grammar::Lark(text)))
+    }
+}
+
 /// What a run evaluates: its tasks and the checked ensemble plan (the flags bound to their
 /// members, the gate and threshold flags checked by gac-core).
 pub(super) struct Prepared {
@@ -194,6 +210,10 @@ pub(super) fn prepare(args: &EvalArgs, matches: &clap::ArgMatches) -> Result<Pre
         }
     }
     let plan = config.plan()?;
+    if plan.combination.grammar.is_some() {
+        bail!("the --config's json_schema, json_object or grammar is not used by gac eval: give a Lark grammar with --grammar FILE");
+    }
+    args.grammar()?;
     let n = plan.config.members.len();
     for &gate in args.gates.iter().chain(args.gates.is_empty().then_some(&0)) {
         for &threshold in &args.thresholds {

@@ -65,6 +65,7 @@ fn answer(
         union_top_k: config.union_top_k,
         schedule: config.schedule,
         weighting: config.weighting,
+        grammar: args.grammar()?,
         ..GenerateOptions::default()
     };
     let (name, setup) = (config.name.as_str(), config.setup.as_str());

@@ -92,6 +92,10 @@ pub struct TuneArgs {
     /// Let llama.cpp members reuse the cached few-shot prefix of the previous question.
     #[arg(long)]
     prompt_cache: bool,
+    /// Every candidate's answers must match the grammar in FILE (llguidance's Lark syntax), as
+    /// the tuned configuration's will.
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<PathBuf>,
 }
 
 impl TuneArgs {
@@ -128,6 +132,7 @@ impl TuneArgs {
             device_top_k: None,
             context: self.context,
             prompt_cache: self.prompt_cache,
+            grammar: self.grammar,
         }
     }
 }
@@ -676,6 +681,10 @@ fn tuned_toml(
         weighting: (chosen.weighting == Weighting::Confidence).then(|| "confidence".into()),
         mode: (chosen.mode == Mode::Selective).then(|| chosen.mode.name().into()),
         union_top_k: chosen.union_top_k,
+        json_schema: None,
+        json_object: None,
+        // Absolute: the file is read relative to the TOML's folder.
+        grammar: (eval.grammar.as_ref()).map(|p| std::path::absolute(p).unwrap_or(p.clone())),
     };
     let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
     let members: Vec<String> = plan.config.members.iter().map(|m| m.place()).collect();

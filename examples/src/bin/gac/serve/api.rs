@@ -1,9 +1,10 @@
 //! The OpenAI request bodies `gac serve` reads, and their validation into a [`Job`]: every
 //! value is checked before a slot is taken, and every error names the field at fault.
 
+use gac_core::constraint::Grammars;
 use gac_core::select::{Sampling, DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD};
 use gac_core::select::{DEFAULT_TOP_K, DEFAULT_TOP_P};
-use gac_core::{GenerateOptions, Message, Mode, Setting, WhenUnsure};
+use gac_core::{GenerateOptions, Grammar, Message, Mode, Setting, WhenUnsure};
 use gac_examples::config::Combination;
 use serde::Deserialize;
 use serde_json::Value;
@@ -23,6 +24,8 @@ pub struct Limits {
     pub combination: Combination,
     /// How many members the ensemble has.
     pub members: usize,
+    /// The union prepared for grammars, to check a request's before it takes a slot.
+    pub grammars: Grammars,
 }
 
 /// Either form OpenAI accepts for a list of strings.
@@ -61,6 +64,8 @@ pub struct Common {
     frequency_penalty: Option<f32>,
     logit_bias: Option<serde_json::Map<String, Value>>,
     response_format: Option<Value>,
+    /// A Lark grammar the answer must match (llama-server's field name).
+    grammar: Option<String>,
     // gac's own knobs.
     top_k: Option<usize>,
     mode: Option<String>,
@@ -166,6 +171,7 @@ const COMMON_FIELDS: &[&str] = &[
     "frequency_penalty",
     "logit_bias",
     "response_format",
+    "grammar",
     "user",
     "top_k",
     "mode",
@@ -205,19 +211,49 @@ fn known_fields(body: &[u8], endpoint: &[&str]) -> Result<(), ApiError> {
     }
 }
 
-/// `response_format`: only plain text until structured outputs exist.
-fn check_response_format(format: Option<&Value>) -> Result<(), ApiError> {
-    let kind = match format {
-        None | Some(Value::Null) => return Ok(()),
-        Some(f) => f.get("type").and_then(Value::as_str),
+/// What a request's `response_format` or `grammar` asks the answer to match: `Some(None)` for
+/// free text, `None` where neither is given (the server's own then holds). The field at fault
+/// is named.
+fn requested_grammar(
+    format: Option<&Value>,
+    grammar: Option<String>,
+) -> Result<Option<(Option<Grammar>, &'static str)>, ApiError> {
+    let format = format.filter(|f| !f.is_null());
+    let from_format = match format {
+        None => None,
+        Some(f) => Some(match f.get("type").and_then(Value::as_str) {
+            Some("text") => None,
+            Some("json_object") => Some(Grammar::JsonObject),
+            Some("json_schema") => {
+                let schema = f
+                    .get("json_schema")
+                    .and_then(|s| s.get("schema"))
+                    .filter(|s| !s.is_null())
+                    .ok_or_else(|| {
+                        invalid(
+                            "response_format",
+                            "type 'json_schema' needs {\"json_schema\": {\"name\": ..., \"schema\": {...}}}",
+                        )
+                    })?;
+                Some(Grammar::JsonSchema(schema.clone()))
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "response_format",
+                    format!("type '{other}' is not 'text', 'json_object' or 'json_schema'"),
+                ))
+            }
+            None => return Err(invalid("response_format", "needs a string field 'type'")),
+        }),
     };
-    match kind {
-        Some("text") => Ok(()),
-        Some(other) => Err(invalid(
-            "response_format",
-            format!("type '{other}' is not supported (gac serve answers in free text only)"),
+    match (from_format, grammar) {
+        (Some(Some(_)), Some(_)) => Err(invalid(
+            "grammar",
+            "give either a grammar or a JSON response_format, not both",
         )),
-        None => Err(invalid("response_format", "needs a string field 'type'")),
+        (_, Some(g)) => Ok(Some((Some(Grammar::Lark(g)), "grammar"))),
+        (Some(g), None) => Ok(Some((g, "response_format"))),
+        (None, None) => Ok(None),
     }
 }
 
@@ -356,7 +392,7 @@ impl Common {
         if self.logit_bias.is_some_and(|b| !b.is_empty()) {
             return Err(invalid("logit_bias", "not supported"));
         }
-        check_response_format(self.response_format.as_ref())?;
+        let requested = requested_grammar(self.response_format.as_ref(), self.grammar)?;
         let (field, max_tokens) = match (self.max_completion_tokens, self.max_tokens) {
             (Some(n), _) => ("max_completion_tokens", Some(n)),
             (None, n) => ("max_tokens", n),
@@ -387,10 +423,24 @@ impl Common {
         )
         .map_err(|e| core_field(&e))?;
         let server = &limits.combination;
+        let grammar = match requested {
+            Some((grammar, field)) => {
+                if let Some(g) = &grammar {
+                    // Compiled here, so a bad schema or grammar is a 400 before any slot.
+                    limits
+                        .grammars
+                        .compile(g)
+                        .map_err(|e| invalid(field, core_message(&e)))?;
+                }
+                grammar
+            }
+            None => server.grammar.clone(),
+        };
         let combination = Combination {
             weights: self.weights.unwrap_or_else(|| server.weights.clone()),
             mode,
             union_top_k: self.union_top_k.or(server.union_top_k),
+            grammar,
             ..server.clone()
         };
         combination
@@ -472,10 +522,19 @@ pub(super) fn core_field(e: &gac_core::Error) -> ApiError {
             Setting::Threshold => "threshold",
             Setting::WhenUnsure => "when_unsure",
             Setting::Mode => "mode",
+            Setting::Grammar => "grammar",
         }),
         _ => None,
     };
     ApiError::invalid(param, e.to_string())
+}
+
+/// A gac-core error's own message, without the setting's name in front.
+fn core_message(e: &gac_core::Error) -> String {
+    match e {
+        gac_core::Error::Setting { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn random_seed() -> u64 {

@@ -162,6 +162,14 @@ fn load(state: &Server, args: &ServeArgs, plan: &Plan) -> Result<()> {
         let weights = Some(combination.weights.clone());
         ensembles.push(Ensemble::new(members, weights, combination.mode)?);
     }
+    // Every slot has the same union: it is prepared for grammars once.
+    let grammars = ensembles[0].grammars()?.clone();
+    if let Some(g) = &combination.grammar {
+        grammars.compile(g)?;
+    }
+    for e in &mut ensembles[1..] {
+        e.set_grammars(grammars.clone());
+    }
     let context = ensembles[0]
         .members()
         .iter()
@@ -174,6 +182,7 @@ fn load(state: &Server, args: &ServeArgs, plan: &Plan) -> Result<()> {
         default_max_tokens: args.max_tokens.min(context.saturating_sub(1)).max(1),
         combination: combination.clone(),
         members: plan.config.members.len(),
+        grammars,
     };
     let union = Arc::new(ensembles[0].union().clone());
     let pool = Arc::new(Pool::new(ensembles, args.queue));
