@@ -178,9 +178,10 @@ fn bench_prints_every_table() {
         "average ensemble |",
         "average ensemble, grammar: any text |",
         "average ensemble, grammar: JSON object |",
+        "gated ensemble (lazy), grammar: any text |",
         "selective ensemble |",
-        "gated ensemble (lazy)",
-        "gated ensemble (eager)",
+        "gated ensemble (lazy), gate",
+        "gated ensemble (eager), gate",
     ] {
         assert_eq!(rows(&table, name).len(), 1, "{name} in {table}");
     }

@@ -620,7 +620,7 @@ fn bad_inputs_get_openai_errors(server: &Server) {
             "/v1/completions",
             "{\"prompt\": \"x\", \"grammar\": \"root ::= x\"}",
             400,
-            "invalid grammar: this looks like GBNF",
+            "looks like GBNF",
         ),
         (
             "/v1/chat/completions",

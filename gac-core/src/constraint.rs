@@ -20,7 +20,7 @@
 //! The generation ends when the parser stops (the grammar is complete and allows nothing
 //! more), or when End is chosen where the grammar may end.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
@@ -41,6 +41,19 @@ pub enum Grammar {
 }
 
 impl Grammar {
+    /// The setting errors name: `json_schema` for a schema, `grammar` otherwise.
+    fn setting(&self) -> Setting {
+        match self {
+            Grammar::JsonSchema(_) => Setting::JsonSchema,
+            Grammar::JsonObject | Grammar::Lark(_) => Setting::Grammar,
+        }
+    }
+
+    /// An error about this grammar.
+    fn error(&self, message: impl std::fmt::Display) -> Error {
+        Error::setting(self.setting(), tidy(&message.to_string()))
+    }
+
     /// llguidance's form of it.
     fn top_level(&self) -> Result<TopLevelGrammar> {
         Ok(match self {
@@ -48,26 +61,50 @@ impl Grammar {
                 TopLevelGrammar::from_json_schema(compact(serde_json::json!({"type": "object"})))
             }
             Grammar::JsonSchema(schema) => {
-                if !schema.is_object() && !schema.is_boolean() {
-                    return Err(Error::setting(
-                        Setting::Grammar,
-                        format!("a JSON schema is an object (or true/false), not {schema}"),
-                    ));
-                }
-                TopLevelGrammar::from_json_schema(compact(schema.clone()))
+                let schema = match schema {
+                    serde_json::Value::Bool(true) => serde_json::json!({}),
+                    serde_json::Value::Object(_) => schema.clone(),
+                    other => {
+                        return Err(self
+                            .error(format!("a JSON schema is an object (or true), not {other}")))
+                    }
+                };
+                TopLevelGrammar::from_json_schema(compact(schema))
             }
             Grammar::Lark(text) => {
-                if text.contains("::=") {
-                    return Err(Error::setting(
-                        Setting::Grammar,
-                        "this looks like GBNF (it has '::='); write it in Lark syntax, \
-                         e.g. start: \"yes\" | \"no\"",
+                // Special-token syntax names token ids, which here are union ids: they change
+                // with the members, and one of them is End.
+                if text.contains("<[") || text.contains("<|") {
+                    return Err(self.error(
+                        "special-token syntax (<[id]>, <|name|>) is not supported: a grammar \
+                         matches text, and the generation ends where the grammar does",
                     ));
                 }
                 TopLevelGrammar::from_lark(text.clone())
             }
         })
     }
+
+    /// Why it did not compile, with a hint for GBNF.
+    fn compile_error(&self, e: impl std::fmt::Display) -> Error {
+        match self {
+            Grammar::Lark(text) if text.contains("::=") => self.error(format!(
+                "{e} (this looks like GBNF, which is not read: write it in Lark syntax, \
+                 e.g. start: \"yes\" | \"no\")"
+            )),
+            _ => self.error(e),
+        }
+    }
+}
+
+/// A message without the backtrace llguidance appends to a caught panic.
+fn tidy(message: &str) -> String {
+    let cut = ["\nstack backtrace", "\nBacktrace", "\n   0:"]
+        .iter()
+        .filter_map(|m| message.find(m))
+        .min()
+        .unwrap_or(message.len());
+    message[..cut].trim_end().to_string()
 }
 
 /// The JSON layout gac asks for unless the schema sets llguidance's own options (its
@@ -91,6 +128,8 @@ fn compact(mut schema: serde_json::Value) -> serde_json::Value {
 #[derive(Clone)]
 pub struct Grammars {
     factory: Arc<ParserFactory>,
+    /// The last grammars compiled, oldest first, each at its start.
+    compiled: Arc<Mutex<Vec<(Grammar, Constraint)>>>,
 }
 
 impl std::fmt::Debug for Grammars {
@@ -121,31 +160,46 @@ impl Grammars {
         factory.quiet();
         Ok(Self {
             factory: Arc::new(factory),
+            compiled: Arc::default(),
         })
     }
 
     /// Compiles `grammar` for one generation; a grammar or schema llguidance cannot read is a
-    /// [`Setting::Grammar`] error that says where.
+    /// [`Setting::Grammar`] (or [`Setting::JsonSchema`]) error that says where. The last few
+    /// grammars compiled are kept, so a grammar checked before a generation (as `gac serve`
+    /// does) is compiled once.
     pub fn compile(&self, grammar: &Grammar) -> Result<Constraint> {
+        let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = compiled.iter().find(|(g, _)| g == grammar) {
+            return Ok(c.copy());
+        }
         let parser = self
             .factory
             .create_parser(grammar.top_level()?)
-            .map_err(|e| Error::setting(Setting::Grammar, e.to_string()))?;
+            .map_err(|e| grammar.compile_error(e))?;
         let mut matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
-            return Err(Error::setting(Setting::Grammar, e));
+            return Err(grammar.compile_error(e));
         }
         // A grammar that allows nothing at all is caught here, before any member runs.
         let allowed = matcher
             .compute_mask()
-            .map_err(|e| Error::setting(Setting::Grammar, e.to_string()))?;
-        Ok(Constraint {
+            .map_err(|e| grammar.compile_error(e))?;
+        let constraint = Constraint {
             matcher,
             allowed: allowed.as_slice().to_vec(),
             ready: true,
-        })
+        };
+        if compiled.len() == KEPT {
+            compiled.remove(0);
+        }
+        compiled.push((grammar.clone(), constraint.copy()));
+        Ok(constraint)
     }
 }
+
+/// How many compiled grammars a [`Grammars`] keeps.
+const KEPT: usize = 16;
 
 /// One generation's grammar state: which union tokens may come next.
 pub struct Constraint {
@@ -165,6 +219,15 @@ impl std::fmt::Debug for Constraint {
 }
 
 impl Constraint {
+    /// An independent copy, in the same state.
+    fn copy(&self) -> Self {
+        Self {
+            matcher: self.matcher.deep_clone(),
+            allowed: self.allowed.clone(),
+            ready: self.ready,
+        }
+    }
+
     /// Computes the tokens allowed at the current position, if not done yet (the costly part:
     /// the loop calls it while the members evaluate).
     pub fn prepare(&mut self, step: usize) -> Result<()> {
@@ -277,13 +340,43 @@ mod tests {
             Grammar::JsonSchema(serde_json::json!(42)),
         ] {
             match grammars.compile(&bad) {
-                Err(Error::Setting {
-                    setting: Setting::Grammar,
-                    message,
-                }) => assert!(!message.is_empty()),
+                Err(Error::Setting { setting, message }) => {
+                    let want = match bad {
+                        Grammar::JsonSchema(_) => Setting::JsonSchema,
+                        _ => Setting::Grammar,
+                    };
+                    assert_eq!(setting, want, "{message}");
+                    assert!(!message.is_empty() && !message.contains("backtrace"));
+                }
                 other => panic!("{bad:?}: {other:?}"),
             }
         }
+        let gbnf = grammars.compile(&Grammar::Lark("root ::= \"yes\"".into()));
+        assert!(format!("{gbnf:?}").contains("GBNF"), "{gbnf:?}");
+        // Special-token syntax would name union ids (End among them).
+        let special = grammars.compile(&Grammar::Lark(r#"start: "a" <[0]>"#.into()));
+        assert!(
+            format!("{special:?}").contains("special-token"),
+            "{special:?}"
+        );
+        // '::=' inside a string is Lark all the same.
+        let quoted = Grammar::Lark(r#"start: "a ::= b" | "a""#.into());
+        assert!(grammars.compile(&quoted).is_ok());
+    }
+
+    #[test]
+    fn a_grammar_compiled_again_starts_afresh() {
+        let u = union(&["<end>", "y", "yes", "no", "n", "o"]);
+        let grammars = Grammars::new(&u).unwrap();
+        let yes_no = Grammar::Lark(r#"start: "yes" | "no""#.into());
+        let mut first = grammars.compile(&yes_no).unwrap();
+        first.advance(id(&u, "n"), 0).unwrap();
+        let mut again = grammars.compile(&yes_no).unwrap();
+        assert_eq!(allowed(&mut again, &u), ["y", "yes", "no", "n"]);
+        assert_eq!(allowed(&mut first, &u), ["o"]);
+        // The schema `true` is any JSON value, laid out compactly.
+        let any = grammars.compile(&Grammar::JsonSchema(serde_json::json!(true)));
+        assert!(any.is_ok(), "{any:?}");
     }
 
     #[test]

@@ -24,8 +24,10 @@ pub enum Setting {
     WhenUnsure,
     /// The mode by name.
     Mode,
-    /// A grammar or JSON schema that constrains the output.
+    /// A grammar (or JSON mode) that constrains the output.
     Grammar,
+    /// A JSON schema that constrains the output.
+    JsonSchema,
 }
 
 impl fmt::Display for Setting {
@@ -41,6 +43,7 @@ impl fmt::Display for Setting {
             Setting::WhenUnsure => write!(f, "when_unsure"),
             Setting::Mode => write!(f, "mode"),
             Setting::Grammar => write!(f, "grammar"),
+            Setting::JsonSchema => write!(f, "json_schema"),
         }
     }
 }

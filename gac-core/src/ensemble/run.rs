@@ -64,18 +64,35 @@ impl Run<'_> {
     }
 
     /// The gate's confidence: its top probability, or under a grammar the largest share of
-    /// the mass it gives the allowed tokens.
-    fn gate_confidence(&mut self, gate: usize) -> Result<f32> {
+    /// the mass it gives the allowed tokens. A gate that gave only its head is asked for its
+    /// whole distribution only where the head cannot tell whether that share is above
+    /// `threshold`. The time counts as the combine's, the gate's evaluation apart.
+    fn gate_confidence(&mut self, gate: usize, threshold: f32) -> Result<f32> {
         if self.constraint.is_none() {
             return Ok(self.workers[gate].top);
         }
-        if self.workers[gate].dist.as_ref().is_some_and(|d| !d.full) {
-            self.fetch_whole(&[gate])?;
+        let started = Instant::now();
+        let mut evaluating = Duration::ZERO;
+        self.scatter(&[gate], Some(Scatter::Full));
+        let (mut best, mut total) = self.candidates.best_and_total();
+        let dist = self.workers[gate].dist.as_ref().expect("evaluated");
+        if !dist.full {
+            // What the head leaves out may hold allowed tokens, each below the head's floor.
+            let low = best / (total + dist.outside);
+            let high = best.max(dist.floor) / total;
+            if total <= 0.0 || (low > threshold) != (high > threshold) {
+                let t = Instant::now();
+                self.fetch_whole(&[gate])?;
+                evaluating = t.elapsed();
+                self.scatter(&[gate], Some(Scatter::Whole));
+                (best, total) = self.candidates.best_and_total();
+            }
         }
-        self.scatter(&[gate], Some(Scatter::Whole));
-        let list = self.candidates.sorted();
-        let total: f32 = list.iter().map(|x| x.0).sum();
-        Ok(list.first().map_or(0.0, |x| x.0 / total))
+        self.stats.combine_time += started.elapsed() - evaluating;
+        Ok(match total > 0.0 {
+            true => best / total,
+            false => 0.0,
+        })
     }
 
     /// Sends each of these members its command, then waits for every answer.
@@ -265,11 +282,13 @@ impl Run<'_> {
                 }
                 (which, ensembled, None)
             }
-            Mode::Gated { gate, .. } => {
+            Mode::Gated {
+                gate, threshold, ..
+            } => {
                 let eager = self.schedule == Schedule::Eager;
                 let gate_only = [gate];
                 self.evaluate(if eager { all } else { &gate_only }, step)?;
-                let top = self.gate_confidence(gate)?;
+                let top = self.gate_confidence(gate, threshold)?;
                 let (which, ensembled) = self.chain.deciders(all, Signal::GateTop(top));
                 if !eager {
                     let rest: Vec<usize> = which.iter().copied().filter(|&i| i != gate).collect();

@@ -805,34 +805,37 @@ fn constrained_greedy_on_heads_picks_what_whole_distributions_pick() {
 
 #[test]
 fn a_gate_sure_of_a_token_the_grammar_forbids_is_unsure_of_the_allowed_ones() {
-    // The gate puts 0.9 on "o" (forbidden) and splits the rest between "h" and "e".
+    // The gate puts 0.9 on "o" (forbidden) and splits the rest between "h" and "e"; as a
+    // whole distribution, or as a head of 2 (its share among the allowed tokens is then
+    // between 0.05 / 0.15 and 0.05 / 0.05: the whole distribution decides).
     let pieces = &["<end>", "h", "e", "o", "l"];
-    let gate = || {
-        fixed(
-            "gate",
-            pieces,
-            vec![-20.0, 0.0, 0.0, 2.0_f32.ln() + 2.89, -20.0],
-        )
-    };
-    let other = || fixed("other", pieces, vec![-20.0, 0.0, 3.0, 0.0, -20.0]);
-    let mode = Mode::Gated {
-        gate: 0,
-        threshold: 0.6,
-        when_unsure: WhenUnsure::Average,
-    };
-    let free = GenerateOptions {
-        max_tokens: 1,
-        ..Default::default()
-    };
-    let (g, _) = run(vec![gate(), other()], mode, &free).unwrap();
-    assert_eq!((g.text.as_str(), g.stats.ensembled_steps), ("o", 0));
-    let constrained = GenerateOptions {
-        grammar: Some(Grammar::Lark(r#"start: "h" | "e""#.into())),
-        ..free
-    };
-    let (g, _) = run(vec![gate(), other()], mode, &constrained).unwrap();
-    assert_eq!((g.text.as_str(), g.stats.ensembled_steps), ("e", 1));
-    assert_eq!(g.finish, Finish::End, "the grammar is complete");
+    for head in [None, Some(2)] {
+        let gate = || {
+            let mut m = ScriptedMember::new("gate", pieces, "");
+            m.fixed_logits = Some(vec![-20.0, 0.0, 0.0, 2.0_f32.ln() + 2.89, -20.0]);
+            m.head = head;
+            boxed(m)
+        };
+        let other = || fixed("other", pieces, vec![-20.0, 0.0, 3.0, 0.0, -20.0]);
+        let mode = Mode::Gated {
+            gate: 0,
+            threshold: 0.6,
+            when_unsure: WhenUnsure::Average,
+        };
+        let free = GenerateOptions {
+            max_tokens: 1,
+            ..Default::default()
+        };
+        let (g, _) = run(vec![gate(), other()], mode, &free).unwrap();
+        assert_eq!((g.text.as_str(), g.stats.ensembled_steps), ("o", 0));
+        let constrained = GenerateOptions {
+            grammar: Some(Grammar::Lark(r#"start: "h" | "e""#.into())),
+            ..free
+        };
+        let (g, _) = run(vec![gate(), other()], mode, &constrained).unwrap();
+        assert_eq!((g.text.as_str(), g.stats.ensembled_steps), ("e", 1));
+        assert_eq!(g.finish, Finish::End, "the grammar is complete");
+    }
 }
 
 #[test]

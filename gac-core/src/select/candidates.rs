@@ -151,11 +151,25 @@ impl Candidates {
 
     /// Restricts every later scatter to the union ids set in `allowed` (a bitset, bit `u % 32`
     /// of word `u / 32`, as a grammar gives it), or lifts the restriction (`None`). A
-    /// restricted scatter works as if the other tokens had no mass: heads decide among the
-    /// allowed tokens, the top-k union takes each member's k most probable allowed tokens.
+    /// restricted scatter works as if the other tokens had no mass: heads decide a greedy pick
+    /// among the allowed tokens; the top-k union takes each member's k most probable allowed
+    /// tokens above [`HEAD_FLOOR`] (a member that gave only a head with fewer allowed ones
+    /// gives its whole distribution); a draw over heads draws among their allowed tokens, and
+    /// a head with none gives way to the whole distribution.
     pub fn restrict(&mut self, allowed: Option<&[u32]>) {
         self.allowed.clear();
         self.allowed.extend_from_slice(allowed.unwrap_or_default());
+    }
+
+    /// Under a restriction, whether member `m` gave only a head holding fewer than `k` allowed
+    /// tokens: its k most probable allowed tokens are then not known.
+    fn short_of_allowed(&self, m: &MemberInput, k: usize) -> bool {
+        let allowed = || {
+            (m.head.iter())
+                .filter(|&&j| self.admits(m.projection[j as usize]))
+                .count()
+        };
+        !self.allowed.is_empty() && !m.full && allowed() < k.min(m.probs.len())
     }
 
     /// Whether union id `u` may enter (always, unless restricted).
@@ -189,7 +203,11 @@ impl Candidates {
             Scatter::Whole if members.iter().any(|m| !m.full) => return Filled::NeedsFull,
             Scatter::Whole => false,
             Scatter::Heads => self.heads_decide(members),
-            Scatter::TopK(_) if members.iter().any(|m| how.needs_whole(m)) => {
+            Scatter::TopK(k)
+                if members
+                    .iter()
+                    .any(|m| how.needs_whole(m) || self.short_of_allowed(m, k)) =>
+            {
                 return Filled::NeedsFull
             }
             Scatter::TopK(k) => self.top_k_union(members, k),
@@ -218,6 +236,18 @@ impl Candidates {
             // The heads hold no allowed token: the allowed ones are in the rest.
             false if restricted && members.iter().any(|m| !m.full) => Filled::NeedsFull,
             false => Filled::Empty,
+        }
+    }
+
+    /// The largest mass and the total mass of the candidates, in one pass (no sort).
+    pub fn best_and_total(&self) -> (f32, f32) {
+        let fold = |(best, total): (f32, f32), p: f32| (best.max(p), total + p);
+        match self.dense() {
+            true => self.acc[..self.union_len]
+                .iter()
+                .copied()
+                .fold((0.0, 0.0), fold),
+            false => self.list.iter().map(|x| x.0).fold((0.0, 0.0), fold),
         }
     }
 

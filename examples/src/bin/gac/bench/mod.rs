@@ -267,17 +267,31 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             Schedule::Lazy,
         )?);
         // Structured outputs: a grammar that allows any text (every step's mask is nearly
-        // the whole union, the most work for the parser) and a JSON object.
-        for (label, grammar) in [
-            ("any text", Grammar::Lark(r#"start: /(.|\n)*/"#.into())),
-            ("JSON object", Grammar::JsonObject),
+        // the whole union, the most work for the parser) and a JSON object; and the first
+        // gated ensemble under the first, whose gate's confidence is then its share of the
+        // allowed mass.
+        let any_text = Grammar::Lark(r#"start: /(.|\n)*/"#.into());
+        let gated = Mode::Gated {
+            gate: 0,
+            threshold: args.thresholds[0],
+            when_unsure: WhenUnsure::Average,
+        };
+        for (label, grammar, mode) in [
+            ("average ensemble", any_text.clone(), Mode::Average),
+            ("average ensemble", Grammar::JsonObject, Mode::Average),
+            ("gated ensemble (lazy)", any_text, gated),
         ] {
             let options = GenerateOptions {
                 max_tokens: args.tokens,
-                grammar: Some(grammar),
+                grammar: Some(grammar.clone()),
                 ..GenerateOptions::default()
             };
-            let name = format!("average ensemble, grammar: {label}");
+            let what = match grammar {
+                Grammar::JsonObject => "JSON object",
+                _ => "any text",
+            };
+            ensemble.set_mode(mode)?;
+            let name = format!("{label}, grammar: {what}");
             rows.push(run_with(&mut ensemble, &name, &prompts, &options)?);
         }
         ensemble.set_mode(Mode::Selective)?;

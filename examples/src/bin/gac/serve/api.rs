@@ -223,7 +223,11 @@ fn requested_grammar(
         None => None,
         Some(f) => Some(match f.get("type").and_then(Value::as_str) {
             Some("text") => None,
-            Some("json_object") => Some(Grammar::JsonObject),
+            // llama-server reads a schema given beside json_object.
+            Some("json_object") => Some(match f.get("schema").filter(|s| !s.is_null()) {
+                Some(schema) => Grammar::JsonSchema(schema.clone()),
+                None => Grammar::JsonObject,
+            }),
             Some("json_schema") => {
                 let schema = f
                     .get("json_schema")
@@ -523,6 +527,7 @@ pub(super) fn core_field(e: &gac_core::Error) -> ApiError {
             Setting::WhenUnsure => "when_unsure",
             Setting::Mode => "mode",
             Setting::Grammar => "grammar",
+            Setting::JsonSchema => "response_format",
         }),
         _ => None,
     };

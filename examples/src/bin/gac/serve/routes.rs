@@ -139,7 +139,7 @@ async fn chat(Shared(state): Shared<Arc<Server>>, body: Result<Bytes, BytesRejec
 async fn handle(
     state: Arc<Server>,
     body: Result<Bytes, BytesRejection>,
-    parse: impl FnOnce(&[u8], &Limits) -> Result<Job, ApiError>,
+    parse: impl FnOnce(&[u8], &Limits) -> Result<Job, ApiError> + Send + 'static,
 ) -> Response {
     let Some(ready) = state.ready.get() else {
         return ApiError::unavailable("the members are still loading; retry when /health is 200")
@@ -150,7 +150,13 @@ async fn handle(
     }
     let metrics = &ready.pool.metrics;
     let job = match body {
-        Ok(body) => parse(&body, &ready.limits),
+        // Off the async threads: a request's grammar is compiled here, which can take a while.
+        Ok(body) => {
+            let limits = ready.limits.clone();
+            tokio::task::spawn_blocking(move || parse(&body, &limits))
+                .await
+                .unwrap_or_else(|e| Err(ApiError::internal(format!("checking the request: {e}"))))
+        }
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             Err(ApiError::too_large(state.max_body))
         }
