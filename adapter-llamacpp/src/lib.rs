@@ -27,9 +27,12 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 /// `Encoder` for a member whose text side is its `text` field (an `Encoder`) and whose context
-/// window is its `context_size` field.
+/// window is its `context_size` field (or the field path given second).
 macro_rules! encoder_from_text {
     ($member:ty) => {
+        encoder_from_text!($member, context_size);
+    };
+    ($member:ty, $($size:ident).+) => {
         impl gac_core::Encoder for $member {
             fn vocab(&self) -> &gac_core::Vocab {
                 self.text.vocab()
@@ -51,7 +54,7 @@ macro_rules! encoder_from_text {
             }
 
             fn context_size(&self) -> Option<usize> {
-                Some(self.context_size)
+                Some(self.$($size).+)
             }
         }
     };
@@ -69,7 +72,10 @@ pub use batched::{BatchedMember, Batching, SharedContext, BATCH_WINDOW};
 use device_top_k::DeviceTopK;
 pub use llama_vocab::vocab_of;
 use model_text::ModelText;
-pub use remote::{RemoteClock, RemoteMember, RemoteOptions, RemoteTotals, DEFAULT_N_PROBS};
+pub use remote::{
+    OpenAiMember, OpenAiOptions, RemoteClock, RemoteMember, RemoteOptions, RemoteTotals,
+    API_KEY_ENV, DEFAULT_N_PROBS, DEFAULT_TIMEOUT,
+};
 pub use runtime::{backend, gpus, llama_version, runtime_info, RuntimeInfo, LLAMA_CPP_VERSION};
 
 /// Where and how a member runs.

@@ -91,8 +91,11 @@ pub enum RuntimeKind {
     LlamaCpp,
     /// mistral.rs through mistralrs-core.
     MistralRs,
-    /// A llama-server reached over HTTP (`url`).
+    /// A llama-server reached over HTTP (`url`), through its own `/completion`.
     Http,
+    /// Any OpenAI-compatible server (`url`, its `/v1` base), through `/v1/completions`:
+    /// llama-server, vLLM, SGLang, mistralrs-server.
+    OpenAi,
 }
 
 impl std::str::FromStr for RuntimeKind {
@@ -103,9 +106,10 @@ impl std::str::FromStr for RuntimeKind {
             "llamacpp" => Ok(RuntimeKind::LlamaCpp),
             "mistralrs" => Ok(RuntimeKind::MistralRs),
             "http" => Ok(RuntimeKind::Http),
+            "openai" => Ok(RuntimeKind::OpenAi),
             _ => Err(Error::config(
                 "runtime",
-                format!("'{s}' is not 'llamacpp', 'mistralrs' or 'http'"),
+                format!("'{s}' is not 'llamacpp', 'mistralrs', 'http' or 'openai'"),
             )),
         }
     }
@@ -118,6 +122,16 @@ impl RuntimeKind {
             RuntimeKind::LlamaCpp => "llama.cpp",
             RuntimeKind::MistralRs => "mistral.rs",
             RuntimeKind::Http => "llama-server",
+            RuntimeKind::OpenAi => "OpenAI-compatible server",
+        }
+    }
+
+    /// Whether the model runs in a server elsewhere: the kinds that take a `url` and a
+    /// `vocab`, and leave placement to their server.
+    pub fn is_remote(self) -> bool {
+        match self {
+            RuntimeKind::LlamaCpp | RuntimeKind::MistralRs => false,
+            RuntimeKind::Http | RuntimeKind::OpenAi => true,
         }
     }
 }
@@ -177,12 +191,21 @@ pub struct MemberConfig {
     /// Path to the model file (none for a remote member).
     #[serde(default, skip_serializing_if = "is_empty")]
     pub path: PathBuf,
-    /// The runtime that hosts it: `llamacpp` (default), `mistralrs` or `http`.
+    /// The runtime that hosts it: `llamacpp` (default), `mistralrs`, `http` (a llama-server)
+    /// or `openai` (any OpenAI-compatible server).
     #[serde(default)]
     pub runtime: RuntimeKind,
-    /// A remote member's llama-server, `http://HOST:PORT`.
+    /// A remote member's server: `http://HOST:PORT` of a llama-server, the `/v1` base of an
+    /// OpenAI-compatible one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The model an OpenAI-compatible server is asked for (default: the first it lists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The environment variable an OpenAI-compatible member's API key is read from (default
+    /// `GAC_REMOTE_API_KEY`; none set, none sent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
     /// A remote member's vocabulary: the GGUF file its server runs (read without weights) or a
     /// `tokenizer.json`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -262,17 +285,25 @@ impl MemberConfig {
             context: None,
             device_top_k: None,
             url: None,
+            model: None,
+            api_key_env: None,
             vocab: None,
             n_probs: None,
             timeout: None,
         }
     }
 
-    /// A member served by the llama-server at `url`.
+    /// A member served at `url`: by a llama-server (`http://HOST:PORT`), or by an
+    /// OpenAI-compatible server (`openai+http://HOST:PORT/v1`).
     pub fn remote(url: impl Into<String>) -> Self {
+        let url: String = url.into();
+        let (runtime, url) = match url.strip_prefix("openai+") {
+            Some(base) => (RuntimeKind::OpenAi, base.to_string()),
+            None => (RuntimeKind::Http, url),
+        };
         Self {
-            runtime: RuntimeKind::Http,
-            url: Some(url.into()),
+            runtime,
+            url: Some(url),
             ..Self::new("")
         }
     }
@@ -303,15 +334,17 @@ impl MemberConfig {
             ("vocab", self.vocab.is_some()),
             ("n_probs", self.n_probs.is_some()),
             ("timeout", self.timeout.is_some()),
+            ("model", self.model.is_some()),
+            ("api_key_env", self.api_key_env.is_some()),
         ];
-        if self.runtime != RuntimeKind::Http {
+        if !self.runtime.is_remote() {
             if self.path.as_os_str().is_empty() {
                 return Err(Error::config(field("path"), "missing (the model file)"));
             }
             if let Some((name, _)) = remote_only.iter().find(|(_, given)| *given) {
                 return Err(Error::config(
                     field(name),
-                    "only a remote member (runtime = \"http\") takes it",
+                    "only a remote member (runtime = \"http\" or \"openai\") takes it",
                 ));
             }
             return Ok(());
@@ -339,8 +372,18 @@ impl MemberConfig {
             ),
             (
                 "context",
-                self.context.is_some(),
+                self.context.is_some() && self.runtime == RuntimeKind::Http,
                 "the server's own --ctx-size sets it",
+            ),
+            (
+                "model",
+                self.model.is_some() && self.runtime == RuntimeKind::Http,
+                "a llama-server serves one model (runtime = \"openai\" asks for one by name)",
+            ),
+            (
+                "api_key_env",
+                self.api_key_env.is_some() && self.runtime == RuntimeKind::Http,
+                "llama-server's own /completion is asked without a key (use runtime = \"openai\")",
             ),
             (
                 "device_top_k",
@@ -354,20 +397,30 @@ impl MemberConfig {
                 format!("not for a remote member: {why}"),
             ));
         }
-        match &self.url {
-            None => {
+        let openai = self.runtime == RuntimeKind::OpenAi;
+        let scheme = ["http://", "https://"]
+            .iter()
+            .find(|s| self.url.as_ref().is_some_and(|u| u.starts_with(*s)));
+        match (&self.url, scheme) {
+            (None, _) => {
                 return Err(Error::config(
                     field("url"),
-                    "missing (http://HOST:PORT of the llama-server)",
+                    match openai {
+                        true => "missing (http://HOST:PORT/v1 of the OpenAI-compatible server)",
+                        false => "missing (http://HOST:PORT of the llama-server)",
+                    },
                 ))
             }
-            Some(url) if !url.starts_with("http://") || url.len() <= "http://".len() => {
+            (Some(url), Some(s)) if url.len() > s.len() && (openai || *s == "http://") => {}
+            (Some(url), _) => {
                 return Err(Error::config(
                     field("url"),
-                    format!("'{url}' is not http://HOST:PORT"),
+                    match openai {
+                        true => format!("'{url}' is not http://HOST:PORT/v1 (or https://)"),
+                        false => format!("'{url}' is not http://HOST:PORT"),
+                    },
                 ))
             }
-            Some(_) => {}
         }
         if self.vocab.is_none() {
             return Err(Error::config(
@@ -721,6 +774,32 @@ mod tests {
         assert_eq!(c.members[1].n_probs, Some(5));
         c.members[1].url = Some("http://a:8080".into());
         assert_eq!(c.schedule().unwrap(), Schedule::Lazy, "one shared server");
+
+        // An OpenAI-compatible member: a model by name, a key's variable, a context window.
+        let c = parse(
+            r#"
+            [[member]]
+            runtime = "openai"
+            url = "https://api.example/v1"
+            vocab = "big.json"
+            model = "big"
+            api_key_env = "MY_KEY"
+            context = 8192
+            "#,
+        )
+        .unwrap();
+        let m = &c.members[0];
+        assert_eq!(
+            (m.runtime, m.model.as_deref()),
+            (RuntimeKind::OpenAi, Some("big"))
+        );
+        assert!(m.runtime.is_remote() && !RuntimeKind::LlamaCpp.is_remote());
+        assert_eq!(parse(&c.to_toml().unwrap()).unwrap(), c);
+        let flag = MemberConfig::remote("openai+http://h:8000/v1");
+        assert_eq!(
+            (flag.runtime, flag.place()),
+            (RuntimeKind::OpenAi, "http://h:8000/v1".into())
+        );
     }
 
     #[test]
@@ -815,6 +894,18 @@ mod tests {
             (
                 "[[member]]\nruntime='http'\nurl='http://h:1'\nvocab='v'\nn_probs=1001",
                 "member[0].n_probs: 1001 is above 1000",
+            ),
+            (
+                "[[member]]\nruntime='http'\nurl='http://h:1'\nvocab='v'\nmodel='m'",
+                "member[0].model: not for a remote member: a llama-server serves one model",
+            ),
+            (
+                "[[member]]\nruntime='openai'\nurl='h:1/v1'\nvocab='v'",
+                "member[0].url: 'h:1/v1' is not http://HOST:PORT/v1",
+            ),
+            (
+                "[[member]]\npath='a'\napi_key_env='K'",
+                "member[0].api_key_env: only a remote member",
             ),
             (
                 "[[member]]\nruntime='http'\nurl='http://h:1'\nvocab='v'\ntimeout=-1",

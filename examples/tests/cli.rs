@@ -644,6 +644,28 @@ fn vocab_words_probe_compares_how_tokenizers_split_words() {
     assert!(missing.contains("/nonexistent/words.txt"), "{missing}");
 }
 
+/// The "same text" cell of the all-remote row of a `gac bench --remote` table.
+fn all_remote_text(table: &str) -> String {
+    rows(table, "all remote, top-5")[0][5].to_string()
+}
+
+/// A GET's body, over a plain TCP connection.
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    body.to_string()
+}
+
 #[test]
 fn remote_members_from_the_command_line() {
     let (smollm, gemma) = (path(SMOLLM), path(GEMMA));
@@ -676,6 +698,49 @@ fn remote_members_from_the_command_line() {
     let steps = v["stats"]["steps"].as_u64();
     assert_eq!(v["members"][0]["head_evals"].as_u64(), steps, "{v}");
 
+    // The same server through its OpenAI-compatible /v1, the model asked for by name: the
+    // same text.
+    let v1 = format!("openai+{}/v1", server.url);
+    let listed: serde_json::Value =
+        serde_json::from_str(&http_get(&format!("{}/v1/models", server.url))).unwrap();
+    let name = listed["data"][0]["id"].as_str().unwrap().to_string();
+    let openai = succeeds(&[
+        "generate",
+        "--model",
+        &v1,
+        "--vocab",
+        &smollm,
+        "--remote-model",
+        &name,
+        "--ctx",
+        "2048",
+        "--n-probs",
+        "8",
+        "--model",
+        &gemma,
+        "--union-top-k",
+        "8",
+        "--gate",
+        "0",
+        "--max-tokens",
+        "8",
+        "--json",
+        "The capital of France is",
+    ]);
+    let o: serde_json::Value = serde_json::from_slice(&openai.stdout).unwrap();
+    assert_eq!(o["text"], v["text"], "{o}");
+    let e = fails(&[
+        "generate",
+        "--model",
+        &v1,
+        "--vocab",
+        &smollm,
+        "--remote-model",
+        "nope",
+        "hi",
+    ]);
+    assert!(e.contains("no model 'nope'"), "{e}");
+
     // gac bench's remote table: all local, member 0 remote, all remote.
     let gemma_server = LlamaServer::start(GEMMA, 1);
     let out = succeeds(&[
@@ -699,10 +764,15 @@ fn remote_members_from_the_command_line() {
     for name in [
         "all local, top-5",
         "member 0 remote, top-5",
+        "member 0 remote through /v1, top-5",
         "all remote, top-5",
+        "all remote through /v1, top-5",
     ] {
         assert_eq!(rows(&table, name).len(), 1, "{name} in {table}");
     }
+    // Through /v1, the same server gives the same text as through its own /completion.
+    let v1 = &rows(&table, "all remote through /v1, top-5")[0];
+    assert_eq!(v1[5], all_remote_text(&table), "{table}");
     let all_remote = &rows(&table, "all remote, top-5")[0];
     assert!(all_remote[3].parse::<f64>().unwrap() >= 0.0, "{table}");
     assert!(all_remote[5].contains("of 1"), "{table}");

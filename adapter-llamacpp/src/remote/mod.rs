@@ -12,7 +12,11 @@
 //! distribution, when the ensemble needs it at a greedy step the heads cannot decide, is the
 //! same request with every id listed (slow: megabytes of JSON).
 
+mod context;
+mod openai;
 mod server;
+
+pub use openai::{OpenAiMember, OpenAiOptions, API_KEY_ENV};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,10 +29,14 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::LoadError;
+use context::Context;
 use server::{Completion, Failure, Server};
 
 /// How many most probable tokens a remote member asks for each step unless told otherwise.
 pub const DEFAULT_N_PROBS: usize = 20;
+
+/// How long a remote member waits for one answer unless told otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where a remote member's server is and how it is asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +66,7 @@ impl RemoteOptions {
             url: url.into(),
             n_probs: DEFAULT_N_PROBS,
             slot: 0,
-            timeout: Duration::from_secs(60),
+            timeout: DEFAULT_TIMEOUT,
             retries: 2,
             prompt_cache: false,
         }
@@ -113,25 +121,14 @@ impl RemoteClock {
 
 /// An ensemble member whose model runs in a llama-server.
 pub struct RemoteMember {
-    name: String,
     text: Box<dyn Encoder>,
     server: Server,
     n_probs: usize,
-    /// The top-k union of the generation under way: each step asks for at least that many.
-    union_top_k: usize,
     slot: u32,
     /// A token of plain ASCII text, for the server to sample (see [`Server::complete`]).
     plain: u32,
     prompt_cache: bool,
-    /// Whether the next evaluation is the first of a generation.
-    fresh: bool,
-    context_size: usize,
-    /// Every id pushed since the last reset, prompt included.
-    tokens: Vec<u32>,
-    /// The last head, as (id, probability).
-    head: Vec<(u32, f32)>,
-    /// The last full distribution, as log-probabilities.
-    logits: Vec<f32>,
+    context: Context,
     reused: usize,
     clock: Arc<RemoteClock>,
 }
@@ -139,10 +136,10 @@ pub struct RemoteMember {
 impl std::fmt::Debug for RemoteMember {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteMember")
-            .field("name", &self.name)
+            .field("name", &self.context.name())
             .field("url", &self.server.url)
             .field("slot", &self.slot)
-            .field("tokens", &self.tokens.len())
+            .field("tokens", &self.context.tokens.len())
             .finish()
     }
 }
@@ -205,8 +202,8 @@ impl RemoteMember {
                 vocab_file.display()
             ))
         })?;
-        let server = Server::new(&url, options.timeout, options.retries);
-        wait_until_ready(&server, options.timeout).map_err(fail)?;
+        let server = Server::new(&url, "a llama-server", options.timeout, options.retries);
+        wait_until_ready(&server, "/health", options.timeout).map_err(fail)?;
         let props: Props = server.get("/props").map_err(|e| fail(e.into()))?;
         if options.slot >= props.total_slots {
             return Err(fail(format!(
@@ -229,22 +226,17 @@ impl RemoteMember {
                 vocab_file.display()
             ))
         })?;
+        // llama-server refuses a request that fills its slot's whole context (it keeps room for
+        // the token it predicts): one position less is what a context may hold here.
+        let size = props.default_generation_settings.n_ctx.saturating_sub(1);
         Ok(Self {
-            name: name.into(),
+            context: Context::new(name, size, text.vocab().len()),
             text,
             server,
             n_probs: options.n_probs.max(1),
-            union_top_k: 0,
             slot: options.slot,
             plain,
             prompt_cache: options.prompt_cache,
-            fresh: true,
-            // llama-server refuses a request that fills its slot's whole context (it keeps room
-            // for the token it predicts): one position less is what a context may hold here.
-            context_size: props.default_generation_settings.n_ctx.saturating_sub(1),
-            tokens: Vec::new(),
-            head: Vec::new(),
-            logits: Vec::new(),
             reused: 0,
             clock: Arc::default(),
         })
@@ -256,42 +248,43 @@ impl RemoteMember {
     }
 
     fn fail(&self, message: impl std::fmt::Display) -> gac_core::Error {
-        gac_core::Error::member(&self.name, format!("llama-server {message}"))
+        gac_core::Error::member(self.context.name(), format!("llama-server {message}"))
     }
 
     /// Sends the context, asking for `n_probs` next tokens.
     fn request(&mut self, n_probs: usize) -> gac_core::Result<Completion> {
-        if self.tokens.is_empty() {
+        let tokens = &self.context.tokens;
+        if tokens.is_empty() {
             return Err(self.fail("asked for logits with nothing to evaluate"));
         }
         let started = Instant::now();
         let answer = self
             .server
             .complete(
-                &self.tokens,
+                tokens,
                 n_probs,
                 Some(self.slot),
                 self.plain,
-                self.prompt_cache || !self.fresh,
+                self.prompt_cache || !self.context.fresh,
             )
             .map_err(|e| match e {
                 Failure::Interrupted => gac_core::Error::Interrupted {
-                    member: self.name.clone(),
+                    member: self.context.name().to_string(),
                 },
                 e => self.fail(e),
             })?;
-        self.fresh = false;
+        self.context.fresh = false;
         self.clock
             .record(answer.evaluated(), started.elapsed(), answer.server_time());
         self.reused = answer.cached();
         let n_vocab = self.text.vocab().len();
-        if answer.evaluated() + answer.cached() < self.tokens.len() {
+        if answer.evaluated() + answer.cached() < self.context.tokens.len() {
             return Err(self.fail(format!(
                 "{} evaluated {} positions and took {} from its cache for a context of {}",
                 self.server.url,
                 answer.evaluated(),
                 answer.cached(),
-                self.tokens.len()
+                self.context.tokens.len()
             )));
         }
         match answer
@@ -323,13 +316,15 @@ fn plain_token(vocab: &Vocab) -> Option<u32> {
 /// How long a server may refuse connections at start-up (it may be starting too).
 const REFUSED_AT_START: Duration = Duration::from_secs(3);
 
-/// Polls `/health` until the server answers 200: for at most `timeout` while it answers 503
-/// (loading its model), for a few seconds while nothing answers.
-fn wait_until_ready(server: &Server, timeout: Duration) -> Result<(), String> {
+/// Polls `path` until the server answers other than 503: for at most `timeout` while it
+/// answers 503 (loading its model), for a few seconds while nothing answers. Another error
+/// status (a 401, say) ends the wait: the request that follows names it with the server's
+/// message.
+fn wait_until_ready(server: &Server, path: &str, timeout: Duration) -> Result<(), String> {
     let started = Instant::now();
     loop {
-        let status = server.status("/health");
-        if status == Some(200) {
+        let status = server.status(path);
+        if status.is_some_and(|code| code != 503) {
             return Ok(());
         }
         let patience = match status {
@@ -338,10 +333,10 @@ fn wait_until_ready(server: &Server, timeout: Duration) -> Result<(), String> {
         };
         if started.elapsed() >= patience {
             return Err(match status {
-                Some(503) => format!("still loading its model after {timeout:?}"),
-                Some(code) => format!("/health answered {code}"),
+                Some(_) => format!("still loading its model after {timeout:?}"),
                 None => format!(
-                    "no answer on /health within {patience:?} (is a llama-server running there?)"
+                    "no answer on {path} within {patience:?} (is {} running there?)",
+                    server.kind()
                 ),
             });
         }
@@ -380,35 +375,20 @@ fn check_vocab(server: &Server, vocab: &Vocab, n_vocab: Option<usize>) -> Result
     Ok(())
 }
 
-encoder_from_text!(RemoteMember);
+encoder_from_text!(RemoteMember, context.size);
 
 impl Member for RemoteMember {
     fn name(&self) -> &str {
-        &self.name
+        self.context.name()
     }
 
     fn reset(&mut self) -> gac_core::Result<()> {
-        self.tokens.clear();
-        self.fresh = true;
+        self.context.reset();
         Ok(())
     }
 
     fn push(&mut self, ids: &[u32]) -> gac_core::Result<()> {
-        if self.tokens.len() + ids.len() > self.context_size {
-            return Err(gac_core::Error::ContextFull {
-                member: self.name.clone(),
-                context: self.context_size,
-            });
-        }
-        let n_vocab = self.text.vocab().len() as u32;
-        if let Some(&bad) = ids.iter().find(|&&id| id >= n_vocab) {
-            return Err(gac_core::Error::member(
-                &self.name,
-                format!("token id {bad} is outside its vocabulary of {n_vocab}"),
-            ));
-        }
-        self.tokens.extend_from_slice(ids);
-        Ok(())
+        self.context.push(ids)
     }
 
     fn reused(&self) -> usize {
@@ -416,7 +396,7 @@ impl Member for RemoteMember {
     }
 
     fn set_union_top_k(&mut self, k: Option<usize>) {
-        self.union_top_k = k.unwrap_or(0);
+        self.context.set_union_top_k(k);
     }
 
     fn watch(&mut self, interrupt: gac_core::Interrupt) {
@@ -424,21 +404,14 @@ impl Member for RemoteMember {
     }
 
     fn evaluate(&mut self) -> gac_core::Result<Evaluation<'_>> {
-        let answer = self.request(self.n_probs.max(self.union_top_k))?;
-        self.head.clear();
-        self.head
-            .extend(answer.candidates().iter().map(|c| (c.id, c.logprob.exp())));
-        Ok(Evaluation::Head(&self.head))
+        let answer = self.request(self.context.asked(self.n_probs))?;
+        let listed = answer.candidates().iter().map(|c| (c.id, c.logprob));
+        Ok(self.context.head(listed))
     }
 
     fn logits(&mut self) -> gac_core::Result<&[f32]> {
-        let n_vocab = self.text.vocab().len();
-        let answer = self.request(n_vocab)?;
-        self.logits.clear();
-        self.logits.resize(n_vocab, f32::NEG_INFINITY);
-        for c in answer.candidates() {
-            self.logits[c.id as usize] = c.logprob;
-        }
-        Ok(&self.logits)
+        let answer = self.request(self.text.vocab().len())?;
+        let listed = answer.candidates().iter().map(|c| (c.id, c.logprob));
+        Ok(self.context.logits(listed))
     }
 }

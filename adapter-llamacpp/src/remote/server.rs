@@ -1,5 +1,6 @@
-//! One llama-server reached over HTTP: JSON requests with a bounded wait, retries for the
-//! requests that may be repeated, and errors that name the server.
+//! One server reached over HTTP (a llama-server, or any OpenAI-compatible one): JSON requests
+//! with a bounded wait, retries for the requests that may be repeated, an optional API key,
+//! and errors that name the server.
 
 use std::io::Read;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -23,11 +24,15 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// A llama-server and how patiently it is asked.
 pub(crate) struct Server {
-    /// `http://host:port`, without a trailing slash.
+    /// `http://host:port` (or a base such as `http://host:port/v1`), without a trailing slash.
     pub(crate) url: String,
     agent: ureq::Agent,
     retries: u32,
     interrupt: Interrupt,
+    /// Sent as `Authorization: Bearer KEY`.
+    api_key: Option<String>,
+    /// What it is, in messages ("a llama-server").
+    kind: &'static str,
 }
 
 /// Why a request failed.
@@ -107,9 +112,10 @@ impl Completion {
 }
 
 impl Server {
-    /// A server at `url` (`http://host:port`); each try waits at most `timeout` for the answer,
-    /// and a request that may be repeated is tried `retries` more times.
-    pub(crate) fn new(url: &str, timeout: Duration, retries: u32) -> Self {
+    /// A server at `url` (`http://host:port`), `kind` in messages ("a llama-server"); each try
+    /// waits at most `timeout` for the answer, and a request that may be repeated is tried
+    /// `retries` more times.
+    pub(crate) fn new(url: &str, kind: &'static str, timeout: Duration, retries: u32) -> Self {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(CONNECT_TIMEOUT.min(timeout))
             .timeout(timeout)
@@ -119,7 +125,20 @@ impl Server {
             agent,
             retries,
             interrupt: Interrupt::default(),
+            api_key: None,
+            kind,
         }
+    }
+
+    /// Sends `key` with every request, as `Authorization: Bearer KEY`.
+    pub(crate) fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key;
+        self
+    }
+
+    /// What it is, in messages ("a llama-server").
+    pub(crate) fn kind(&self) -> &'static str {
+        self.kind
     }
 
     /// The flag that makes a waiting request give up ([`Failure::Interrupted`]).
@@ -232,8 +251,9 @@ impl Server {
     fn attempt(&self, path: &str, body: Option<&Value>) -> Result<Exchange, Failure> {
         let (tx, rx) = mpsc::channel();
         let (agent, endpoint, body) = (self.agent.clone(), self.endpoint(path), body.cloned());
+        let auth = self.api_key.as_ref().map(|k| format!("Bearer {k}"));
         std::thread::spawn(move || {
-            let _ = tx.send(exchange(&agent, &endpoint, body));
+            let _ = tx.send(exchange(&agent, &endpoint, body, auth.as_deref()));
         });
         loop {
             match rx.recv_timeout(POLL) {
@@ -265,8 +285,8 @@ impl Server {
         serde_json::from_slice(answer).map_err(|e| {
             let start = String::from_utf8_lossy(&answer[..answer.len().min(120)]).into_owned();
             Failure::Failed(format!(
-                "{}{path} did not answer what a llama-server answers ({e}); it began: {start:?}",
-                self.url
+                "{}{path} did not answer what {} answers ({e}); it began: {start:?}",
+                self.url, self.kind
             ))
         })
     }
@@ -282,11 +302,25 @@ enum Exchange {
     Broken(String),
 }
 
-/// Sends one request and reads its whole answer (at most [`MAX_ANSWER_BYTES`]).
-fn exchange(agent: &ureq::Agent, endpoint: &str, body: Option<Value>) -> Exchange {
+/// Sends one request (with this `Authorization` header, if any) and reads its whole answer (at
+/// most [`MAX_ANSWER_BYTES`]).
+fn exchange(
+    agent: &ureq::Agent,
+    endpoint: &str,
+    body: Option<Value>,
+    auth: Option<&str>,
+) -> Exchange {
+    let request = match body {
+        Some(_) => agent.post(endpoint),
+        None => agent.get(endpoint),
+    };
+    let request = match auth {
+        Some(auth) => request.set("Authorization", auth),
+        None => request,
+    };
     let sent = match body {
-        Some(body) => agent.post(endpoint).send_json(body),
-        None => agent.get(endpoint).call(),
+        Some(body) => request.send_json(body),
+        None => request.call(),
     };
     let response = match sent {
         Ok(response) | Err(ureq::Error::Status(_, response)) => response,

@@ -105,6 +105,10 @@ pub struct RemoteArgs {
     /// and then fails (default 60).
     #[arg(long = "timeout", value_name = "SECS", conflicts_with = "config")]
     timeouts: Vec<f32>,
+    /// The model the OpenAI-compatible member it follows asks its server for (default: the
+    /// first the server lists).
+    #[arg(long = "remote-model", value_name = "NAME", conflicts_with = "config")]
+    remote_models: Vec<String>,
 }
 
 impl RemoteArgs {
@@ -123,6 +127,12 @@ impl RemoteArgs {
             .zip(&self.timeouts)
         {
             config.members[m].timeout = Some(*t);
+        }
+        for (m, name) in bind("--remote-model", "remote_models")?
+            .into_iter()
+            .zip(&self.remote_models)
+        {
+            config.members[m].model = Some(name.clone());
         }
         Ok(())
     }
@@ -187,7 +197,7 @@ impl EnsembleArgs {
         let n = config
             .members
             .iter()
-            .filter(|m| m.runtime != RuntimeKind::Http)
+            .filter(|m| !m.runtime.is_remote())
             .count();
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as i32;
         for m in &mut config.members {
@@ -260,7 +270,9 @@ impl SamplingArgs {
 pub(crate) struct MemberArgs {
     /// A GGUF model file; repeat for each member (order matters: member 0, 1, ...). Prefix it
     /// with `mistralrs:` to run it in mistral.rs instead of llama.cpp (`llamacpp:` is the
-    /// default). `http://HOST:PORT` is a model served by a llama-server (give its --vocab).
+    /// default). `http://HOST:PORT` is a model served by a llama-server, and
+    /// `openai+http://HOST:PORT/v1` one served by any OpenAI-compatible server (vLLM, SGLang,
+    /// mistralrs-server, gac serve; its API key from GAC_REMOTE_API_KEY): give its --vocab.
     #[arg(
         long = "model",
         value_name = "[RUNTIME:]PATH",
@@ -294,7 +306,8 @@ impl MemberArgs {
 /// `--model [RUNTIME:]PATH` or `--model http://HOST:PORT`.
 pub(crate) fn member_flag(flag: &Path) -> Result<MemberConfig> {
     let text = flag.to_string_lossy();
-    if text.starts_with("http://") || text.starts_with("https://") {
+    let remote = ["http://", "https://", "openai+http://", "openai+https://"];
+    if remote.iter().any(|r| text.starts_with(r)) {
         return Ok(MemberConfig::remote(text));
     }
     if let Some((runtime, path)) = text.split_once(':') {

@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use gac_core::{Encoder, Member};
 use gac_examples::config::{MemberConfig, RuntimeKind};
 use gac_llamacpp::{
-    Batching, LlamaMember, LlamaOptions, RemoteMember, RemoteOptions, SharedContext,
+    Batching, LlamaMember, LlamaOptions, OpenAiMember, OpenAiOptions, RemoteMember, RemoteOptions,
+    SharedContext, API_KEY_ENV,
 };
 use gac_mistralrs::{MistralMember, MistralOptions};
 
@@ -72,25 +73,65 @@ pub(crate) fn mistralrs(m: &MemberConfig) -> Result<MistralMember> {
 
 /// A member served by a llama-server, in the server's slot `slot`.
 pub(crate) fn remote(m: &MemberConfig, slot: u32, prompt_cache: bool) -> Result<RemoteMember> {
-    let mut options = RemoteOptions {
+    let asked = Asked::of(m);
+    let options = RemoteOptions {
         slot,
         prompt_cache,
+        n_probs: asked.n_probs,
+        timeout: asked.timeout,
         ..RemoteOptions::new(m.place())
     };
-    if let Some(k) = m.n_probs {
-        options.n_probs = k as usize;
-    }
-    if let Some(t) = m.timeout {
-        options.timeout = Duration::from_secs_f32(t);
-    }
     let vocab = m.file();
-    let text = vocab_encoder(vocab)?;
+    let name = gac_core::gguf::model_name(vocab);
     Ok(RemoteMember::connect(
-        gac_core::gguf::model_name(vocab),
-        text,
+        name,
+        vocab_encoder(vocab)?,
         vocab,
         &options,
     )?)
+}
+
+/// A member behind an OpenAI-compatible server's `/v1/completions`; its API key from the
+/// member's `api_key_env` variable, else `GAC_REMOTE_API_KEY` (none when unset).
+pub(crate) fn openai(m: &MemberConfig) -> Result<OpenAiMember> {
+    let asked = Asked::of(m);
+    let key_env = m.api_key_env.as_deref().unwrap_or(API_KEY_ENV);
+    let options = OpenAiOptions {
+        model: m.model.clone(),
+        api_key: std::env::var(key_env).ok().filter(|k| !k.is_empty()),
+        context: m.context.map(|c| c as usize),
+        n_probs: asked.n_probs,
+        timeout: asked.timeout,
+        ..OpenAiOptions::new(m.place())
+    };
+    let vocab = m.file();
+    let name = gac_core::gguf::model_name(vocab);
+    Ok(OpenAiMember::connect(
+        name,
+        vocab_encoder(vocab)?,
+        vocab,
+        &options,
+    )?)
+}
+
+/// What every remote member asks of its server: tokens a step and the wait for an answer.
+struct Asked {
+    n_probs: usize,
+    timeout: Duration,
+}
+
+impl Asked {
+    /// The member's, else the defaults (20 tokens, 60 s).
+    fn of(m: &MemberConfig) -> Self {
+        Self {
+            n_probs: m
+                .n_probs
+                .map_or(gac_llamacpp::DEFAULT_N_PROBS, |k| k as usize),
+            timeout: m
+                .timeout
+                .map_or(gac_llamacpp::DEFAULT_TIMEOUT, Duration::from_secs_f32),
+        }
+    }
 }
 
 /// A vocabulary file as an encoder: a tokenizer.json, else a GGUF file (read without weights).
@@ -155,6 +196,7 @@ fn load_member(
             RuntimeKind::LlamaCpp => Box::new(llama(m, loading.prompt_cache)?),
             RuntimeKind::MistralRs => Box::new(mistralrs(m)?),
             RuntimeKind::Http => Box::new(remote(m, 0, loading.prompt_cache)?),
+            RuntimeKind::OpenAi => Box::new(openai(m)?),
         };
         sets[0].push(member);
         return Ok(());
@@ -189,6 +231,12 @@ fn load_member(
         RuntimeKind::Http => {
             for (slot, set) in sets.iter_mut().enumerate() {
                 set.push(Box::new(remote(m, slot as u32, loading.prompt_cache)?));
+            }
+        }
+        // The server schedules the slots' requests itself.
+        RuntimeKind::OpenAi => {
+            for set in sets.iter_mut() {
+                set.push(Box::new(openai(m)?));
             }
         }
     }

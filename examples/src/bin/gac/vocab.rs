@@ -113,7 +113,7 @@ pub fn vocab(args: VocabArgs) -> Result<()> {
             RuntimeKind::LlamaCpp => {
                 gac_llamacpp::load_encoder(&m.path).map_err(anyhow::Error::from)
             }
-            RuntimeKind::Http => vocab_encoder(m.file()),
+            RuntimeKind::Http | RuntimeKind::OpenAi => vocab_encoder(m.file()),
             RuntimeKind::MistralRs => {
                 let member = mistralrs(m).with_context(|| format!("member {i}"))?;
                 Ok(Box::new(member) as Box<dyn Encoder>)

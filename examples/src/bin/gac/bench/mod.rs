@@ -237,7 +237,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 ));
                 members.push(Box::new(m));
             }
-            RuntimeKind::Http => {
+            RuntimeKind::Http | RuntimeKind::OpenAi => {
                 anyhow::bail!("gac bench measures models it loads; give a llama-server's model as --model and its address as --remote")
             }
         }

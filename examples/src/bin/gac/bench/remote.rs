@@ -33,18 +33,24 @@ pub(super) fn remote_members(
         gac_core::ensemble::validate_union_top_k(Some(k)).context("invalid --union-top-k")?;
     }
     let n = configs.len();
-    let mut setups = vec![("all local".to_string(), vec![false; n])];
+    let mut setups = vec![("all local".to_string(), vec![Place::Local; n])];
     if n > 1 {
-        let mut first = vec![false; n];
-        first[0] = true;
-        setups.push(("member 0 remote".to_string(), first));
+        for (label, place) in [
+            ("member 0 remote", Place::LlamaServer),
+            ("member 0 remote through /v1", Place::OpenAi),
+        ] {
+            let mut first = vec![Place::Local; n];
+            first[0] = place;
+            setups.push((label.to_string(), first));
+        }
     }
-    setups.push(("all remote".to_string(), vec![true; n]));
+    setups.push(("all remote".to_string(), vec![Place::LlamaServer; n]));
+    setups.push(("all remote through /v1".to_string(), vec![Place::OpenAi; n]));
     let mut lines = Vec::new();
     for &k in &args.union_top_k {
         let mut baseline: Option<Row> = None;
-        for (label, remote_at) in &setups {
-            let (members, clocks) = load(configs, remote_at, &args.remotes, k)?;
+        for (label, places) in &setups {
+            let (members, clocks) = load(configs, places, &args.remotes, k)?;
             let mut ensemble = Ensemble::new(members, None, Mode::Average)?;
             let options = GenerateOptions {
                 max_tokens: args.tokens,
@@ -104,11 +110,22 @@ fn totals(clocks: &[Arc<RemoteClock>]) -> RemoteTotals {
 /// One setup's members, and the clocks of its remote ones.
 type Setup = (Vec<Box<dyn Member>>, Vec<Arc<RemoteClock>>);
 
-/// The members of one setup: local where `remote_at` says no, else served by their
-/// `remotes` server, asking for `n_probs` tokens a step; with the remote members' clocks.
+/// Where a member of a setup runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Loaded here.
+    Local,
+    /// In its server, through llama-server's own `/completion`.
+    LlamaServer,
+    /// In its server, through the OpenAI-compatible `/v1/completions`.
+    OpenAi,
+}
+
+/// The members of one setup, each where `places` says (a remote one in its `remotes` server,
+/// asking for `n_probs` tokens a step); with the remote members' clocks.
 fn load(
     configs: &[MemberConfig],
-    remote_at: &[bool],
+    places: &[Place],
     remotes: &[String],
     n_probs: usize,
 ) -> Result<Setup> {
@@ -116,18 +133,28 @@ fn load(
     let mut clocks = Vec::new();
     for (i, config) in configs.iter().enumerate() {
         let what = || format!("member {i} ({})", config.place());
-        if !remote_at[i] {
-            members.push(Box::new(members::llama(config, false).with_context(what)?));
-            continue;
-        }
+        let url = match places[i] {
+            Place::Local => {
+                members.push(Box::new(members::llama(config, false).with_context(what)?));
+                continue;
+            }
+            Place::LlamaServer => remotes[i].clone(),
+            Place::OpenAi => format!("openai+{}/v1", remotes[i].trim_end_matches('/')),
+        };
         let served = MemberConfig {
             vocab: Some(config.path.clone()),
             n_probs: Some(n_probs as u32),
-            ..MemberConfig::remote(&remotes[i])
+            ..MemberConfig::remote(url)
         };
-        let member = members::remote(&served, 0, false).with_context(what)?;
-        clocks.push(member.clock());
-        members.push(Box::new(member));
+        if places[i] == Place::OpenAi {
+            let member = members::openai(&served).with_context(what)?;
+            clocks.push(member.clock());
+            members.push(Box::new(member));
+        } else {
+            let member = members::remote(&served, 0, false).with_context(what)?;
+            clocks.push(member.clock());
+            members.push(Box::new(member));
+        }
     }
     Ok((members, clocks))
 }

@@ -205,7 +205,7 @@ pub(super) fn prepare(args: &EvalArgs, matches: &clap::ArgMatches) -> Result<Pre
             m.threads = Some(args.threads);
             m.device_top_k = args.device_top_k.or(m.device_top_k);
         }
-        if m.runtime != RuntimeKind::Http {
+        if !m.runtime.is_remote() {
             m.context = args.context.or(m.context);
         }
     }

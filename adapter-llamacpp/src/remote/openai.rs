@@ -1,0 +1,383 @@
+//! Members behind any OpenAI-compatible `/v1/completions` API: llama-server's `/v1`, vLLM,
+//! SGLang, mistralrs-server, `gac serve`.
+//!
+//! Each evaluation sends the member's whole context as a list of token ids, asks for one token
+//! with the `logprobs` most probable next tokens, greedy, and leaves the rest to the engine's
+//! prefix cache. The tokens come back as ids where the engine gives them (llama-server's
+//! `id`; vLLM's `token_id:N` strings with `return_tokens_as_token_ids`), else as bytes or text,
+//! which are mapped to the member's vocabulary only where exactly one of its tokens spells
+//! them; anything else is an error naming the token, never a guess.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gac_core::vocab::Token;
+use gac_core::{Encoder, Evaluation, Member, Vocab};
+use serde_json::{json, Value};
+
+use super::context::Context;
+use super::server::{Failure, Server};
+use super::{plain_token, wait_until_ready, RemoteClock, DEFAULT_N_PROBS, DEFAULT_TIMEOUT};
+use crate::LoadError;
+
+/// The environment variable an OpenAI-compatible member's API key is read from by default.
+pub const API_KEY_ENV: &str = "GAC_REMOTE_API_KEY";
+
+/// Where an OpenAI-compatible server is and how it is asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenAiOptions {
+    /// The API's base, `http://HOST:PORT/v1`.
+    pub url: String,
+    /// The served model's name (default: the first the server lists).
+    pub model: Option<String>,
+    /// Sent as `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// How many most probable tokens each step asks for (`logprobs`); more when the
+    /// generation's top-k union takes more.
+    pub n_probs: usize,
+    /// The member's context window in tokens (default: what the server lists, if it does).
+    pub context: Option<usize>,
+    /// The longest wait for one answer (and for a loading server to become ready).
+    pub timeout: Duration,
+    /// How many more times a failed step is tried before the member fails.
+    pub retries: u32,
+}
+
+impl OpenAiOptions {
+    /// The API at `url`, 20 tokens a step, 60 s per answer, 2 retries.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            model: None,
+            api_key: None,
+            n_probs: DEFAULT_N_PROBS,
+            context: None,
+            timeout: DEFAULT_TIMEOUT,
+            retries: 2,
+        }
+    }
+}
+
+/// An ensemble member whose model runs behind an OpenAI-compatible completions API.
+pub struct OpenAiMember {
+    text: Box<dyn Encoder>,
+    server: Server,
+    model: String,
+    n_probs: usize,
+    /// A token of plain ASCII text, for the server to sample (see [`OpenAiMember::request`]).
+    plain: u32,
+    context: Context,
+    /// The bytes of the vocabulary's text tokens → the one id that spells them, or `AMBIGUOUS`.
+    by_bytes: HashMap<Box<[u8]>, u32>,
+    clock: Arc<RemoteClock>,
+}
+
+const AMBIGUOUS: u32 = u32::MAX;
+
+impl std::fmt::Debug for OpenAiMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiMember")
+            .field("name", &self.context.name())
+            .field("url", &self.server.url)
+            .field("model", &self.model)
+            .field("tokens", &self.context.tokens.len())
+            .finish()
+    }
+}
+
+/// One next token as the server listed it.
+struct Listed {
+    id: Option<u32>,
+    token: String,
+    bytes: Option<Vec<u8>>,
+    logprob: f32,
+}
+
+impl OpenAiMember {
+    /// Connects to the API at `options.url`, whose model's vocabulary `text` is (read from
+    /// `vocab_file`, named in errors): waits until `/models` answers, picks the model, and
+    /// checks the vocabulary's size where the server gives it.
+    pub fn connect(
+        name: impl Into<String>,
+        text: Box<dyn Encoder>,
+        vocab_file: &Path,
+        options: &OpenAiOptions,
+    ) -> Result<Self, LoadError> {
+        let url = options.url.trim_end_matches('/').to_string();
+        let fail = |message: String| LoadError::Remote(url.clone(), message);
+        if !url.starts_with("http://") && !url.starts_with("https://") {
+            return Err(fail(
+                "the address must start with http:// or https://".into(),
+            ));
+        }
+        let plain = plain_token(text.vocab()).ok_or_else(|| {
+            fail(format!(
+                "{} has no token of plain ASCII text (needed to keep the server's answers whole)",
+                vocab_file.display()
+            ))
+        })?;
+        let server = Server::new(
+            &url,
+            "an OpenAI-compatible server",
+            options.timeout,
+            options.retries,
+        )
+        .with_api_key(options.api_key.clone());
+        wait_until_ready(&server, "/models", options.timeout).map_err(fail)?;
+        let models: Value = server.get("/models").map_err(|e| fail(e.into()))?;
+        let listed: Vec<&Value> = models["data"].as_array().into_iter().flatten().collect();
+        let names: Vec<&str> = listed.iter().filter_map(|m| m["id"].as_str()).collect();
+        let model = match &options.model {
+            Some(m) if names.contains(&m.as_str()) => m.clone(),
+            Some(m) => {
+                return Err(fail(format!(
+                    "it serves no model '{m}' (it lists: {})",
+                    names.join(", ")
+                )))
+            }
+            None => names
+                .first()
+                .ok_or_else(|| fail("/models lists no model".into()))?
+                .to_string(),
+        };
+        let info = listed.iter().find(|m| m["id"] == model.as_str());
+        let n_vocab = info.and_then(|m| m["meta"]["n_vocab"].as_u64());
+        if let Some(n) = n_vocab.filter(|&n| n as usize != text.vocab().len()) {
+            return Err(fail(format!(
+                "'{model}' has {n} tokens, the vocabulary of {} {}",
+                vocab_file.display(),
+                text.vocab().len()
+            )));
+        }
+        let listed_context =
+            info.and_then(|m| (m["max_model_len"].as_u64()).or(m["meta"]["n_ctx_train"].as_u64()));
+        let context_size = options
+            .context
+            .or(listed_context.map(|c| c as usize))
+            .ok_or_else(|| {
+                fail(format!(
+                    "'{model}' does not list its context window: give it (--ctx, or context in \
+                     the TOML)"
+                ))
+            })?;
+        // The engine keeps room for the token it predicts.
+        let size = context_size.saturating_sub(1);
+        Ok(Self {
+            context: Context::new(name, size, text.vocab().len()),
+            by_bytes: by_bytes(text.vocab()),
+            text,
+            server,
+            model,
+            n_probs: options.n_probs.max(1),
+            plain,
+            clock: Arc::default(),
+        })
+    }
+
+    /// The member's request times, shared: read it while the member works in an ensemble.
+    pub fn clock(&self) -> Arc<RemoteClock> {
+        self.clock.clone()
+    }
+
+    fn fail(&self, message: impl std::fmt::Display) -> gac_core::Error {
+        gac_core::Error::member(
+            self.context.name(),
+            format!("{} {message}", self.server.url),
+        )
+    }
+
+    /// Asks for the `n` most probable next tokens after the context, as (id, log-probability),
+    /// most probable first.
+    ///
+    /// The engine samples a token too: a logit bias makes it `plain`, a token of plain ASCII
+    /// text, so that no engine leaves the log-probabilities out for a token that ends in an
+    /// incomplete UTF-8 sequence (llama-server does). They are those before sampling, so the
+    /// bias does not touch them. The first request of a generation asks llama-server to
+    /// evaluate the whole prompt (`cache_prompt`), as a local member does; other engines
+    /// ignore the field, as they do `return_tokens_as_token_ids` (vLLM's ids).
+    fn request(&mut self, n: usize) -> gac_core::Result<Vec<(u32, f32)>> {
+        if self.context.tokens.is_empty() {
+            return Err(self.fail("was asked for logits with nothing to evaluate"));
+        }
+        let body = json!({
+            "model": self.model,
+            "prompt": self.context.tokens,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": n,
+            "logit_bias": { self.plain.to_string(): 100 },
+            "stream": false,
+            "cache_prompt": !self.context.fresh,
+            "return_tokens_as_token_ids": true,
+        });
+        let started = Instant::now();
+        let answer: Value = self
+            .server
+            .post("/completions", &body)
+            .map_err(|e| match e {
+                Failure::Interrupted => gac_core::Error::Interrupted {
+                    member: self.context.name().to_string(),
+                },
+                e => gac_core::Error::member(self.context.name(), e.to_string()),
+            })?;
+        self.context.fresh = false;
+        // llama-server adds its own timings; other engines give the prompt's size only.
+        let timings = &answer["timings"];
+        let evaluated = (timings["prompt_n"].as_u64())
+            .or(answer["usage"]["prompt_tokens"].as_u64())
+            .unwrap_or(0);
+        let server_ms = timings["prompt_ms"].as_f64().unwrap_or(0.0)
+            + timings["predicted_ms"].as_f64().unwrap_or(0.0);
+        let server = Duration::from_secs_f64(server_ms.max(0.0) / 1e3);
+        self.clock
+            .record(evaluated as usize, started.elapsed(), server);
+        let listed = listed(&answer).map_err(|e| self.fail(e))?;
+        let want = n.min(self.text.vocab().len());
+        if listed.len() < want {
+            return Err(self.fail(format!(
+                "listed {} next tokens where {want} were asked for (the engine caps logprobs: \
+                 raise its limit, e.g. vLLM's --max-logprobs, or ask for fewer with --n-probs)",
+                listed.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(listed.len());
+        for l in &listed {
+            let id = self.id_of(l).map_err(|e| self.fail(e))?;
+            if out.iter().any(|&(seen, _)| seen == id) {
+                return Err(self.fail(format!("listed token {id} ({:?}) twice", l.token)));
+            }
+            out.push((id, l.logprob));
+        }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(out)
+    }
+
+    /// The member's id for a listed token: its id where the engine gives one, else the one
+    /// token of the vocabulary that spells its bytes (or its text).
+    fn id_of(&self, l: &Listed) -> Result<u32, String> {
+        let n_vocab = self.text.vocab().len();
+        let given =
+            l.id.or_else(|| (l.token.strip_prefix("token_id:")).and_then(|n| n.parse().ok()));
+        if let Some(id) = given {
+            return match (id as usize) < n_vocab {
+                true => Ok(id),
+                false => Err(format!(
+                    "listed token id {id}, outside the vocabulary of {n_vocab}"
+                )),
+            };
+        }
+        let bytes = l.bytes.as_deref().unwrap_or(l.token.as_bytes());
+        match self.by_bytes.get(bytes) {
+            Some(&AMBIGUOUS) => Err(format!(
+                "listed {:?}, which several tokens of the vocabulary spell: the engine must give \
+                 token ids (vLLM: return_tokens_as_token_ids, which gac asks for)",
+                l.token
+            )),
+            Some(&id) => Ok(id),
+            None => Err(format!(
+                "listed {:?}, which no token of the vocabulary spells (is --vocab the served \
+                 model's?)",
+                l.token
+            )),
+        }
+    }
+}
+
+/// The vocabulary's text tokens by the bytes they spell (a byte sequence that several spell
+/// maps to `AMBIGUOUS`).
+fn by_bytes(vocab: &Vocab) -> HashMap<Box<[u8]>, u32> {
+    let mut map = HashMap::new();
+    for (id, t) in vocab.tokens().iter().enumerate() {
+        if let Token::Text(b) = t {
+            map.entry(b.clone())
+                .and_modify(|seen| *seen = AMBIGUOUS)
+                .or_insert(id as u32);
+        }
+    }
+    map
+}
+
+/// The next tokens an answer lists: llama-server's form (`logprobs.content[0].top_logprobs`,
+/// with ids and bytes) or OpenAI's (`logprobs.top_logprobs[0]`, text → log-probability).
+fn listed(answer: &Value) -> Result<Vec<Listed>, String> {
+    let logprobs = &answer["choices"][0]["logprobs"];
+    if let Some(content) = logprobs["content"].as_array() {
+        let top = content
+            .first()
+            .and_then(|c| c["top_logprobs"].as_array())
+            .ok_or("answered no top_logprobs")?;
+        return top
+            .iter()
+            .map(|t| {
+                Ok(Listed {
+                    id: t["id"].as_u64().map(|id| id as u32),
+                    token: t["token"].as_str().unwrap_or_default().to_string(),
+                    bytes: t["bytes"].as_array().map(|b| {
+                        b.iter()
+                            .filter_map(|x| x.as_u64().map(|x| x as u8))
+                            .collect()
+                    }),
+                    logprob: t["logprob"]
+                        .as_f64()
+                        .ok_or_else(|| format!("answered a token without a logprob: {t}"))?
+                        as f32,
+                })
+            })
+            .collect();
+    }
+    let top = logprobs["top_logprobs"]
+        .as_array()
+        .and_then(|t| t.first())
+        .and_then(Value::as_object)
+        .ok_or("answered no logprobs (does it give logprobs on /v1/completions?)")?;
+    top.iter()
+        .map(|(token, lp)| {
+            Ok(Listed {
+                id: None,
+                token: token.clone(),
+                bytes: None,
+                logprob: lp
+                    .as_f64()
+                    .ok_or_else(|| format!("answered {token:?} without a logprob"))?
+                    as f32,
+            })
+        })
+        .collect()
+}
+
+encoder_from_text!(OpenAiMember, context.size);
+
+impl Member for OpenAiMember {
+    fn name(&self) -> &str {
+        self.context.name()
+    }
+
+    fn reset(&mut self) -> gac_core::Result<()> {
+        self.context.reset();
+        Ok(())
+    }
+
+    fn push(&mut self, ids: &[u32]) -> gac_core::Result<()> {
+        self.context.push(ids)
+    }
+
+    fn set_union_top_k(&mut self, k: Option<usize>) {
+        self.context.set_union_top_k(k);
+    }
+
+    fn watch(&mut self, interrupt: gac_core::Interrupt) {
+        self.server.watch(interrupt);
+    }
+
+    fn evaluate(&mut self) -> gac_core::Result<Evaluation<'_>> {
+        let listed = self.request(self.context.asked(self.n_probs))?;
+        Ok(self.context.head(listed))
+    }
+
+    fn logits(&mut self) -> gac_core::Result<&[f32]> {
+        let listed = self.request(self.text.vocab().len())?;
+        Ok(self.context.logits(listed))
+    }
+}
