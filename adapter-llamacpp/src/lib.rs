@@ -120,7 +120,7 @@ pub enum LoadError {
     Vocab(PathBuf, gac_core::Error),
     /// The llama.cpp library found at run time is another version than gac was built against.
     Version(String),
-    /// A llama-server (its address) cannot be used as a member.
+    /// A server (its address) cannot be used as a member.
     Remote(String, String),
 }
 
@@ -159,7 +159,7 @@ impl fmt::Display for LoadError {
                 "the llama.cpp library found at run time is version {v}, but gac was built against {LLAMA_CPP_VERSION} \
                  (llama-cpp-sys-2 0.1.161's vendored source): build that source as shared libraries and put them first on LD_LIBRARY_PATH"
             ),
-            LoadError::Remote(url, e) => write!(f, "llama-server at {url}: {e}"),
+            LoadError::Remote(url, e) => write!(f, "the server at {url}: {e}"),
         }
     }
 }

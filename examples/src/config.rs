@@ -398,6 +398,11 @@ impl MemberConfig {
             ));
         }
         let openai = self.runtime == RuntimeKind::OpenAi;
+        for (name, value) in [("model", &self.model), ("api_key_env", &self.api_key_env)] {
+            if value.as_deref() == Some("") {
+                return Err(Error::config(field(name), "empty"));
+            }
+        }
         let scheme = ["http://", "https://"]
             .iter()
             .find(|s| self.url.as_ref().is_some_and(|u| u.starts_with(*s)));

@@ -191,6 +191,17 @@ fn bad_answers_are_errors_that_name_them_and_leave_no_member_waiting() {
     let outside = r#"{"choices": [{"logprobs": {"top_logprobs": [{"token_id:99999999": -0.1}]}}]}"#;
     let (err, _) = failure(&fake(200, outside), 1);
     assert!(err.contains("outside the vocabulary"), "{err}");
+    // A llama-server's own /completions (a url without its /v1): named, with the remedy.
+    let native = r#"{"content": " Paris", "completion_probabilities": []}"#;
+    let (err, _) = failure(&fake(200, native), 1);
+    assert!(
+        err.contains("answered no choices") && err.contains("/v1"),
+        "{err}"
+    );
+    // A malformed id is not read as another token.
+    let bad_id = r#"{"choices": [{"logprobs": {"content": [{"top_logprobs": [{"id": -3, "token": "a", "logprob": -0.1}]}]}}]}"#;
+    let (err, _) = failure(&fake(200, bad_id), 1);
+    assert!(err.contains("answered the id -3"), "{err}");
     // A connection dropped without an answer: retried, then named.
     let (err, took) = failure(&fake(200, ""), 1);
     assert!(

@@ -203,7 +203,10 @@ impl RemoteMember {
             ))
         })?;
         let server = Server::new(&url, "a llama-server", options.timeout, options.retries);
-        wait_until_ready(&server, "/health", options.timeout).map_err(fail)?;
+        match wait_until_ready(&server, "/health", options.timeout).map_err(fail)? {
+            200 => {}
+            code => return Err(fail(format!("/health answered {code}"))),
+        }
         let props: Props = server.get("/props").map_err(|e| fail(e.into()))?;
         if options.slot >= props.total_slots {
             return Err(fail(format!(
@@ -316,16 +319,14 @@ fn plain_token(vocab: &Vocab) -> Option<u32> {
 /// How long a server may refuse connections at start-up (it may be starting too).
 const REFUSED_AT_START: Duration = Duration::from_secs(3);
 
-/// Polls `path` until the server answers other than 503: for at most `timeout` while it
-/// answers 503 (loading its model), for a few seconds while nothing answers. Another error
-/// status (a 401, say) ends the wait: the request that follows names it with the server's
-/// message.
-fn wait_until_ready(server: &Server, path: &str, timeout: Duration) -> Result<(), String> {
+/// Polls `path` until the server answers other than 503, and returns that status: for at most
+/// `timeout` while it answers 503 (loading its model), for a few seconds while nothing answers.
+fn wait_until_ready(server: &Server, path: &str, timeout: Duration) -> Result<u16, String> {
     let started = Instant::now();
     loop {
         let status = server.status(path);
-        if status.is_some_and(|code| code != 503) {
-            return Ok(());
+        if let Some(code) = status.filter(|&code| code != 503) {
+            return Ok(code);
         }
         let patience = match status {
             None => REFUSED_AT_START.min(timeout),

@@ -43,6 +43,9 @@ pub struct OpenAiOptions {
     pub timeout: Duration,
     /// How many more times a failed step is tried before the member fails.
     pub retries: u32,
+    /// Let a prompt start from what the server has cached from the previous context (default:
+    /// off; each generation's prompt is evaluated whole; llama-server only).
+    pub prompt_cache: bool,
 }
 
 impl OpenAiOptions {
@@ -56,6 +59,7 @@ impl OpenAiOptions {
             context: None,
             timeout: DEFAULT_TIMEOUT,
             retries: 2,
+            prompt_cache: false,
         }
     }
 }
@@ -66,8 +70,12 @@ pub struct OpenAiMember {
     server: Server,
     model: String,
     n_probs: usize,
-    /// A token of plain ASCII text, for the server to sample (see [`OpenAiMember::request`]).
+    /// A token of plain ASCII text, for a llama-server to sample (see
+    /// [`OpenAiMember::request`]).
     plain: u32,
+    /// The server is a llama-server (its models are `owned_by` "llamacpp").
+    llama_server: bool,
+    prompt_cache: bool,
     context: Context,
     /// The bytes of the vocabulary's text tokens → the one id that spells them, or `AMBIGUOUS`.
     by_bytes: HashMap<Box<[u8]>, u32>,
@@ -125,6 +133,8 @@ impl OpenAiMember {
             options.retries,
         )
         .with_api_key(options.api_key.clone());
+        // Another status than 200 (a 401, say) is named by the request that follows, with the
+        // server's message.
         wait_until_ready(&server, "/models", options.timeout).map_err(fail)?;
         let models: Value = server.get("/models").map_err(|e| fail(e.into()))?;
         let listed: Vec<&Value> = models["data"].as_array().into_iter().flatten().collect();
@@ -143,6 +153,7 @@ impl OpenAiMember {
                 .to_string(),
         };
         let info = listed.iter().find(|m| m["id"] == model.as_str());
+        let llama_server = info.is_some_and(|m| m["owned_by"] == "llamacpp");
         let n_vocab = info.and_then(|m| m["meta"]["n_vocab"].as_u64());
         if let Some(n) = n_vocab.filter(|&n| n as usize != text.vocab().len()) {
             return Err(fail(format!(
@@ -151,8 +162,10 @@ impl OpenAiMember {
                 text.vocab().len()
             )));
         }
+        // The server's window (llama-server's n_ctx, vLLM's max_model_len), not the model's
+        // training length.
         let listed_context =
-            info.and_then(|m| (m["max_model_len"].as_u64()).or(m["meta"]["n_ctx_train"].as_u64()));
+            info.and_then(|m| (m["meta"]["n_ctx"].as_u64()).or(m["max_model_len"].as_u64()));
         let context_size = options
             .context
             .or(listed_context.map(|c| c as usize))
@@ -172,6 +185,8 @@ impl OpenAiMember {
             model,
             n_probs: options.n_probs.max(1),
             plain,
+            llama_server,
+            prompt_cache: options.prompt_cache,
             clock: Arc::default(),
         })
     }
@@ -189,29 +204,32 @@ impl OpenAiMember {
     }
 
     /// Asks for the `n` most probable next tokens after the context, as (id, log-probability),
-    /// most probable first.
+    /// most probable first; `return_tokens_as_token_ids` asks vLLM for ids (other engines
+    /// ignore it).
     ///
-    /// The engine samples a token too: a logit bias makes it `plain`, a token of plain ASCII
-    /// text, so that no engine leaves the log-probabilities out for a token that ends in an
-    /// incomplete UTF-8 sequence (llama-server does). They are those before sampling, so the
-    /// bias does not touch them. The first request of a generation asks llama-server to
-    /// evaluate the whole prompt (`cache_prompt`), as a local member does; other engines
-    /// ignore the field, as they do `return_tokens_as_token_ids` (vLLM's ids).
+    /// To a llama-server only: a logit bias makes the token it samples `plain`, a token of plain
+    /// ASCII text, since it leaves the log-probabilities out for a sampled token that ends in an
+    /// incomplete UTF-8 sequence (they are those before sampling, so the bias does not touch
+    /// them); and the first request of a generation evaluates the whole prompt
+    /// (`cache_prompt`), as a local member does, unless the prompt cache is on. Other engines
+    /// may report biased log-probabilities, so they get no bias.
     fn request(&mut self, n: usize) -> gac_core::Result<Vec<(u32, f32)>> {
         if self.context.tokens.is_empty() {
             return Err(self.fail("was asked for logits with nothing to evaluate"));
         }
-        let body = json!({
+        let mut body = json!({
             "model": self.model,
             "prompt": self.context.tokens,
             "max_tokens": 1,
             "temperature": 0.0,
             "logprobs": n,
-            "logit_bias": { self.plain.to_string(): 100 },
             "stream": false,
-            "cache_prompt": !self.context.fresh,
             "return_tokens_as_token_ids": true,
         });
+        if self.llama_server {
+            body["logit_bias"] = json!({ self.plain.to_string(): 100 });
+            body["cache_prompt"] = json!(self.prompt_cache || !self.context.fresh);
+        }
         let started = Instant::now();
         let answer: Value = self
             .server
@@ -223,29 +241,39 @@ impl OpenAiMember {
                 e => gac_core::Error::member(self.context.name(), e.to_string()),
             })?;
         self.context.fresh = false;
-        // llama-server adds its own timings; other engines give the prompt's size only.
+        // llama-server adds its own timings (what it evaluated; other engines say nothing of
+        // their cache).
         let timings = &answer["timings"];
-        let evaluated = (timings["prompt_n"].as_u64())
-            .or(answer["usage"]["prompt_tokens"].as_u64())
-            .unwrap_or(0);
+        let evaluated = timings["prompt_n"].as_u64().unwrap_or(0);
         let server_ms = timings["prompt_ms"].as_f64().unwrap_or(0.0)
             + timings["predicted_ms"].as_f64().unwrap_or(0.0);
         let server = Duration::from_secs_f64(server_ms.max(0.0) / 1e3);
         self.clock
             .record(evaluated as usize, started.elapsed(), server);
-        let listed = listed(&answer).map_err(|e| self.fail(e))?;
+        let (listed, as_text) = listed(&answer).map_err(|e| self.fail(e))?;
         let want = n.min(self.text.vocab().len());
         if listed.len() < want {
+            let why = match as_text {
+                true => {
+                    "the engine caps logprobs, or lists them by text, where tokens of the \
+                         same text collapse into one and end tokens have none: it must give \
+                         token ids"
+                }
+                false => {
+                    "the engine caps logprobs: raise its limit, e.g. vLLM's \
+                          --max-logprobs, or ask for fewer with --n-probs"
+                }
+            };
             return Err(self.fail(format!(
-                "listed {} next tokens where {want} were asked for (the engine caps logprobs: \
-                 raise its limit, e.g. vLLM's --max-logprobs, or ask for fewer with --n-probs)",
+                "listed {} next tokens where {want} were asked for ({why})",
                 listed.len()
             )));
         }
         let mut out = Vec::with_capacity(listed.len());
+        let mut seen = vec![false; self.text.vocab().len()];
         for l in &listed {
             let id = self.id_of(l).map_err(|e| self.fail(e))?;
-            if out.iter().any(|&(seen, _)| seen == id) {
+            if std::mem::replace(&mut seen[id as usize], true) {
                 return Err(self.fail(format!("listed token {id} ({:?}) twice", l.token)));
             }
             out.push((id, l.logprob));
@@ -299,52 +327,77 @@ fn by_bytes(vocab: &Vocab) -> HashMap<Box<[u8]>, u32> {
     map
 }
 
-/// The next tokens an answer lists: llama-server's form (`logprobs.content[0].top_logprobs`,
-/// with ids and bytes) or OpenAI's (`logprobs.top_logprobs[0]`, text → log-probability).
-fn listed(answer: &Value) -> Result<Vec<Listed>, String> {
-    let logprobs = &answer["choices"][0]["logprobs"];
+/// The next tokens an answer lists, and whether they are listed by text only: llama-server's
+/// form (`logprobs.content[0].top_logprobs`, with ids and bytes) or OpenAI's
+/// (`logprobs.top_logprobs[0]`, text → log-probability).
+fn listed(answer: &Value) -> Result<(Vec<Listed>, bool), String> {
+    let Some(choice) = answer["choices"].as_array().and_then(|c| c.first()) else {
+        return Err(
+            "answered no choices: is the url the API's base (it usually ends in /v1)?".into(),
+        );
+    };
+    let logprobs = &choice["logprobs"];
     if let Some(content) = logprobs["content"].as_array() {
         let top = content
             .first()
             .and_then(|c| c["top_logprobs"].as_array())
             .ok_or("answered no top_logprobs")?;
-        return top
-            .iter()
-            .map(|t| {
-                Ok(Listed {
-                    id: t["id"].as_u64().map(|id| id as u32),
-                    token: t["token"].as_str().unwrap_or_default().to_string(),
-                    bytes: t["bytes"].as_array().map(|b| {
-                        b.iter()
-                            .filter_map(|x| x.as_u64().map(|x| x as u8))
-                            .collect()
-                    }),
-                    logprob: t["logprob"]
-                        .as_f64()
-                        .ok_or_else(|| format!("answered a token without a logprob: {t}"))?
-                        as f32,
-                })
-            })
-            .collect();
+        let listed = top.iter().map(listed_with_id).collect::<Result<_, _>>()?;
+        return Ok((listed, false));
     }
     let top = logprobs["top_logprobs"]
         .as_array()
         .and_then(|t| t.first())
         .and_then(Value::as_object)
         .ok_or("answered no logprobs (does it give logprobs on /v1/completions?)")?;
-    top.iter()
+    let listed = top
+        .iter()
         .map(|(token, lp)| {
             Ok(Listed {
                 id: None,
                 token: token.clone(),
                 bytes: None,
-                logprob: lp
-                    .as_f64()
-                    .ok_or_else(|| format!("answered {token:?} without a logprob"))?
-                    as f32,
+                logprob: logprob(lp, token)?,
             })
         })
-        .collect()
+        .collect::<Result<_, String>>()?;
+    Ok((listed, true))
+}
+
+/// One entry of llama-server's form: its id and bytes are read strictly.
+fn listed_with_id(t: &Value) -> Result<Listed, String> {
+    let token = t["token"].as_str().unwrap_or_default().to_string();
+    let id = match &t["id"] {
+        Value::Null => None,
+        id => Some(
+            id.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| format!("answered the id {id} for {token:?}"))?,
+        ),
+    };
+    let bytes = match &t["bytes"] {
+        Value::Null => None,
+        b => Some(
+            (b.as_array().into_iter().flatten())
+                .map(|x| x.as_u64().and_then(|x| u8::try_from(x).ok()))
+                .collect::<Option<Vec<u8>>>()
+                .ok_or_else(|| format!("answered the bytes {b} for {token:?}"))?,
+        ),
+    };
+    Ok(Listed {
+        logprob: logprob(&t["logprob"], &token)?,
+        id,
+        token,
+        bytes,
+    })
+}
+
+/// A listed log-probability: a number.
+fn logprob(value: &Value, token: &str) -> Result<f32, String> {
+    value
+        .as_f64()
+        .map(|lp| lp as f32)
+        .ok_or_else(|| format!("answered {token:?} without a logprob"))
 }
 
 encoder_from_text!(OpenAiMember, context.size);

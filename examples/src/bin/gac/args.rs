@@ -271,8 +271,8 @@ pub(crate) struct MemberArgs {
     /// A GGUF model file; repeat for each member (order matters: member 0, 1, ...). Prefix it
     /// with `mistralrs:` to run it in mistral.rs instead of llama.cpp (`llamacpp:` is the
     /// default). `http://HOST:PORT` is a model served by a llama-server, and
-    /// `openai+http://HOST:PORT/v1` one served by any OpenAI-compatible server (vLLM, SGLang,
-    /// mistralrs-server, gac serve; its API key from GAC_REMOTE_API_KEY): give its --vocab.
+    /// `openai+http://HOST:PORT/v1` one served by any OpenAI-compatible server (llama-server's
+    /// /v1, vLLM, SGLang; its API key from GAC_REMOTE_API_KEY): give its --vocab.
     #[arg(
         long = "model",
         value_name = "[RUNTIME:]PATH",
@@ -280,7 +280,8 @@ pub(crate) struct MemberArgs {
     )]
     models: Vec<PathBuf>,
     /// A TOML file listing members (path, weight, gpu, gpu_layers, threads, context,
-    /// device_top_k; runtime = "http" with url, vocab, n_probs, timeout), the mode,
+    /// device_top_k; runtime = "http" or "openai" with url, vocab, n_probs, timeout, and for
+    /// "openai" model, api_key_env, context), the mode,
     /// weighting, union_top_k and an optional [gate]; see the README.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,

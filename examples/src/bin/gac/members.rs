@@ -92,13 +92,24 @@ pub(crate) fn remote(m: &MemberConfig, slot: u32, prompt_cache: bool) -> Result<
 }
 
 /// A member behind an OpenAI-compatible server's `/v1/completions`; its API key from the
-/// member's `api_key_env` variable, else `GAC_REMOTE_API_KEY` (none when unset).
-pub(crate) fn openai(m: &MemberConfig) -> Result<OpenAiMember> {
+/// member's `api_key_env` variable (which must be set), else `GAC_REMOTE_API_KEY` (none when
+/// unset).
+pub(crate) fn openai(m: &MemberConfig, prompt_cache: bool) -> Result<OpenAiMember> {
     let asked = Asked::of(m);
-    let key_env = m.api_key_env.as_deref().unwrap_or(API_KEY_ENV);
+    let api_key = match &m.api_key_env {
+        Some(name) => match std::env::var(name) {
+            Ok(key) if !key.is_empty() => Some(key),
+            _ => anyhow::bail!(
+                "member {} names api_key_env = \"{name}\", which is not set (or empty)",
+                m.place()
+            ),
+        },
+        None => std::env::var(API_KEY_ENV).ok().filter(|k| !k.is_empty()),
+    };
     let options = OpenAiOptions {
         model: m.model.clone(),
-        api_key: std::env::var(key_env).ok().filter(|k| !k.is_empty()),
+        api_key,
+        prompt_cache,
         context: m.context.map(|c| c as usize),
         n_probs: asked.n_probs,
         timeout: asked.timeout,
@@ -196,7 +207,7 @@ fn load_member(
             RuntimeKind::LlamaCpp => Box::new(llama(m, loading.prompt_cache)?),
             RuntimeKind::MistralRs => Box::new(mistralrs(m)?),
             RuntimeKind::Http => Box::new(remote(m, 0, loading.prompt_cache)?),
-            RuntimeKind::OpenAi => Box::new(openai(m)?),
+            RuntimeKind::OpenAi => Box::new(openai(m, loading.prompt_cache)?),
         };
         sets[0].push(member);
         return Ok(());
@@ -236,7 +247,7 @@ fn load_member(
         // The server schedules the slots' requests itself.
         RuntimeKind::OpenAi => {
             for set in sets.iter_mut() {
-                set.push(Box::new(openai(m)?));
+                set.push(Box::new(openai(m, loading.prompt_cache)?));
             }
         }
     }

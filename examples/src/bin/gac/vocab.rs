@@ -96,7 +96,7 @@ pub fn vocab(args: VocabArgs) -> Result<()> {
         .iter()
         .position(|m| m.file().as_os_str().is_empty())
     {
-        bail!("member {i} is a llama-server: give the GGUF file it runs as --model (or its vocab in --config)");
+        bail!("member {i} is served remotely: give the GGUF file (or tokenizer.json) of the model it runs as --model (or its vocab in --config)");
     }
     let paths: Vec<PathBuf> = config
         .members

@@ -147,7 +147,7 @@ fn load(
             ..MemberConfig::remote(url)
         };
         if places[i] == Place::OpenAi {
-            let member = members::openai(&served).with_context(what)?;
+            let member = members::openai(&served, false).with_context(what)?;
             clocks.push(member.clock());
             members.push(Box::new(member));
         } else {

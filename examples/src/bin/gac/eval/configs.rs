@@ -23,6 +23,39 @@ pub(super) struct Config {
     pub(super) setup: String,
 }
 
+impl Config {
+    /// A configuration of these members, weights and mode (fixed weighting), its setup
+    /// fingerprinted from the plan and the run's flags.
+    pub(super) fn new(
+        (plan, args): (&Plan, &EvalArgs),
+        name: String,
+        members: Vec<usize>,
+        weights: Option<Vec<f32>>,
+        (mode, schedule): (Mode, Schedule),
+        union_top_k: Option<usize>,
+    ) -> Self {
+        let setup = setup_fingerprint(
+            &plan.config,
+            &members,
+            &weights,
+            (mode, schedule),
+            union_top_k,
+            args,
+        );
+        Self {
+            name,
+            members,
+            weights,
+            mode,
+            schedule,
+            union_top_k,
+            weighting: Weighting::Fixed,
+            learned: false,
+            setup,
+        }
+    }
+}
+
 /// Each member alone, the average (with the configuration's weights), each top-k union, the
 /// selective mode, the gated ensembles of --threshold (gate = member 0) and the
 /// configuration's own combination (its mode, top-k union and weighting).
@@ -37,18 +70,14 @@ pub(super) fn configurations(plan: &Plan, args: &EvalArgs) -> Result<Vec<Config>
             true => own.schedule,
             false => Schedule::Lazy,
         };
-        let setup = setup_fingerprint(config, &members, &weights, (mode, schedule), top_k, args);
-        Config {
+        Config::new(
+            (plan, args),
             name,
             members,
             weights,
-            mode,
-            schedule,
-            union_top_k: top_k,
-            weighting: Weighting::Fixed,
-            learned: false,
-            setup,
-        }
+            (mode, schedule),
+            top_k,
+        )
     };
     // A variant: its own name and setup.
     let variant = |name: &str, what: &str, mode: Mode, top_k: Option<usize>| {
@@ -228,7 +257,7 @@ fn mode_name(mode: Mode) -> String {
 }
 
 /// Everything besides the question that decides an answer, as a fingerprint.
-pub(super) fn setup_fingerprint(
+fn setup_fingerprint(
     config: &EnsembleConfig,
     members: &[usize],
     weights: &Option<Vec<f32>>,

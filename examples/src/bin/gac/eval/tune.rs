@@ -29,7 +29,7 @@ use gac_examples::eval::paired::{paired, Paired};
 use gac_examples::eval::plot::{plot_points, Point};
 use gac_examples::eval::{sample_at, Record, Results, Task};
 
-use super::configs::{combination_name, configurations, setup_fingerprint, Config};
+use super::configs::{combination_name, configurations, Config};
 use super::run::run_config;
 use super::{prepare, EvalArgs, Prepared};
 use crate::args::{MemberArgs, RemoteArgs};
@@ -509,25 +509,14 @@ fn deferring(plan: &Plan, eval: &EvalArgs) -> Vec<Config> {
                 threshold: DEFAULT_THRESHOLD,
                 when_unsure: WhenUnsure::Defer(k),
             };
-            let setup = setup_fingerprint(
-                &plan.config,
-                &all,
-                &weights,
+            configs.push(Config::new(
+                (plan, eval),
+                combination_name(mode, None, Weighting::Fixed),
+                all.clone(),
+                weights.clone(),
                 (mode, Schedule::Lazy),
                 None,
-                eval,
-            );
-            configs.push(Config {
-                name: combination_name(mode, None, Weighting::Fixed),
-                members: all.clone(),
-                weights: weights.clone(),
-                mode,
-                schedule: Schedule::Lazy,
-                union_top_k: None,
-                weighting: Weighting::Fixed,
-                learned: false,
-                setup,
-            });
+            ));
         }
     }
     configs
@@ -540,27 +529,14 @@ fn learned(plan: &Plan, eval: &EvalArgs, alone: &[Candidate]) -> Config {
         .iter()
         .map(|c| (Candidate::accuracy(&c.selection).unwrap_or(0.0) / 100.0) as f32 + 0.01)
         .collect();
-    let all: Vec<usize> = (0..alone.len()).collect();
-    let weights = Some(weights);
-    let setup = setup_fingerprint(
-        &plan.config,
-        &all,
-        &weights,
+    Config::new(
+        (plan, eval),
+        "average:learned".into(),
+        (0..alone.len()).collect(),
+        Some(weights),
         (Mode::Average, plan.combination.schedule),
         None,
-        eval,
-    );
-    Config {
-        name: "average:learned".into(),
-        members: all,
-        weights,
-        mode: Mode::Average,
-        schedule: plan.combination.schedule,
-        union_top_k: None,
-        weighting: Weighting::Fixed,
-        learned: false,
-        setup,
-    }
+    )
 }
 
 /// `ensemble` against `member` on the confirmation questions both answered, in `task` (or all).
