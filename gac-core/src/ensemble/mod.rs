@@ -14,7 +14,7 @@ mod worker;
 use std::sync::mpsc::channel;
 use std::time::Instant;
 
-use crate::constraint::{Grammar, Grammars};
+use crate::constraint::Grammars;
 use crate::member::{Interrupt, Member};
 use crate::select::{Candidates, Chain};
 use crate::select::{Mode, WhenUnsure};
@@ -132,12 +132,6 @@ impl Ensemble {
     /// Uses `grammars`, prepared for another ensemble of the same members in the same order.
     pub fn set_grammars(&mut self, grammars: Grammars) {
         self.grammars = Some(grammars);
-    }
-
-    /// Checks that `grammar` compiles for this ensemble (a [`Setting::Grammar`] error says
-    /// what is wrong), without generating.
-    pub fn check_grammar(&mut self, grammar: &Grammar) -> Result<()> {
-        self.grammars()?.compile(grammar).map(drop)
     }
 
     /// Generates from `prompt`, calling `on_text` with each piece of text as it becomes final.

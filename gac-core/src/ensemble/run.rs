@@ -57,7 +57,7 @@ impl Run<'_> {
     fn restrict(&mut self, step: usize) -> Result<()> {
         if let Some(c) = &mut self.constraint {
             let t = Instant::now();
-            self.candidates.restrict(Some(c.allowed(step)?));
+            self.candidates.restrict(c.allowed(step)?);
             self.stats.constraint_time += t.elapsed();
         }
         Ok(())

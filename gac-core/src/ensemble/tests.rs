@@ -1,6 +1,7 @@
 //! Unit tests of the step loop on scripted members.
 
 use super::*;
+use crate::constraint::Grammar;
 use crate::member::Message;
 use crate::select::Schedule;
 use crate::select::{Draw, Sampling};

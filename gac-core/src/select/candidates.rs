@@ -150,15 +150,15 @@ impl Candidates {
     }
 
     /// Restricts every later scatter to the union ids set in `allowed` (a bitset, bit `u % 32`
-    /// of word `u / 32`, as a grammar gives it), or lifts the restriction (`None`). A
+    /// of word `u / 32`, as a grammar gives it; empty lifts the restriction). A
     /// restricted scatter works as if the other tokens had no mass: heads decide a greedy pick
     /// among the allowed tokens; the top-k union takes each member's k most probable allowed
     /// tokens above [`HEAD_FLOOR`] (a member that gave only a head with fewer allowed ones
     /// gives its whole distribution); a draw over heads draws among their allowed tokens, and
     /// a head with none gives way to the whole distribution.
-    pub fn restrict(&mut self, allowed: Option<&[u32]>) {
+    pub fn restrict(&mut self, allowed: &[u32]) {
         self.allowed.clear();
-        self.allowed.extend_from_slice(allowed.unwrap_or_default());
+        self.allowed.extend_from_slice(allowed);
     }
 
     /// Under a restriction, whether member `m` gave only a head holding fewer than `k` allowed
@@ -169,17 +169,17 @@ impl Candidates {
                 .filter(|&&j| self.admits(m.projection[j as usize]))
                 .count()
         };
-        !self.allowed.is_empty() && !m.full && allowed() < k.min(m.probs.len())
+        self.restricted() && !m.full && allowed() < k.min(m.probs.len())
     }
 
     /// Whether union id `u` may enter (always, unless restricted).
     fn admits(&self, u: u32) -> bool {
-        self.allowed.is_empty() || is_allowed(&self.allowed, u)
+        !self.restricted() || is_allowed(&self.allowed, u)
     }
 
     /// Zeroes the dense buffer's tokens outside the restriction.
     fn zero_disallowed(&mut self) {
-        if self.allowed.is_empty() {
+        if !self.restricted() {
             return;
         }
         for (w, chunk) in self.acc[..self.union_len].chunks_mut(32).enumerate() {
@@ -226,7 +226,7 @@ impl Candidates {
             self.zero_disallowed();
             self.written_all = true;
         }
-        let restricted = !self.allowed.is_empty();
+        let restricted = self.restricted();
         let mass = match self.written_all {
             true => !restricted || self.acc[..self.union_len].iter().any(|&p| p > 0.0),
             false => !self.list.is_empty(),
