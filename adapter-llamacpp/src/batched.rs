@@ -51,6 +51,7 @@ pub struct SharedContext {
     text: Arc<ModelText>,
     sequences: usize,
     context_size: usize,
+    prompt_cache: bool,
 }
 
 struct Shared {
@@ -166,6 +167,7 @@ impl SharedContext {
             text,
             sequences,
             context_size: shape.per_sequence as usize,
+            prompt_cache: options.prompt_cache,
         })
     }
 
@@ -180,6 +182,7 @@ impl SharedContext {
                 logits: Vec::new(),
                 context_size: self.context_size,
                 reuse: false,
+                prompt_cache: self.prompt_cache,
             })
             .collect()
     }
@@ -428,6 +431,8 @@ pub struct BatchedMember {
     context_size: usize,
     /// Whether the next evaluation may reuse the sequence's cached prefix.
     reuse: bool,
+    /// Whether the cache outlives a reset (see [`LlamaOptions::prompt_cache`]).
+    prompt_cache: bool,
 }
 
 encoder_from_text!(BatchedMember);
@@ -439,7 +444,7 @@ impl Member for BatchedMember {
 
     fn reset(&mut self) -> gac_core::Result<()> {
         self.tokens.clear();
-        self.reuse = false;
+        self.reuse = self.prompt_cache;
         Ok(())
     }
 

@@ -37,12 +37,20 @@ impl Server {
     /// The same with `first` (a `--model` value and its own flags) instead of SmolLM2 in
     /// llama.cpp.
     fn start_with(first: &[&str], extra: &[&str]) -> Server {
+        let mut args = vec!["--model"];
+        args.extend(first);
+        let gemma = path(GEMMA);
+        args.extend(["--model", &gemma]);
+        args.extend(extra);
+        Self::start_args(&args)
+    }
+
+    /// A server with these arguments (members and flags) on a free port, once ready.
+    fn start_args(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gac"))
-            .args(["serve", "--model"])
-            .args(first)
-            .args(["--model", &path(GEMMA)])
+            .arg("serve")
+            .args(args)
             .args(["--port", "0"])
-            .args(extra)
             .env_remove("GAC_LLAMA_LOG")
             .env_remove("GAC_API_KEY")
             .stderr(Stdio::piped())
@@ -188,7 +196,7 @@ fn generate(prompt: &str, max_tokens: usize, chat: bool) -> String {
 /// [`generate`] with these extra flags.
 fn generate_with(prompt: &str, max_tokens: usize, chat: bool, extra: &[&str]) -> String {
     let max = max_tokens.to_string();
-    let mut args = vec!["generate", "--model", SMOLLM, "--model", GEMMA, "--json"];
+    let mut args = vec!["generate", "--model", SMOLLM, "--model", GEMMA];
     args.extend(["--max-tokens", &max]);
     if chat {
         args.push("--chat");
@@ -197,9 +205,15 @@ fn generate_with(prompt: &str, max_tokens: usize, chat: bool, extra: &[&str]) ->
     let (smollm, gemma) = (path(SMOLLM), path(GEMMA));
     args[2] = &smollm;
     args[4] = &gemma;
-    args.push(prompt);
+    generate_args(&args[1..], prompt)
+}
+
+/// `gac generate` with these arguments and `--json`: the text.
+fn generate_args(args: &[&str], prompt: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_gac"))
-        .args(&args)
+        .arg("generate")
+        .args(args)
+        .args(["--json", prompt])
         .output()
         .unwrap();
     assert!(
@@ -471,7 +485,30 @@ fn bad_inputs_get_openai_errors(server: &Server) {
             400,
             "invalid prompt: it is empty",
         ),
-        ("/v1/completions", "{\"prompt\": [1, 2]}", 400, "token ids"),
+        (
+            "/v1/completions",
+            "{\"prompt\": [\"a\", 2]}",
+            400,
+            "lists of prompts are not supported",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": [1, 0]}",
+            400,
+            "invalid prompt: id 1: the end token cannot be part of a prompt",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": [1, 4000000000]}",
+            400,
+            "id 1: 4000000000 is outside the served vocabulary",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": [1, -2]}",
+            400,
+            "not a whole number",
+        ),
         (
             "/v1/completions",
             "{\"prompt\": \"x\", \"temperature\": -1}",
@@ -492,9 +529,9 @@ fn bad_inputs_get_openai_errors(server: &Server) {
         ),
         (
             "/v1/completions",
-            "{\"prompt\": \"x\", \"logprobs\": 50}",
+            "{\"prompt\": \"x\", \"logprobs\": 50000000}",
             400,
-            "logprobs",
+            "invalid logprobs: 50000000 is above",
         ),
         (
             "/v1/completions",
@@ -1013,4 +1050,88 @@ fn a_remote_member_serves_each_slot_from_its_own_server_slot() {
         ),
         "{stderr}"
     );
+}
+
+/// `gac generate --json` with these members: the text.
+fn generate_members(members: &[&str], prompt: &str, max_tokens: usize) -> String {
+    let max = max_tokens.to_string();
+    let mut args = members.to_vec();
+    args.extend(["--max-tokens", &max]);
+    generate_args(&args, prompt)
+}
+
+/// Writes the server's served vocabulary to a file of its own.
+fn served_vocab(server: &Server, name: &str) -> String {
+    let r = server.get("/v1/vocab");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let file = std::env::temp_dir().join(format!("gac-{}-{name}.json", std::process::id()));
+    std::fs::write(&file, r.body).unwrap();
+    file.display().to_string()
+}
+
+#[test]
+fn a_served_ensemble_is_a_member_of_another_and_gives_the_local_ensembles_text() {
+    let (smollm, gemma) = (path(SMOLLM), path(GEMMA));
+    let prompts = [
+        PROMPTS[0],
+        PROMPTS[1],
+        "Question: What is 12 times 12? Answer:",
+    ];
+    let local: Vec<String> = prompts
+        .iter()
+        .map(|p| generate_members(&["--model", &smollm, "--model", &gemma], p, 24))
+        .collect();
+
+    // Gemma-3 alone behind gac serve, SmolLM2 here: the pair's text, token for token.
+    let inner = Server::start_args(&["--model", &gemma, "--prompt-cache"]);
+    let models = inner.get("/v1/models").json();
+    let vocab = served_vocab(&inner, "gemma");
+    let url = format!("openai+http://{}/v1", inner.addr);
+    let member = ["--model", &smollm, "--model", &url, "--vocab", &vocab];
+    for (p, want) in prompts.iter().zip(&local) {
+        assert_eq!(&generate_members(&member, p, 24), want, "{p}");
+    }
+    // The listed size is the served vocabulary's: the union, 256 byte ids, open and close.
+    let listed = models["data"][0]["meta"]["n_vocab"].as_u64().unwrap();
+    let text = std::fs::read_to_string(&vocab).unwrap();
+    let tokens = serde_json::from_str::<Value>(&text).unwrap()["tokens"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(listed as usize, tokens + 258, "{models}");
+
+    // A token-id prompt: the prompt's text as one text piece gives the text prompt's answer,
+    // and the listed tokens carry their union ids.
+    let (open, close) = (tokens as u64 + 256, tokens as u64 + 257);
+    let mut ids = vec![open];
+    ids.extend(PROMPTS[0].bytes().map(|b| tokens as u64 + u64::from(b)));
+    ids.push(close);
+    let by_text = inner.complete(json!({"prompt": PROMPTS[0], "max_tokens": 6, "temperature": 0}));
+    let by_ids =
+        inner.complete(json!({"prompt": ids, "max_tokens": 6, "temperature": 0, "logprobs": 3}));
+    assert_eq!(by_ids["choices"][0]["text"], by_text["choices"][0]["text"]);
+    let first = &by_ids["choices"][0]["logprobs"]["content"][0];
+    assert_eq!(
+        first["top_logprobs"].as_array().unwrap().len(),
+        3,
+        "{first}"
+    );
+    assert_eq!(first["id"], first["top_logprobs"][0]["id"], "{first}");
+    assert!(first["id"].as_u64().unwrap() < tokens as u64, "{first}");
+    drop(inner);
+    let _ = std::fs::remove_file(&vocab);
+
+    // The pair behind gac serve as the only member (a hierarchical ensemble of one): every
+    // member of the served ensemble gets the ids it would get here, so the text is the pair's.
+    let pair = Server::start(&["--prompt-cache"]);
+    let vocab = served_vocab(&pair, "pair");
+    let url = format!("openai+http://{}/v1", pair.addr);
+    for (p, want) in prompts.iter().zip(&local) {
+        assert_eq!(
+            &generate_members(&["--model", &url, "--vocab", &vocab], p, 24),
+            want,
+            "{p}"
+        );
+    }
+    let _ = std::fs::remove_file(&vocab);
 }

@@ -23,6 +23,7 @@ mod error;
 pub mod gguf;
 pub mod member;
 pub mod select;
+pub mod served;
 #[cfg(test)]
 mod testutil;
 pub mod text;

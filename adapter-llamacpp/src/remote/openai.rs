@@ -73,8 +73,8 @@ pub struct OpenAiMember {
     /// A token of plain ASCII text, for a llama-server to sample (see
     /// [`OpenAiMember::request`]).
     plain: u32,
-    /// The server is a llama-server (its models are `owned_by` "llamacpp").
-    llama_server: bool,
+    /// Which engine the server is, where it says.
+    engine: Engine,
     prompt_cache: bool,
     context: Context,
     /// The bytes of the vocabulary's text tokens → the one id that spells them, or `AMBIGUOUS`.
@@ -83,6 +83,18 @@ pub struct OpenAiMember {
 }
 
 const AMBIGUOUS: u32 = u32::MAX;
+
+/// The engines a member asks differently: by the `owned_by` of their models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    /// llama-server ("llamacpp"): a logit bias and `cache_prompt` (see
+    /// [`OpenAiMember::request`]).
+    LlamaServer,
+    /// `gac serve` ("gac"): an ensemble, whose served ids the member's vocabulary is.
+    Gac,
+    /// Any other: vLLM's `return_tokens_as_token_ids` (the others ignore it).
+    Other,
+}
 
 impl std::fmt::Debug for OpenAiMember {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,7 +165,11 @@ impl OpenAiMember {
                 .to_string(),
         };
         let info = listed.iter().find(|m| m["id"] == model.as_str());
-        let llama_server = info.is_some_and(|m| m["owned_by"] == "llamacpp");
+        let engine = match info.map(|m| &m["owned_by"]) {
+            Some(owner) if owner == "llamacpp" => Engine::LlamaServer,
+            Some(owner) if owner == "gac" => Engine::Gac,
+            _ => Engine::Other,
+        };
         let n_vocab = info.and_then(|m| m["meta"]["n_vocab"].as_u64());
         if let Some(n) = n_vocab.filter(|&n| n as usize != text.vocab().len()) {
             return Err(fail(format!(
@@ -185,7 +201,7 @@ impl OpenAiMember {
             model,
             n_probs: options.n_probs.max(1),
             plain,
-            llama_server,
+            engine,
             prompt_cache: options.prompt_cache,
             clock: Arc::default(),
         })
@@ -212,7 +228,8 @@ impl OpenAiMember {
     /// incomplete UTF-8 sequence (they are those before sampling, so the bias does not touch
     /// them); and the first request of a generation evaluates the whole prompt
     /// (`cache_prompt`), as a local member does, unless the prompt cache is on. Other engines
-    /// may report biased log-probabilities, so they get no bias.
+    /// may report biased log-probabilities, so they get no bias; a `gac serve` gets no field
+    /// of another engine, and keeps its cache as its `--prompt-cache` says.
     fn request(&mut self, n: usize) -> gac_core::Result<Vec<(u32, f32)>> {
         if self.context.tokens.is_empty() {
             return Err(self.fail("was asked for logits with nothing to evaluate"));
@@ -224,11 +241,15 @@ impl OpenAiMember {
             "temperature": 0.0,
             "logprobs": n,
             "stream": false,
-            "return_tokens_as_token_ids": true,
         });
-        if self.llama_server {
-            body["logit_bias"] = json!({ self.plain.to_string(): 100 });
-            body["cache_prompt"] = json!(self.prompt_cache || !self.context.fresh);
+        match self.engine {
+            Engine::Other => body["return_tokens_as_token_ids"] = json!(true),
+            // Its ids are listed, and it takes no field of other engines.
+            Engine::Gac => {}
+            Engine::LlamaServer => {
+                body["logit_bias"] = json!({ self.plain.to_string(): 100 });
+                body["cache_prompt"] = json!(self.prompt_cache || !self.context.fresh);
+            }
         }
         let started = Instant::now();
         let answer: Value = self
@@ -251,8 +272,12 @@ impl OpenAiMember {
         self.clock
             .record(evaluated as usize, started.elapsed(), server);
         let (listed, as_text) = listed(&answer).map_err(|e| self.fail(e))?;
-        let want = n.min(self.text.vocab().len());
-        if listed.len() < want {
+        let n_vocab = self.text.vocab().len();
+        let want = n.min(n_vocab);
+        // Asked for the whole vocabulary, an engine may leave out what has no probability
+        // (gac serve does): the listed mass says whether anything is missing.
+        let whole = n >= n_vocab && listed.iter().map(|l| l.logprob.exp()).sum::<f32>() > 0.999;
+        if listed.len() < want && !whole {
             let why = match as_text {
                 true => {
                     "the engine caps logprobs, or lists them by text, where tokens of the \
@@ -270,7 +295,7 @@ impl OpenAiMember {
             )));
         }
         let mut out = Vec::with_capacity(listed.len());
-        let mut seen = vec![false; self.text.vocab().len()];
+        let mut seen = vec![false; n_vocab];
         for l in &listed {
             let id = self.id_of(l).map_err(|e| self.fail(e))?;
             if std::mem::replace(&mut seen[id as usize], true) {

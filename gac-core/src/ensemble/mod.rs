@@ -18,6 +18,7 @@ use crate::constraint::Grammars;
 use crate::member::{Interrupt, Member};
 use crate::select::{Candidates, Chain};
 use crate::select::{Mode, WhenUnsure};
+use crate::served;
 use crate::union::Union;
 use crate::{Error, Result, Setting};
 
@@ -157,6 +158,7 @@ impl Ensemble {
         let empty = match prompt {
             Prompt::Text(text) => text.is_empty(),
             Prompt::Chat(messages) => messages.is_empty(),
+            Prompt::Served(pieces) => pieces.is_empty(),
         };
         if empty {
             return Err(Error::EmptyPrompt);
@@ -169,8 +171,8 @@ impl Ensemble {
         };
         let start = Instant::now();
         let mut prompt_lens = Vec::with_capacity(self.members.len());
-        for member in &mut self.members {
-            let ids = encode(member.as_ref(), prompt, options.chat)?;
+        for (i, member) in self.members.iter_mut().enumerate() {
+            let ids = encode(member.as_ref(), i, &self.union, prompt, options.chat)?;
             if ids.is_empty() {
                 return Err(Error::EmptyPrompt);
             }
@@ -256,9 +258,16 @@ impl Ensemble {
     }
 }
 
-/// A member's ids for a prompt: a conversation through its chat template, text through its
-/// chat template when `chat` is set and it has one, else as plain text.
-fn encode(member: &dyn Member, prompt: Prompt, chat: bool) -> Result<Vec<u32>> {
+/// Member `i`'s ids for a prompt: a conversation through its chat template, text through its
+/// chat template when `chat` is set and it has one, else as plain text; served ids as
+/// [`served::member_ids`] reads them.
+fn encode(
+    member: &dyn Member,
+    i: usize,
+    union: &Union,
+    prompt: Prompt,
+    chat: bool,
+) -> Result<Vec<u32>> {
     match prompt {
         Prompt::Chat(messages) => member.encode_messages(messages).unwrap_or_else(|| {
             Err(Error::config(
@@ -270,6 +279,7 @@ fn encode(member: &dyn Member, prompt: Prompt, chat: bool) -> Result<Vec<u32>> {
             Some(ids) => ids,
             None => member.encode_prompt(text),
         },
+        Prompt::Served(pieces) => served::member_ids(member, i, union, pieces),
     }
 }
 

@@ -209,11 +209,8 @@ impl Run<'_> {
 
     /// The scattered candidates' total mass and their `n` most probable, as log-probabilities.
     fn top_logprobs(&mut self, n: usize) -> (f32, Vec<(UnionId, f32)>) {
-        let list = self.candidates.sorted();
-        let total: f32 = list.iter().map(|x| x.0).sum();
-        let top = list
-            .iter()
-            .take(n)
+        let total: f32 = self.candidates.list().iter().map(|x| x.0).sum();
+        let top = (self.candidates.top(n).iter())
             .map(|&(p, u)| (UnionId(u), (p / total).ln()))
             .collect();
         (total, top)

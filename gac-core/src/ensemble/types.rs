@@ -6,6 +6,7 @@ use crate::constraint::Grammar;
 use crate::member::Message;
 use crate::select::Sampling;
 use crate::select::{Schedule, Weighting};
+use crate::served::Piece;
 use crate::union::UnionId;
 
 /// Options of one generation.
@@ -219,6 +220,9 @@ pub enum Prompt<'a> {
     Text(&'a str),
     /// A conversation, rendered by each member's own chat template (every member needs one).
     Chat(&'a [Message]),
+    /// Pieces of a prompt given as the ensemble's served ids (see [`crate::served`]): each
+    /// member's own ids for them, whatever [`GenerateOptions::chat`] says.
+    Served(&'a [Piece]),
 }
 
 /// A picked token's probability under the step's combined distribution (the members' weighted

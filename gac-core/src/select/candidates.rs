@@ -292,6 +292,21 @@ impl Candidates {
         &mut self.list
     }
 
+    /// The `n` most probable tokens in [`descending`] order, without sorting the rest of the
+    /// list (left in no order, unless it was sorted).
+    pub fn top(&mut self, n: usize) -> &[(f32, u32)] {
+        if !self.sorted {
+            let list = self.list();
+            let n = n.min(list.len());
+            if n < list.len() {
+                list.select_nth_unstable_by(n, descending);
+            }
+            list[..n].sort_unstable_by(descending);
+        }
+        let n = n.min(self.list.len());
+        &self.list[..n]
+    }
+
     /// The mass the scatter gave union token `u` (stages do not change it).
     pub fn mass(&self, u: u32) -> f32 {
         self.acc[u as usize]

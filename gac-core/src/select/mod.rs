@@ -243,23 +243,43 @@ mod tests {
         assert!(hits > 190, "{hits}");
     }
 
+    /// A member's whole distribution over a union that is its own vocabulary.
+    fn whole<'a>(probs: &'a [f32], identity: &'a [u32], folds: &'a [u16]) -> MemberInput<'a> {
+        MemberInput {
+            probs,
+            head: identity,
+            floor: HEAD_FLOOR,
+            full: true,
+            outside: f32::INFINITY,
+            projection: identity,
+            weight: 1.0,
+            max_fold: 1,
+            folds,
+        }
+    }
+
+    #[test]
+    fn the_top_n_are_the_sorted_lists_first_n() {
+        let probs = [0.1, 0.3, 0.0, 0.3, 0.05, 0.25];
+        let projection = [0, 1, 2, 3, 4, 5];
+        let input = whole(&probs, &projection, &[1; 6]);
+        let mut c = Candidates::new(6);
+        c.scatter(Scatter::Full, &[input]);
+        let sorted = c.sorted().clone();
+        assert_eq!(sorted.len(), 5, "no entry without mass");
+        for n in 0..7 {
+            c.scatter(Scatter::Full, &[input]);
+            assert_eq!(c.top(n), &sorted[..n.min(5)], "{n}");
+        }
+    }
+
     #[test]
     fn a_chain_of_stages_is_a_stage() {
         // Top-k 2 inside a nested chain, then top-p: the same as both in one chain.
         let probs = [0.5, 0.3, 0.15, 0.05];
         let mut c = Candidates::new(4);
         let projection = [0, 1, 2, 3];
-        let input = MemberInput {
-            probs: &probs,
-            head: &projection,
-            floor: HEAD_FLOOR,
-            full: true,
-            outside: f32::INFINITY,
-            projection: &projection,
-            weight: 1.0,
-            max_fold: 1,
-            folds: &[1; 4],
-        };
+        let input = whole(&probs, &projection, &[1; 4]);
         let nested = Stages(vec![Box::new(TopK(2))]);
         let mut chain = Chain::new(
             Mode::Average,

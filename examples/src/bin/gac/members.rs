@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use gac_core::served::ServedText;
 use gac_core::{Encoder, Member};
 use gac_examples::config::{MemberConfig, RuntimeKind};
 use gac_llamacpp::{
@@ -145,9 +146,18 @@ impl Asked {
     }
 }
 
-/// A vocabulary file as an encoder: a tokenizer.json, else a GGUF file (read without weights).
+/// A vocabulary file as an encoder: a served vocabulary (`gac serve`'s `/v1/vocab`) or a
+/// tokenizer.json, else a GGUF file (read without weights).
 pub(crate) fn vocab_encoder(path: &Path) -> Result<Box<dyn Encoder>> {
     if path.extension().is_some_and(|e| e == "json") {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        if ServedText::is_served(&value) {
+            let name = path.display().to_string();
+            return Ok(Box::new(ServedText::from_json(&value, &name)?));
+        }
         return Ok(Box::new(
             gac_core::tokenizer_json::TokenizerText::from_file(path)?,
         ));

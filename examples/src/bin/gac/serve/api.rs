@@ -4,6 +4,7 @@
 use gac_core::constraint::Grammars;
 use gac_core::select::{Sampling, DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD};
 use gac_core::select::{DEFAULT_TOP_K, DEFAULT_TOP_P};
+use gac_core::served::{Piece, ServedIds};
 use gac_core::{GenerateOptions, Grammar, Message, Mode, Setting, WhenUnsure};
 use gac_examples::config::Combination;
 use serde::Deserialize;
@@ -26,6 +27,8 @@ pub struct Limits {
     pub members: usize,
     /// The union prepared for grammars, to check a request's before it takes a slot.
     pub grammars: Grammars,
+    /// The served ids a prompt of token ids is read in.
+    pub served: ServedIds,
 }
 
 /// Either form OpenAI accepts for a list of strings.
@@ -117,6 +120,8 @@ pub enum Kind {
 pub enum RequestInput {
     Text(String),
     Chat(Vec<Message>),
+    /// A prompt of served ids, read.
+    Served(Vec<Piece>),
 }
 
 /// A validated request.
@@ -270,25 +275,42 @@ impl CompletionRequest {
         if self.suffix.is_some() {
             return Err(invalid("suffix", "not supported"));
         }
-        let prompt = match self.prompt {
-            Value::String(s) => s,
+        let input = match self.prompt {
+            Value::String(s) => RequestInput::Text(s),
             Value::Array(items) if items.len() == 1 && items[0].is_string() => {
-                items[0].as_str().unwrap_or_default().to_string()
+                RequestInput::Text(items[0].as_str().unwrap_or_default().to_string())
+            }
+            Value::Array(items) if items.iter().all(Value::is_number) => {
+                let ids = items
+                    .iter()
+                    .map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok()))
+                    .collect::<Option<Vec<u32>>>()
+                    .ok_or_else(|| invalid("prompt", "a token id is not a whole number >= 0"))?;
+                let pieces = (limits.served.pieces(&ids))
+                    .map_err(|e| invalid("prompt", core_message(&e)))?;
+                RequestInput::Served(pieces)
             }
             Value::Array(_) => return Err(invalid(
                 "prompt",
-                "give one prompt as a string (lists of prompts and token ids are not supported)",
+                "give one prompt as a string, or as token ids (lists of prompts are not supported)",
             )),
-            _ => return Err(invalid("prompt", "must be a string")),
+            _ => return Err(invalid("prompt", "must be a string or a list of token ids")),
         };
-        if prompt.is_empty() {
+        if matches!(&input, RequestInput::Text(p) if p.is_empty()) {
             return Err(invalid("prompt", "it is empty"));
         }
+        // A client that ensembles this server asks for its whole distribution at times.
+        let most = limits.served.len();
         let top = match self.logprobs {
-            Some(n) if n > 20 => return Err(invalid("logprobs", format!("{n} is above 20"))),
+            Some(n) if n as usize > most => {
+                return Err(invalid(
+                    "logprobs",
+                    format!("{n} is above {most} (the served vocabulary)"),
+                ))
+            }
             other => other.map(|n| n as usize),
         };
-        common.into_job(Kind::Completion, RequestInput::Text(prompt), top, limits)
+        common.into_job(Kind::Completion, input, top, limits)
     }
 }
 
@@ -537,7 +559,9 @@ pub(super) fn core_field(e: &gac_core::Error) -> ApiError {
 /// A gac-core error's own message, without the setting's name in front.
 fn core_message(e: &gac_core::Error) -> String {
     match e {
-        gac_core::Error::Setting { message, .. } => message.clone(),
+        gac_core::Error::Setting { message, .. } | gac_core::Error::Config { message, .. } => {
+            message.clone()
+        }
         other => other.to_string(),
     }
 }

@@ -19,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use gac_core::served::ServedIds;
 use gac_core::{Ensemble, Union};
 use gac_examples::config::{Plan, RuntimeKind};
 use gac_llamacpp::Batching;
@@ -47,6 +48,11 @@ pub struct ServeArgs {
     /// only.
     #[arg(long)]
     deterministic: bool,
+    /// Keep each slot's cache across requests: a prompt that starts like the slot's previous
+    /// context evaluates only the rest. For clients that extend their context a token at a
+    /// time, such as a gac ensemble with this server as a member; llama.cpp members only.
+    #[arg(long)]
+    prompt_cache: bool,
     /// Requests that may wait for a slot; more get 429 with Retry-After.
     #[arg(long, value_name = "N", default_value_t = 16)]
     queue: usize,
@@ -153,7 +159,7 @@ fn load(state: &Server, args: &ServeArgs, plan: &Plan) -> Result<()> {
     let loading = Loading {
         slots: args.parallel,
         batching,
-        ..Loading::single(false, false)
+        ..Loading::single(false, args.prompt_cache)
     };
     let sets = load_slots(&plan.config.members, loading)?;
     let combination = &plan.combination;
@@ -183,6 +189,7 @@ fn load(state: &Server, args: &ServeArgs, plan: &Plan) -> Result<()> {
         combination: combination.clone(),
         members: plan.config.members.len(),
         grammars,
+        served: ServedIds::new(ensembles[0].union().len()),
     };
     let union = Arc::new(ensembles[0].union().clone());
     let pool = Arc::new(Pool::new(ensembles, args.queue));

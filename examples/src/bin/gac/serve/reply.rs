@@ -145,27 +145,30 @@ impl Reply {
         (String::from_utf8_lossy(&bytes).into_owned(), bytes)
     }
 
+    /// One listed token: its union id (the served vocabulary's), text, log-probability and
+    /// bytes.
+    fn entry(&self, u: UnionId, logprob: f32) -> Value {
+        let (token, bytes) = self.token(u);
+        json!({"id": u.0, "token": token, "logprob": logprob, "bytes": bytes})
+    }
+
+    /// Per token, its entry with its `top_logprobs`: chat's form, which completions give
+    /// beside their own so a client reads ids (as llama-server's do).
+    fn content(&self, lps: &[TokenLogprob]) -> Vec<Value> {
+        lps.iter()
+            .map(|lp| {
+                let mut entry = self.entry(lp.token, lp.logprob);
+                let top = lp.top.iter().map(|&(u, l)| self.entry(u, l)).collect();
+                entry["top_logprobs"] = Value::Array(top);
+                entry
+            })
+            .collect()
+    }
+
     /// Logprobs in the endpoint's format; text offsets start at `offset`.
     fn logprobs(&self, lps: &[TokenLogprob], offset: usize) -> Value {
         match self.kind {
-            Kind::Chat => {
-                let content: Vec<Value> = lps
-                    .iter()
-                    .map(|lp| {
-                        let (token, bytes) = self.token(lp.token);
-                        let top: Vec<Value> = lp
-                            .top
-                            .iter()
-                            .map(|&(u, l)| {
-                                let (token, bytes) = self.token(u);
-                                json!({"token": token, "logprob": l, "bytes": bytes})
-                            })
-                            .collect();
-                        json!({"token": token, "logprob": lp.logprob, "bytes": bytes, "top_logprobs": top})
-                    })
-                    .collect();
-                json!({"content": content})
-            }
+            Kind::Chat => json!({"content": self.content(lps)}),
             Kind::Completion => {
                 let mut tokens = Vec::new();
                 let mut offsets = Vec::new();
@@ -192,6 +195,7 @@ impl Reply {
                     "token_logprobs": lps.iter().map(|lp| lp.logprob).collect::<Vec<_>>(),
                     "top_logprobs": top,
                     "text_offset": offsets,
+                    "content": self.content(lps),
                 })
             }
         }

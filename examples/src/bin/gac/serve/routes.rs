@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
+use gac_core::served;
 use gac_core::{Finish, Generation, Interrupt};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +34,7 @@ pub fn router(state: Arc<Server>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
+        .route("/v1/vocab", get(vocab))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
@@ -117,11 +119,35 @@ async fn metrics(Shared(state): Shared<Arc<Server>>) -> Response {
     }
 }
 
-async fn models(Shared(state): Shared<Arc<Server>>) -> Json<serde_json::Value> {
+/// The ensemble as one model; with the size of its served vocabulary and its context window
+/// (the smallest member's), which a client that ensembles this server reads.
+async fn models(Shared(state): Shared<Arc<Server>>) -> Response {
+    let Some(ready) = state.ready.get() else {
+        return ApiError::unavailable("the members are loading").into_response();
+    };
+    let meta = json!({"n_vocab": ready.limits.served.len(), "n_ctx": ready.limits.context});
     Json(json!({
         "object": "list",
-        "data": [{"id": state.model, "object": "model", "created": 0, "owned_by": "gac"}],
+        "data": [{"id": state.model, "object": "model", "created": 0, "owned_by": "gac", "meta": meta}],
     }))
+    .into_response()
+}
+
+/// The served vocabulary (see `gac_core::served`): what a client needs to send token ids and
+/// read the ids this server lists, e.g. `--vocab` of a gac ensemble with this server as a
+/// member.
+async fn vocab(Shared(state): Shared<Arc<Server>>) -> Response {
+    let Some(ready) = state.ready.get() else {
+        return ApiError::unavailable("the members are loading").into_response();
+    };
+    let union = ready.union.clone();
+    let model = state.model.clone();
+    match tokio::task::spawn_blocking(move || served::vocabulary_json(&union, &model)).await {
+        Ok(value) => Json(value).into_response(),
+        Err(e) => {
+            ApiError::internal(format!("the vocabulary was not written: {e}")).into_response()
+        }
+    }
 }
 
 async fn completions(

@@ -182,6 +182,7 @@ impl Lease {
         let prompt = match &job.input {
             RequestInput::Text(text) => Prompt::Text(text),
             RequestInput::Chat(messages) => Prompt::Chat(messages),
+            RequestInput::Served(pieces) => Prompt::Served(pieces),
         };
         let result = ensemble.generate_with(prompt, &job.options, &mut watcher);
         if let Ok(g) = &result {
