@@ -507,7 +507,13 @@ fn bad_inputs_get_openai_errors(server: &Server) {
             "/v1/completions",
             "{\"prompt\": [1, -2]}",
             400,
-            "not a whole number",
+            "invalid prompt: id 1: -2 is not a token id",
+        ),
+        (
+            "/v1/completions",
+            "{\"prompt\": \"x\", \"logprobs\": 21, \"max_tokens\": 2}",
+            400,
+            "invalid logprobs: 21 is above 20 (more only with max_tokens 1)",
         ),
         (
             "/v1/completions",
@@ -1072,10 +1078,12 @@ fn served_vocab(server: &Server, name: &str) -> String {
 #[test]
 fn a_served_ensemble_is_a_member_of_another_and_gives_the_local_ensembles_text() {
     let (smollm, gemma) = (path(SMOLLM), path(GEMMA));
+    // The last ends at once (End is the first pick).
     let prompts = [
         PROMPTS[0],
         PROMPTS[1],
         "Question: What is 12 times 12? Answer:",
+        "What is 2+2?",
     ];
     let local: Vec<String> = prompts
         .iter()
@@ -1118,6 +1126,21 @@ fn a_served_ensemble_is_a_member_of_another_and_gives_the_local_ensembles_text()
     );
     assert_eq!(first["id"], first["top_logprobs"][0]["id"], "{first}");
     assert!(first["id"].as_u64().unwrap() < tokens as u64, "{first}");
+
+    // A vocabulary file of the same size but other tokens is refused by its fingerprint.
+    let mut file: Value = serde_json::from_str(&text).unwrap();
+    file["tokens"].as_array_mut().unwrap().swap(1, 2);
+    std::fs::write(&vocab, file.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gac"))
+        .args(["generate", "--model", &url, "--vocab", &vocab, "x"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another vocabulary") && stderr.contains("/v1/vocab"),
+        "{stderr}"
+    );
     drop(inner);
     let _ = std::fs::remove_file(&vocab);
 
@@ -1125,6 +1148,21 @@ fn a_served_ensemble_is_a_member_of_another_and_gives_the_local_ensembles_text()
     // member of the served ensemble gets the ids it would get here, so the text is the pair's.
     let pair = Server::start(&["--prompt-cache"]);
     let vocab = served_vocab(&pair, "pair");
+    // A piece a member cannot spell (no SmolLM2 token is the byte 0xFF) is a 400 naming it.
+    let u = pair.get("/v1/models").json()["data"][0]["meta"]["n_vocab"]
+        .as_u64()
+        .unwrap()
+        - 258;
+    let body = json!({"prompt": [u + 256, u + 72, u + 105, u + 257, u + 255], "max_tokens": 1});
+    let r = pair.post("/v1/completions", &body.to_string());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("\"param\":\"prompt\"")
+            && r.body.contains("cannot spell piece 1")
+            && r.body.contains("0xFF"),
+        "{}",
+        r.body
+    );
     let url = format!("openai+http://{}/v1", pair.addr);
     for (p, want) in prompts.iter().zip(&local) {
         assert_eq!(

@@ -16,8 +16,6 @@
 //! served one is a member feeds it the union ids of the tokens it chooses, so every member of
 //! the served ensemble gets the ids it would get as a member of the outer ensemble itself.
 
-use std::path::Path;
-
 use serde_json::{json, Value};
 
 use crate::member::{Encoder, Member};
@@ -124,6 +122,16 @@ impl ServedIds {
         if text.is_some() {
             return Err(fail(ids.len(), "a text piece is left open".into()));
         }
+        // Each member encodes the text that starts the prompt as a prompt, which is text.
+        if let Some(Piece::Text(first)) = pieces.first() {
+            if let Err(e) = std::str::from_utf8(first) {
+                let at = 1 + e.valid_up_to();
+                return Err(fail(
+                    at,
+                    "the text that starts the prompt is not UTF-8".into(),
+                ));
+            }
+        }
         if pieces.is_empty() {
             return Err(Error::EmptyPrompt);
         }
@@ -142,42 +150,76 @@ pub enum Piece {
     Byte(u8),
 }
 
-/// Member `i`'s own ids for these pieces (see the module doc); `union` is its ensemble's.
+/// Member `i`'s own ids for these pieces (see the module doc); `union` is its ensemble's. A
+/// piece the member cannot spell is an error naming the piece (field `prompt`).
 pub fn member_ids(
     member: &dyn Member,
     i: usize,
     union: &Union,
     pieces: &[Piece],
 ) -> Result<Vec<u32>> {
+    let spelled = |n: usize, ids: Result<Vec<u32>>| {
+        ids.map_err(|e| {
+            let what = format!("member '{}' cannot spell piece {n}: {e}", member.name());
+            Error::config("prompt", what)
+        })
+    };
     let mut ids = match pieces.first() {
         Some(Piece::Text(text)) => {
-            let text = std::str::from_utf8(text)
-                .map_err(|_| Error::config("prompt", "the text that starts it is not UTF-8"))?;
-            member.encode_prompt(text)?
+            spelled(0, member.encode_prompt(&String::from_utf8_lossy(text)))?
         }
-        _ => member.encode_prompt("")?,
+        _ => spelled(0, member.encode_prompt(""))?,
     };
     for (n, piece) in pieces.iter().enumerate() {
         match piece {
             Piece::Text(_) if n == 0 => {}
-            Piece::Text(text) => ids.extend(member.encode(text)?),
+            Piece::Text(text) => ids.extend(spelled(n, member.encode(text))?),
             Piece::Token(u) => match union.member_token(i, *u) {
                 Some(id) => ids.push(id),
-                None => ids.extend(member.encode(union.bytes(*u))?),
+                None => ids.extend(spelled(n, member.encode(union.bytes(*u)))?),
             },
-            Piece::Byte(b) => ids.extend(member.encode(&[*b])?),
+            Piece::Byte(b) => ids.extend(spelled(n, member.encode(&[*b]))?),
         }
     }
     Ok(ids)
 }
 
 /// The served vocabulary of `union` as the JSON a client reads with [`ServedText`]: every
-/// union token's bytes in hex, by union id (End's are empty).
-pub fn vocabulary_json(union: &Union, model: &str) -> Value {
+/// union token's bytes in hex, by union id (End's are empty), and the vocabulary's
+/// [`fingerprint`].
+pub fn vocabulary_json(union: &Union, model: &str) -> Result<Value> {
     let tokens: Vec<String> = (0..union.len() as u32)
         .map(|u| hex(union.bytes(UnionId(u))))
         .collect();
-    json!({ "format": FORMAT, "model": model, "tokens": tokens })
+    Ok(json!({
+        "format": FORMAT,
+        "model": model,
+        "fingerprint": fingerprint(union)?,
+        "tokens": tokens,
+    }))
+}
+
+/// The [`Vocab::fingerprint`] of `union`'s served vocabulary: what a client's [`ServedText`]
+/// of it has, so a server can list it and a client check its file against it.
+pub fn fingerprint(union: &Union) -> Result<String> {
+    let texts = (0..union.len() as u32).map(|u| union.bytes(UnionId(u)).to_vec());
+    Ok(served_vocab("the union", texts)?.fingerprint())
+}
+
+/// The served vocabulary whose union tokens spell `texts` (End's, the first, empty).
+fn served_vocab(source: &str, texts: impl Iterator<Item = Vec<u8>>) -> Result<Vocab> {
+    let mut tokens = Vec::new();
+    for (u, bytes) in texts.enumerate() {
+        tokens.push(match (u, bytes.is_empty()) {
+            (0, true) => Token::End,
+            (0, false) => return Err(Error::vocab(source, "token 0 must be End (empty)")),
+            (_, true) => return Err(Error::vocab(source, format!("token {u} is empty"))),
+            (_, false) => Token::Text(bytes.into()),
+        });
+    }
+    tokens.extend((0..=255).map(Token::Byte));
+    tokens.extend([Token::Special, Token::Special]);
+    Vocab::new(source, tokens)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -201,25 +243,16 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 pub struct ServedText {
     vocab: Vocab,
     ids: ServedIds,
-    model: String,
 }
 
 impl ServedText {
-    /// Reads a served vocabulary file (`GET /v1/vocab` of `gac serve`), named in errors.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::vocab(&name, e.to_string()))?;
-        let value: Value =
-            serde_json::from_str(&text).map_err(|e| Error::vocab(&name, e.to_string()))?;
-        Self::from_json(&value, &name)
-    }
-
     /// Whether this JSON is a served vocabulary (and not, say, a tokenizer.json).
     pub fn is_served(value: &Value) -> bool {
         value["format"] == FORMAT
     }
 
-    /// Reads a served vocabulary from its JSON; `source` names it in errors.
+    /// Reads a served vocabulary from its JSON (`GET /v1/vocab` of `gac serve`); `source`
+    /// names it in errors.
     pub fn from_json(value: &Value, source: &str) -> Result<Self> {
         if !Self::is_served(value) {
             return Err(Error::vocab(
@@ -230,41 +263,20 @@ impl ServedText {
         let listed = value["tokens"]
             .as_array()
             .ok_or_else(|| Error::vocab(source, "it has no \"tokens\" list"))?;
-        let mut tokens = Vec::with_capacity(listed.len() + 258);
-        for (u, t) in listed.iter().enumerate() {
-            let bytes = t.as_str().and_then(unhex).ok_or_else(|| {
-                Error::vocab(
-                    source,
-                    format!("token {u}: {t} is not a string of hex bytes"),
-                )
-            })?;
-            tokens.push(match (u, bytes.is_empty()) {
-                (0, true) => Token::End,
-                (0, false) => {
-                    return Err(Error::vocab(source, "token 0 must be End (empty)"));
-                }
-                (_, true) => return Err(Error::vocab(source, format!("token {u} is empty"))),
-                (_, false) => Token::Text(bytes.into()),
-            });
-        }
-        let ids = ServedIds::new(tokens.len());
-        tokens.extend((0..=255).map(Token::Byte));
-        tokens.extend([Token::Special, Token::Special]);
+        let texts = (listed.iter().enumerate())
+            .map(|(u, t)| {
+                t.as_str().and_then(unhex).ok_or_else(|| {
+                    Error::vocab(
+                        source,
+                        format!("token {u}: {t} is not a string of hex bytes"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            vocab: Vocab::new(source, tokens)?,
-            ids,
-            model: value["model"].as_str().unwrap_or_default().to_string(),
+            vocab: served_vocab(source, texts.into_iter())?,
+            ids: ServedIds::new(listed.len()),
         })
-    }
-
-    /// The served ids.
-    pub fn ids(&self) -> ServedIds {
-        self.ids
-    }
-
-    /// The served model's name, as the file gives it.
-    pub fn model(&self) -> &str {
-        &self.model
     }
 }
 
@@ -329,6 +341,10 @@ mod tests {
                 "id 0: a text piece opened inside another or closed unopened",
             ),
             (vec![open, ids.byte(1)], "id 2: a text piece is left open"),
+            (
+                vec![open, ids.byte(b'x'), ids.byte(0xff), close],
+                "id 2: the text that starts the prompt is not UTF-8",
+            ),
         ] {
             let e = ids.pieces(&prompt).unwrap_err().to_string();
             assert!(e.starts_with("invalid prompt: "), "{e}");
@@ -364,16 +380,25 @@ mod tests {
         // A prompt that starts with a token has only the members' prompt prefixes before it.
         let pieces = ids.pieces(&[hello.0]).unwrap();
         assert_eq!(member_ids(&a, 0, &union, &pieces).unwrap(), [3]);
+        // A piece a member cannot spell is named.
+        let pieces = ids.pieces(&[hello.0, ids.byte(b'x')]).unwrap();
+        let e = member_ids(&b, 1, &union, &pieces).unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid prompt: member 'b' cannot spell piece 1:"),
+            "{e}"
+        );
     }
 
     #[test]
     fn the_served_vocabulary_round_trips_through_its_json() {
         let (_, _, union) = pair();
-        let json = vocabulary_json(&union, "inner");
+        let json = vocabulary_json(&union, "inner").unwrap();
         let text = ServedText::from_json(&json, "v.json").unwrap();
-        assert_eq!(text.model(), "inner");
         assert_eq!(text.vocab().len(), union.len() + 258);
-        assert_eq!(text.ids(), ServedIds::new(union.len()));
+        assert_eq!(json["fingerprint"], text.vocab().fingerprint());
+        assert_eq!(fingerprint(&union).unwrap(), text.vocab().fingerprint());
+        let other = Union::build(&[pair().1.vocab(), pair().0.vocab()]).unwrap();
+        assert_ne!(fingerprint(&other).unwrap(), text.vocab().fingerprint());
         for u in 1..union.len() as u32 {
             assert_eq!(
                 text.vocab().get(u).unwrap().bytes(),
@@ -381,12 +406,14 @@ mod tests {
             );
         }
         assert_eq!(text.vocab().get(0), Some(&Token::End));
-        // Text becomes one text piece, which reads back as itself.
+        // Text becomes one text piece, which reads back as itself (any bytes after a token).
         let encoded = text.encode(b"x\xff").unwrap();
         assert_eq!(text.vocab().decode(&encoded), b"x\xff");
+        let mut prompt = vec![1];
+        prompt.extend(&encoded);
         assert_eq!(
-            text.ids().pieces(&encoded).unwrap(),
-            [Piece::Text(b"x\xff".to_vec())]
+            ServedIds::new(union.len()).pieces(&prompt).unwrap(),
+            [Piece::Token(UnionId(1)), Piece::Text(b"x\xff".to_vec())]
         );
         assert_eq!(text.encode(b"").unwrap(), Vec::<u32>::new());
     }

@@ -99,6 +99,29 @@ impl Vocab {
         &self.tokens
     }
 
+    /// A short fingerprint of the tokens (their kinds and bytes, in id order; 64-bit FNV-1a in
+    /// hex): two vocabularies with the same fingerprint are, but for a rare collision, the same.
+    pub fn fingerprint(&self) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for token in &self.tokens {
+            let (kind, bytes) = match token {
+                Token::Text(b) => (0u8, &b[..]),
+                Token::Byte(b) => (1, std::slice::from_ref(b)),
+                Token::End => (2, &[][..]),
+                Token::Special => (3, &[][..]),
+            };
+            eat(&[kind]);
+            eat(&(bytes.len() as u32).to_le_bytes());
+            eat(bytes);
+        }
+        format!("{hash:016x}")
+    }
+
     /// The id of a token that stands for exactly this one byte, if the vocabulary has one.
     pub fn byte_token(&self, byte: u8) -> Option<u32> {
         self.byte_ids[byte as usize]

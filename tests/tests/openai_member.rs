@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use gac_core::{Encoder, Ensemble, Evaluation, GenerateOptions, Member, Mode};
+use gac_core::{Encoder, Ensemble, Evaluation, Finish, GenerateOptions, Member, Mode};
 use gac_llamacpp::{LoadError, OpenAiMember, OpenAiOptions};
 use gac_tests::{asset, boxed, member, LlamaServer, GEMMA, PROMPTS, SMOLLM};
 
@@ -102,6 +102,11 @@ fn an_openai_member_on_llama_servers_v1_is_the_model_in_process() {
 /// `status` is not 200: then every answer is that status), and `/v1/completions` answers
 /// `completion` (or, when it is empty, closes the connection without answering).
 fn fake(status: u16, completion: &'static str) -> String {
+    fake_with(status, 200, completion)
+}
+
+/// [`fake`] whose completions answer with `completion_status`.
+fn fake_with(status: u16, completion_status: u16, completion: &'static str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     std::thread::spawn(move || {
@@ -129,11 +134,11 @@ fn fake(status: u16, completion: &'static str) -> String {
                 }
             }
             let text = String::from_utf8_lossy(&request);
-            let body = match () {
-                _ if status != 200 => r#"{"error": {"message": "invalid api key"}}"#,
-                _ if text.starts_with("GET /v1/models") => r#"{"data": [{"id": "m"}]}"#,
+            let (status, body) = match () {
+                _ if status != 200 => (status, r#"{"error": {"message": "invalid api key"}}"#),
+                _ if text.starts_with("GET /v1/models") => (200, r#"{"data": [{"id": "m"}]}"#),
                 _ if completion.is_empty() => continue,
-                _ => completion,
+                _ => (completion_status, completion),
             };
             let reply = format!(
                 "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -209,6 +214,19 @@ fn bad_answers_are_errors_that_name_them_and_leave_no_member_waiting() {
         "{err}"
     );
     assert!(took < Duration::from_secs(20), "{took:?}");
+    // A context the server's window refuses ends the generation there (finish "length"), as
+    // a local member's full context does.
+    let full = r#"{"error": {"message": "too long", "code": "context_length_exceeded"}}"#;
+    let options = OpenAiOptions {
+        context: Some(512),
+        ..OpenAiOptions::new(fake_with(200, 400, full))
+    };
+    let remote = connect(SMOLLM, &options).unwrap_or_else(|e| panic!("{e}"));
+    let members: Vec<Box<dyn Member>> = vec![Box::new(member(SMOLLM)), Box::new(remote)];
+    let mut e = Ensemble::new(members, None, Mode::Average).unwrap();
+    let g = (e.generate("Hi", &GenerateOptions::default(), &mut |_| {}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(g.finish, Finish::ContextFull);
     // A 401 is refused at once, with the server's message.
     let url = fake(401, "");
     let err = connect(SMOLLM, &OpenAiOptions::new(&url))

@@ -178,6 +178,17 @@ impl OpenAiMember {
                 text.vocab().len()
             )));
         }
+        // gac serve lists its served vocabulary's fingerprint.
+        if let Some(listed) = info.and_then(|m| m["meta"]["vocab_fingerprint"].as_str()) {
+            let ours = text.vocab().fingerprint();
+            if listed != ours {
+                return Err(fail(format!(
+                    "'{model}' has another vocabulary (fingerprint {listed}) than {} ({ours}): \
+                     get it again from the server's /v1/vocab",
+                    vocab_file.display()
+                )));
+            }
+        }
         // The server's window (llama-server's n_ctx, vLLM's max_model_len), not the model's
         // training length.
         let listed_context =
@@ -259,6 +270,11 @@ impl OpenAiMember {
                 Failure::Interrupted => gac_core::Error::Interrupted {
                     member: self.context.name().to_string(),
                 },
+                // The context does not fit the server's window: the generation ends there.
+                Failure::ContextFull(_) => gac_core::Error::ContextFull {
+                    member: self.context.name().to_string(),
+                    context: self.context.size,
+                },
                 e => gac_core::Error::member(self.context.name(), e.to_string()),
             })?;
         self.context.fresh = false;
@@ -274,19 +290,25 @@ impl OpenAiMember {
         let (listed, as_text) = listed(&answer).map_err(|e| self.fail(e))?;
         let n_vocab = self.text.vocab().len();
         let want = n.min(n_vocab);
-        // Asked for the whole vocabulary, an engine may leave out what has no probability
-        // (gac serve does): the listed mass says whether anything is missing.
-        let whole = n >= n_vocab && listed.iter().map(|l| l.logprob.exp()).sum::<f32>() > 0.999;
+        // Asked for the whole vocabulary, gac serve leaves out what has no probability (and
+        // its byte and text-piece ids, which have none): the listed mass says all is there.
+        let whole = self.engine == Engine::Gac
+            && n >= n_vocab
+            && listed.iter().map(|l| l.logprob.exp()).sum::<f32>() > 0.999;
         if listed.len() < want && !whole {
-            let why = match as_text {
-                true => {
-                    "the engine caps logprobs, or lists them by text, where tokens of the \
-                         same text collapse into one and end tokens have none: it must give \
-                         token ids"
+            let why = match (self.engine, as_text) {
+                (Engine::Gac, _) => {
+                    "it lists only tokens with mass, and a server-wide --union-top-k or \
+                     grammar narrows them: serve the ensemble without them"
                 }
-                false => {
+                (_, true) => {
+                    "the engine caps logprobs, or lists them by text, where tokens of the \
+                     same text collapse into one and end tokens have none: it must give \
+                     token ids"
+                }
+                (_, false) => {
                     "the engine caps logprobs: raise its limit, e.g. vLLM's \
-                          --max-logprobs, or ask for fewer with --n-probs"
+                     --max-logprobs, or ask for fewer with --n-probs"
                 }
             };
             return Err(self.fail(format!(

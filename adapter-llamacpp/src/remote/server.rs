@@ -40,6 +40,9 @@ pub(crate) struct Server {
 pub(crate) enum Failure {
     /// What went wrong, naming the server and the endpoint.
     Failed(String),
+    /// The server refused a context longer than its window (OpenAI's error code
+    /// `context_length_exceeded`), with its message.
+    ContextFull(String),
     /// The interrupt was set while the request waited.
     Interrupted,
 }
@@ -47,7 +50,7 @@ pub(crate) enum Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Failed(message) => f.write_str(message),
+            Failure::Failed(message) | Failure::ContextFull(message) => f.write_str(message),
             Failure::Interrupted => f.write_str("interrupted while waiting for the server"),
         }
     }
@@ -221,14 +224,15 @@ impl Server {
             match self.attempt(path, body)? {
                 Exchange::Answer(code, answer) if code < 400 => return self.parse(path, &answer),
                 Exchange::Answer(code, answer) if code < 500 => {
-                    let detail = error_message(&answer);
-                    return Err(Failure::Failed(format!(
-                        "{}{path} answered {code}: {detail}",
-                        self.url
-                    )));
+                    let (detail, error_code) = error_message(&answer);
+                    let message = format!("{}{path} answered {code}: {detail}", self.url);
+                    return Err(match error_code.as_deref() {
+                        Some("context_length_exceeded") => Failure::ContextFull(message),
+                        _ => Failure::Failed(message),
+                    });
                 }
                 Exchange::Answer(code, answer) => {
-                    last = format!("answered {code}: {}", error_message(&answer))
+                    last = format!("answered {code}: {}", error_message(&answer).0)
                 }
                 Exchange::TooLarge => {
                     return Err(Failure::Failed(format!(
@@ -345,12 +349,18 @@ fn exchange(
 }
 
 /// The message of an error answer: llama-server's `error.message`, else the body's start.
-fn error_message(answer: &[u8]) -> String {
+/// An error answer's message (OpenAI's and llama-server's `error.message`, else the start of
+/// the answer) and its `error.code`, if a string.
+fn error_message(answer: &[u8]) -> (String, Option<String>) {
     let text = String::from_utf8_lossy(answer);
-    serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| text.chars().take(200).collect())
+    let value = serde_json::from_str::<Value>(&text).ok();
+    let error = value.as_ref().map(|v| &v["error"]);
+    let message = (error
+        .and_then(|e| e["message"].as_str())
+        .map(str::to_string))
+    .unwrap_or_else(|| text.chars().take(200).collect());
+    let code = error.and_then(|e| e["code"].as_str()).map(str::to_string);
+    (message, code)
 }
 
 fn transport_message(t: &ureq::Transport) -> String {

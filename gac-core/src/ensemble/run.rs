@@ -208,8 +208,12 @@ impl Run<'_> {
     }
 
     /// The scattered candidates' total mass and their `n` most probable, as log-probabilities.
+    /// Where whole distributions were scattered, the total counts the special tokens' mass
+    /// too, so a member's probabilities are reported as they are, not renormalized (an
+    /// ensemble of which this one is a member weighs them as it weighs a member of its own).
     fn top_logprobs(&mut self, n: usize) -> (f32, Vec<(UnionId, f32)>) {
-        let total: f32 = self.candidates.list().iter().map(|x| x.0).sum();
+        let total = self.candidates.list().iter().map(|x| x.0).sum::<f32>()
+            + self.candidates.special_mass();
         let top = (self.candidates.top(n).iter())
             .map(|&(p, u)| (UnionId(u), (p / total).ln()))
             .collect();
@@ -354,6 +358,7 @@ impl Run<'_> {
             }
             if x == END {
                 finish = Finish::End;
+                logprobs.extend(logprob);
                 self.stats.combine_time += t.elapsed();
                 break;
             }

@@ -394,8 +394,13 @@ fn logprobs_describe_the_combined_distribution_and_change_no_pick() {
         let (g, _) = run(noisy_pair(seed), Mode::Average, &with).unwrap();
         assert_eq!(g.tokens, plain.tokens, "seed {seed}");
         assert!(plain.logprobs.is_empty());
-        assert_eq!(g.logprobs.len(), g.tokens.len());
-        for (lp, &x) in g.logprobs.iter().zip(&g.tokens) {
+        // End's is the last where the generation ended with it.
+        let mut picked = g.tokens.clone();
+        if g.finish == Finish::End {
+            picked.push(crate::union::END);
+        }
+        assert_eq!(g.logprobs.len(), picked.len());
+        for (lp, &x) in g.logprobs.iter().zip(&picked) {
             assert_eq!(lp.token, x);
             assert!(lp.logprob <= 0.0 && lp.logprob.is_finite(), "{lp:?}");
             // Greedy: the pick is the most probable token.

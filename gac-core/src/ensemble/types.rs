@@ -198,7 +198,8 @@ pub struct Generation {
     pub member_ids: Vec<Vec<u32>>,
     /// Why it ended.
     pub finish: Finish,
-    /// Per picked token, when [`GenerateOptions::logprobs`] asked for them.
+    /// Per picked token, when [`GenerateOptions::logprobs`] asked for them; the last is End's
+    /// when the generation ended with it (End is not in [`Generation::tokens`]).
     pub logprobs: Vec<TokenLogprob>,
     /// Timing and counts.
     pub stats: Stats,
@@ -226,8 +227,9 @@ pub enum Prompt<'a> {
 }
 
 /// A picked token's probability under the step's combined distribution (the members' weighted
-/// average, or the one member that decided the step), normalized over the union tokens that
-/// received mass.
+/// average, or the one member that decided the step): normalized over the union tokens that
+/// received mass and, where the members' whole distributions were combined, the special tokens'
+/// mass (never picked) too.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {
     /// The picked token.

@@ -251,6 +251,15 @@ impl Candidates {
         }
     }
 
+    /// The mass the scatter gave special tokens (which are never candidates) where it wrote
+    /// whole distributions and no restriction is in force; else 0 (it is not known).
+    pub fn special_mass(&self) -> f32 {
+        match self.written_all && !self.restricted() {
+            true => self.acc[self.union_len],
+            false => 0.0,
+        }
+    }
+
     /// Whether a restriction is in force (see [`Candidates::restrict`]).
     pub fn restricted(&self) -> bool {
         !self.allowed.is_empty()

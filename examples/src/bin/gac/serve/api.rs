@@ -281,11 +281,16 @@ impl CompletionRequest {
                 RequestInput::Text(items[0].as_str().unwrap_or_default().to_string())
             }
             Value::Array(items) if items.iter().all(Value::is_number) => {
-                let ids = items
-                    .iter()
-                    .map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok()))
-                    .collect::<Option<Vec<u32>>>()
-                    .ok_or_else(|| invalid("prompt", "a token id is not a whole number >= 0"))?;
+                let ids = (items.iter().enumerate())
+                    .map(|(at, id)| {
+                        (id.as_u64().and_then(|id| u32::try_from(id).ok())).ok_or_else(|| {
+                            invalid(
+                                "prompt",
+                                format!("id {at}: {id} is not a token id (a whole number >= 0)"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<u32>, _>>()?;
                 let pieces = (limits.served.pieces(&ids))
                     .map_err(|e| invalid("prompt", core_message(&e)))?;
                 RequestInput::Served(pieces)
@@ -299,13 +304,20 @@ impl CompletionRequest {
         if matches!(&input, RequestInput::Text(p) if p.is_empty()) {
             return Err(invalid("prompt", "it is empty"));
         }
-        // A client that ensembles this server asks for its whole distribution at times.
+        // A client that ensembles this server asks for its whole distribution at times, one
+        // token at a time; more than 20 for each of many tokens would make answers of gigabytes.
         let most = limits.served.len();
         let top = match self.logprobs {
             Some(n) if n as usize > most => {
                 return Err(invalid(
                     "logprobs",
                     format!("{n} is above {most} (the served vocabulary)"),
+                ))
+            }
+            Some(n) if n > 20 && common.max_tokens() != Some(1) => {
+                return Err(invalid(
+                    "logprobs",
+                    format!("{n} is above 20 (more only with max_tokens 1)"),
                 ))
             }
             other => other.map(|n| n as usize),
@@ -382,6 +394,11 @@ fn content_text(content: Option<Value>, field: &str) -> Result<String, ApiError>
 }
 
 impl Common {
+    /// The tokens asked for (`max_completion_tokens`, else `max_tokens`).
+    fn max_tokens(&self) -> Option<u64> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
     fn into_job(
         self,
         kind: Kind,

@@ -128,8 +128,8 @@ impl From<gac_core::Error> for ApiError {
                 code: Some("context_length_exceeded"),
                 ..ApiError::invalid(None, e.to_string())
             },
-            E::Config { field, .. } if field == "messages" => {
-                ApiError::invalid(Some("messages"), e.to_string())
+            E::Config { field, .. } if field == "messages" || field == "prompt" => {
+                ApiError::invalid(Some(field.as_str()), e.to_string())
             }
             E::Config { .. } => ApiError::invalid(None, e.to_string()),
             E::Setting { .. } => super::api::core_field(&e),

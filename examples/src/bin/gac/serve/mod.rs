@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gac_core::served::ServedIds;
+use gac_core::served::{self, ServedIds};
 use gac_core::{Ensemble, Union};
 use gac_examples::config::{Plan, RuntimeKind};
 use gac_llamacpp::Batching;
@@ -87,6 +87,8 @@ struct Ready {
     pool: Arc<Pool>,
     limits: Limits,
     union: Arc<Union>,
+    /// The served vocabulary's fingerprint (see `gac_core::served`).
+    fingerprint: String,
 }
 
 pub fn serve(args: ServeArgs, plan: Plan) -> Result<()> {
@@ -191,12 +193,14 @@ fn load(state: &Server, args: &ServeArgs, plan: &Plan) -> Result<()> {
         grammars,
         served: ServedIds::new(ensembles[0].union().len()),
     };
+    let fingerprint = served::fingerprint(ensembles[0].union())?;
     let union = Arc::new(ensembles[0].union().clone());
     let pool = Arc::new(Pool::new(ensembles, args.queue));
     let _ = state.ready.set(Ready {
         pool,
         limits,
         union,
+        fingerprint,
     });
     Ok(())
 }

@@ -125,7 +125,11 @@ async fn models(Shared(state): Shared<Arc<Server>>) -> Response {
     let Some(ready) = state.ready.get() else {
         return ApiError::unavailable("the members are loading").into_response();
     };
-    let meta = json!({"n_vocab": ready.limits.served.len(), "n_ctx": ready.limits.context});
+    let meta = json!({
+        "n_vocab": ready.limits.served.len(),
+        "n_ctx": ready.limits.context,
+        "vocab_fingerprint": ready.fingerprint,
+    });
     Json(json!({
         "object": "list",
         "data": [{"id": state.model, "object": "model", "created": 0, "owned_by": "gac", "meta": meta}],
@@ -143,7 +147,8 @@ async fn vocab(Shared(state): Shared<Arc<Server>>) -> Response {
     let union = ready.union.clone();
     let model = state.model.clone();
     match tokio::task::spawn_blocking(move || served::vocabulary_json(&union, &model)).await {
-        Ok(value) => Json(value).into_response(),
+        Ok(Ok(value)) => Json(value).into_response(),
+        Ok(Err(e)) => ApiError::internal(e.to_string()).into_response(),
         Err(e) => {
             ApiError::internal(format!("the vocabulary was not written: {e}")).into_response()
         }
