@@ -5,8 +5,8 @@ use std::process::Command;
 
 use gac_examples::eval::tasks::{bigbench_tasks, expand_tasks, DataPaths};
 use gac_examples::eval::{
-    extract, is_correct, letter_skew, load_task, sample, sample_at, table, Example, Record,
-    Results, Target, TASKS,
+    extract, is_correct, letter_skew, load_task, sample, sample_at, sample_shots_at, table,
+    Example, Record, Results, Target, TASKS,
 };
 use gac_tests::{asset, bigbench_sample, cache, scratch, GEMMA, SMOLLM};
 
@@ -512,10 +512,21 @@ fn samples_are_deterministic_and_disjoint() {
     // Past an offset of limit + shots: none of the first run's questions or shots.
     let (later, later_shots) = sample_at(100, 13, 20, 3, 7);
     assert_eq!((later.len(), later_shots.len()), (20, 3));
-    let seen: Vec<usize> = a.iter().chain(&shots).copied().collect();
+    let first_shots = sample(100, 10, 3, 7).1;
+    let seen: Vec<usize> = a.iter().chain(&first_shots).copied().collect();
     assert!(later.iter().chain(&later_shots).all(|i| !seen.contains(i)));
     assert_eq!(sample_at(100, 0, 10, 3, 7), sample(100, 10, 3, 7));
     assert_eq!(sample_at(10, 20, 5, 2, 7), (vec![], vec![]));
+    // The first run's shots, with questions past its sample: the same prompts, new questions.
+    let (new, same_shots) = sample_shots_at(100, 13, 20, 3, 10, 7);
+    assert_eq!((new, same_shots), (later, first_shots.clone()));
+    let (inside, _) = sample_shots_at(100, 0, 20, 3, 10, 7);
+    assert_eq!(inside.len(), 20);
+    assert!(
+        inside.iter().all(|i| !first_shots.contains(i)),
+        "{inside:?}"
+    );
+    assert_eq!(sample_shots_at(10, 20, 5, 2, 30, 7), (vec![], vec![]));
 }
 
 #[test]
@@ -972,6 +983,14 @@ fn the_screen_runs_members_alone_on_every_matching_task() {
     assert!(records.lines().all(|l| l.contains("\"config\":\"member:")));
 }
 
+/// `gac tune` with SmolLM2 and Gemma-3 as members.
+fn tune_both() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gac"));
+    command.arg("tune").arg("--model").arg(asset(SMOLLM));
+    command.arg("--model").arg(asset(GEMMA));
+    command
+}
+
 #[test]
 fn tune_recommends_with_evidence_resumes_and_its_file_runs_as_is() {
     // Twelve short questions of the user's own, so that the test stays quick.
@@ -995,15 +1014,9 @@ fn tune_recommends_with_evidence_resumes_and_its_file_runs_as_is() {
     let second = scratch("twice.jsonl", &twice);
     let (out, written) = (scratch("tune.jsonl", ""), scratch("tuned.toml", ""));
     let plot = scratch("tune.svg", "");
-    let (smollm, gemma) = (asset(SMOLLM), asset(GEMMA));
     let tune = || {
         succeeds(
-            Command::new(env!("CARGO_BIN_EXE_gac"))
-                .arg("tune")
-                .arg("--model")
-                .arg(&smollm)
-                .arg("--model")
-                .arg(&gemma)
+            tune_both()
                 .arg("--task")
                 .arg(format!("jsonl:{}", task.display()))
                 .arg("--task")
@@ -1031,7 +1044,7 @@ fn tune_recommends_with_evidence_resumes_and_its_file_runs_as_is() {
         "| gated:0.5:gate=0:member=1 |",
         "better member",
         "Recommended: ",
-        "--offset 10",
+        "--offset 10 --shots-at 8",
         "Per task, each decided on its own questions",
     ] {
         assert!(stdout.contains(want), "{want:?} missing:\n{stdout}");
@@ -1039,14 +1052,18 @@ fn tune_recommends_with_evidence_resumes_and_its_file_runs_as_is() {
     // Resumed from the results file: nothing is generated again, the same advice.
     let (again, stderr_again) = tune();
     assert!(!stderr_again.contains("answered in"), "{stderr_again}");
+    // Everything before the cost table, whose times differ.
     let advice = |out: &str| -> Vec<String> {
         (out.lines())
-            .filter(|l| !l.starts_with("Cost of this run"))
+            .take_while(|l| !l.starts_with("Cost of this run"))
             .map(str::to_string)
             .collect()
     };
     assert_eq!(advice(&again), advice(&stdout), "{stderr}");
-    assert!(stdout.contains("Cost of this run: "), "{stdout}");
+    assert!(
+        stdout.contains("Cost of this run") && stdout.contains("| all | "),
+        "{stdout}"
+    );
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(
         svg.contains("<svg") && svg.contains("average:top10"),
@@ -1110,4 +1127,84 @@ fn tune_recommends_with_evidence_resumes_and_its_file_runs_as_is() {
         assert!(text.contains("# Evidence: on task jsonl:"), "{text}");
         assert!(!generate(&["--config".into(), per_task.display().to_string()]).is_empty());
     }
+}
+
+#[test]
+fn tune_recommends_an_ensemble_where_one_helps_and_the_gain_holds_on_new_questions() {
+    // "What number comes after N?" for N from 999 down to 600: SmolLM2 is the better member
+    // (about 80%), Gemma-3 far behind (about 56%), and an ensemble of both well ahead.
+    let questions: String = (600..1000)
+        .rev()
+        .map(|n| {
+            format!(
+                "{{\"question\": \"What number comes after {n}?\", \"answer\": \"{}\"}}\n",
+                n + 1
+            )
+        })
+        .collect();
+    let task = format!("jsonl:{}", scratch("next.jsonl", &questions).display());
+    let (out, written) = (scratch("next.tune.jsonl", ""), scratch("next.toml", ""));
+    let common = ["--shots", "2", "--max-tokens", "6", "--prompt-cache"];
+    let (stdout, _) = succeeds(
+        tune_both()
+            .args(["--task", &task, "--select", "30", "--confirm", "100"])
+            .args(common)
+            .arg("--out")
+            .arg(&out)
+            .arg("--write")
+            .arg(&written),
+    );
+    let advice = (stdout.lines())
+        .find(|l| l.starts_with("Recommended: "))
+        .unwrap_or_else(|| panic!("no advice:\n{stdout}"));
+    assert!(!advice.contains("no ensemble"), "{stdout}");
+    assert!(advice.contains("ahead of member:0 alone by +"), "{stdout}");
+
+    // Scored afterwards on questions tune never saw, under the same prompts, with the command
+    // tune prints: not worse than the better member beyond noise.
+    let printed = (stdout.lines())
+        .find_map(|l| l.split("gac eval ").nth(1))
+        .unwrap_or_else(|| panic!("no command:\n{stdout}"));
+    let flag = |name: &str| -> String {
+        let mut words = printed.split_whitespace();
+        words.find(|w| *w == name);
+        words
+            .next()
+            .unwrap_or_else(|| panic!("no {name}: {printed}"))
+            .into()
+    };
+    assert_eq!(
+        (flag("--offset"), flag("--shots-at")),
+        ("132".into(), "130".into())
+    );
+    let summary = scratch("next.summary.json", "");
+    succeeds(
+        Command::new(env!("CARGO_BIN_EXE_gac"))
+            .args(["eval", "--config"])
+            .arg(&written)
+            .args(["--task", &task, "--seed", "1234", "--limit", "100"])
+            .args([
+                "--offset",
+                &flag("--offset"),
+                "--shots-at",
+                &flag("--shots-at"),
+            ])
+            .args(common)
+            .arg("--out")
+            .arg(&out)
+            .arg("--summary")
+            .arg(&summary),
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let chosen = advice["Recommended: ".len()..].split(' ').next().unwrap();
+    let paired = summary["versus_better_member"]
+        .as_array()
+        .and_then(|p| {
+            p.iter()
+                .find(|p| p["config"] == chosen && p["task"] == "all")
+        })
+        .unwrap_or_else(|| panic!("no paired row of {chosen}: {summary}"));
+    assert_eq!(paired["baseline"], "member:0", "{paired}");
+    assert!(paired["low"].as_f64().unwrap() > -1.0, "{paired}");
 }

@@ -11,7 +11,8 @@ pub mod tasks;
 
 pub use paired::{compare, paired_table, Paired};
 pub use results::{
-    fingerprint, held_out, points, sample, sample_at, summaries, table, Record, Results, Summary,
+    fingerprint, held_out, points, sample, sample_at, sample_shots_at, summaries, table, Record,
+    Results, Summary,
 };
 pub use score::{extract, is_correct, Extracted};
 pub use tasks::{letter_skew, load_task, DataPaths, Example, Target, Task, TASKS};

@@ -307,6 +307,27 @@ pub fn held_out(
     order.split_off(taken.min(order.len()))
 }
 
+/// [`sample_at`] with the shots taken from position `shots_at` of the same order instead of
+/// right after the sample (and left out of it): with an earlier run's shots, a score on other
+/// questions under the same prompts.
+pub fn sample_shots_at(
+    len: usize,
+    offset: usize,
+    limit: usize,
+    shots: usize,
+    shots_at: usize,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let order = sample(len, len, 0, seed).0;
+    let shot_ids = order[shots_at.min(len)..(shots_at + shots).min(len)].to_vec();
+    let chosen = (order.iter().skip(offset))
+        .filter(|i| !shot_ids.contains(i))
+        .take(limit)
+        .copied()
+        .collect();
+    (chosen, shot_ids)
+}
+
 /// Picks `limit` examples to evaluate and `shots` others to show, deterministically for a seed.
 pub fn sample(len: usize, limit: usize, shots: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
     sample_at(len, 0, limit, shots, seed)

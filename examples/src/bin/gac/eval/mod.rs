@@ -11,8 +11,8 @@ use gac_examples::eval::plot::{plot_intervals, plot_points};
 use gac_examples::eval::screen::{screen, screen_table};
 use gac_examples::eval::tasks::{chance, expand_tasks, DataPaths};
 use gac_examples::eval::{
-    compare, letter_skew, load_task, paired_table, points, sample_at, summaries, table, Results,
-    Task,
+    compare, letter_skew, load_task, paired_table, points, sample_at, sample_shots_at, summaries,
+    table, Results, Task,
 };
 
 mod configs;
@@ -60,6 +60,11 @@ pub struct EvalArgs {
     /// Answered examples shown before each question.
     #[arg(long, default_value_t = 3)]
     shots: usize,
+    /// Show the shots at position K of each task's sampled order instead of right after the
+    /// scored questions: with the number `gac tune` prints, the shots its candidates saw, so a
+    /// score on questions it never saw is under the same prompts.
+    #[arg(long, value_name = "K", conflicts_with = "learn_weights")]
+    shots_at: Option<usize>,
     /// Seed of the example and shot sample.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
@@ -269,13 +274,13 @@ pub fn eval(args: EvalArgs, matches: &clap::ArgMatches) -> Result<()> {
     for c in &configs {
         let per_task = c.learned.then_some(&learned[..]);
         let scored = |t: &Task| {
-            sample_at(
-                t.examples.len(),
-                args.offset,
-                args.limit,
-                args.shots,
-                args.seed,
-            )
+            let len = t.examples.len();
+            match args.shots_at {
+                Some(at) => {
+                    sample_shots_at(len, args.offset, args.limit, args.shots, at, args.seed)
+                }
+                None => sample_at(len, args.offset, args.limit, args.shots, args.seed),
+            }
         };
         current.extend(run_config(
             &mut slots,

@@ -17,7 +17,7 @@
 //! decided for each task on its own questions, beside the decision for the mix.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -111,6 +111,7 @@ impl TuneArgs {
             limit: self.select + self.confirm,
             offset: 0,
             shots: self.shots,
+            shots_at: None,
             seed: self.seed,
             thresholds: self.thresholds,
             gates: Vec::new(),
@@ -309,6 +310,8 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
             c.dropped = Some(round + 1);
         }
     }
+    let race_time = started.elapsed() - members_time;
+    let confirming = Instant::now();
     let (m, e) = (best_of(&alone, None), best_of(&racing, None));
     let ahead = racing[e].rank(None).0 > alone[m].rank(None).0;
     // The confirmation sample, where the winner led: it and the better member, paired.
@@ -369,11 +372,12 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
     );
     let task_flags: String = eval.tasks.iter().map(|t| format!(" --task {t}")).collect();
     println!(
-        "To score it on questions tune never saw: gac eval --config {}{task_flags} --shots {} --seed {} --offset {} --limit N",
+        "To score it on questions tune never saw, under the same prompts: gac eval --config {}{task_flags} --shots {} --seed {} --offset {} --shots-at {} --limit N",
         write.display(),
         eval.shots,
         eval.seed,
-        select + confirm + eval.shots
+        select + confirm + eval.shots,
+        select + confirm
     );
     // Each task decided on its own questions: its better member and its best ensemble (of
     // those that ran the whole selection sample) on its selection answers, confirmed on its
@@ -431,16 +435,18 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
             );
         }
     }
+    let confirm_time = confirming.elapsed();
     if let Some(path) = &plot {
         plot_selection(path, &alone, &racing)?;
     }
-    let minutes = |d: Duration| d.as_secs_f64() / 60.0;
-    println!(
-        "\nCost of this run: {:.1} min, of which {:.1} min the members alone on the selection sample ({:.1}x that; answers already in {} are reused, not counted).",
-        minutes(started.elapsed()),
-        minutes(members_time),
-        started.elapsed().as_secs_f64() / members_time.as_secs_f64().max(1e-9),
-        eval.out.display()
+    cost_table(
+        &[
+            ("the members alone, selection sample", members_time),
+            ("the race of the ensembles (successive halving)", race_time),
+            ("the confirmation (winner and better member)", confirm_time),
+            ("all", started.elapsed()),
+        ],
+        &eval.out,
     );
     Ok(())
 }
@@ -691,6 +697,20 @@ fn today() -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// The run's cost by part, in minutes and as a multiple of the members alone (the first part).
+fn cost_table(parts: &[(&str, Duration)], out: &Path) {
+    println!(
+        "\nCost of this run (answers already in {} are reused, not counted):\n",
+        out.display()
+    );
+    println!("| part | minutes | x the members alone |\n|---|---:|---:|");
+    let base = parts[0].1.as_secs_f64().max(1e-9);
+    for (part, time) in parts {
+        let t = time.as_secs_f64();
+        println!("| {part} | {:.1} | {:.1} |", t / 60.0, t / base);
+    }
 }
 
 #[cfg(test)]
