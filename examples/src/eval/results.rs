@@ -319,7 +319,7 @@ pub fn sample_shots_at(
     seed: u64,
 ) -> (Vec<usize>, Vec<usize>) {
     let order = sample(len, len, 0, seed).0;
-    let shot_ids = order[shots_at.min(len)..(shots_at + shots).min(len)].to_vec();
+    let shot_ids = order[shots_at.min(len)..shots_at.saturating_add(shots).min(len)].to_vec();
     let chosen = (order.iter().skip(offset))
         .filter(|i| !shot_ids.contains(i))
         .take(limit)

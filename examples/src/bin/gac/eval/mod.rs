@@ -215,10 +215,25 @@ pub(super) fn prepare(args: &EvalArgs, matches: &clap::ArgMatches) -> Result<Pre
         }
     }
     let plan = config.plan()?;
-    if plan.combination.grammar.is_some() {
-        bail!("the --config's json_schema, json_object or grammar is not used by gac eval: give a Lark grammar with --grammar FILE");
+    // A --config's Lark grammar (a tuned file's) is used when --grammar gives the same one.
+    if let Some(g) = &plan.combination.grammar {
+        if args.grammar()?.as_ref() != Some(g) {
+            bail!("the --config's json_schema, json_object or grammar is not used by gac eval: give a Lark grammar with --grammar FILE (the --config's own file, where it names one)");
+        }
     }
     args.grammar()?;
+    if let Some(at) = args.shots_at {
+        for t in &tasks {
+            if at.saturating_add(args.shots) > t.examples.len() {
+                bail!(
+                    "invalid --shots-at: {} has {} questions, so no {} shots at {at}",
+                    t.name,
+                    t.examples.len(),
+                    args.shots
+                );
+            }
+        }
+    }
     let n = plan.config.members.len();
     for &gate in args.gates.iter().chain(args.gates.is_empty().then_some(&0)) {
         for &threshold in &args.thresholds {

@@ -370,15 +370,21 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
         "Written to {}: run it with `gac generate --config {0}` (or chat, serve).",
         write.display()
     );
-    let task_flags: String = eval.tasks.iter().map(|t| format!(" --task {t}")).collect();
-    println!(
-        "To score it on questions tune never saw, under the same prompts: gac eval --config {}{task_flags} --shots {} --seed {} --offset {} --shots-at {} --limit N",
-        write.display(),
-        eval.shots,
-        eval.seed,
-        select + confirm + eval.shots,
-        select + confirm
-    );
+    let (command, spent) = held_out_command(&write, &eval, &tasks, select + confirm);
+    match command {
+        Some(command) => {
+            println!("To score it on questions tune never saw, under the same prompts: {command}")
+        }
+        None => {
+            println!("Every question was used: give more to score it on questions tune never saw.")
+        }
+    }
+    if !spent.is_empty() && spent.len() < tasks.len() {
+        println!(
+            "(Left out of that command, all of whose questions were used: {}.)",
+            spent.join(", ")
+        );
+    }
     // Each task decided on its own questions: its better member and its best ensemble (of
     // those that ran the whole selection sample) on its selection answers, confirmed on its
     // confirmation questions where the ensemble led.
@@ -443,8 +449,8 @@ pub fn tune(args: TuneArgs, matches: &clap::ArgMatches) -> Result<()> {
         &[
             ("the members alone, selection sample", members_time),
             ("the race of the ensembles (successive halving)", race_time),
-            ("the confirmation (winner and better member)", confirm_time),
-            ("all", started.elapsed()),
+            ("the confirmations (overall, and per task)", confirm_time),
+            ("all (loading the members not counted)", started.elapsed()),
         ],
         &eval.out,
     );
@@ -671,12 +677,13 @@ fn tuned_toml(
     let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
     let members: Vec<String> = plan.config.members.iter().map(|m| m.place()).collect();
     let header = format!(
-        "# Chosen by gac tune on {}.\n# Members: {}.\n# Tasks: {}; per task the first {select} questions of the seeded order (seed {}) chose, the next {confirm} confirmed, {} shots.\n# Evidence: {evidence}.\n# The rule: an ensemble only where the 95% paired interval of its gain over the better member, on the confirmation questions, is above 0; it holds for questions like these as far as these samples represent them.\n",
+        "# Chosen by gac tune on {}.\n# Members: {}.\n# Tasks: {}; per task the first {select} questions of the seeded order (seed {}) chose, the next {confirm} confirmed, {} shots: the questions that follow (gac eval --shots-at {}).\n# Evidence: {evidence}.\n# The rule: an ensemble only where the 95% paired interval of its gain over the better member, on the confirmation questions, is above 0; it holds for questions like these, under prompts like these, as far as these samples represent them.\n",
         today(),
         members.join(", "),
         names.join(", "),
         eval.seed,
         eval.shots,
+        select + confirm,
     );
     Ok(format!("{header}{}", config.to_toml()?))
 }
@@ -699,17 +706,84 @@ fn today() -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-/// The run's cost by part, in minutes and as a multiple of the members alone (the first part).
+/// The `gac eval` command that scores `file` on the questions of each task tune did not use
+/// (past its first `used` and the shots), under the same prompts (the same shots, at `used`)
+/// and setup, and the tasks left out because it used all of theirs (their shots sit elsewhere);
+/// no command when that is every task.
+fn held_out_command<'a>(
+    file: &Path,
+    eval: &EvalArgs,
+    tasks: &'a [Task],
+    used: usize,
+) -> (Option<String>, Vec<&'a str>) {
+    let (mut left, mut spent) = (Vec::new(), Vec::new());
+    for t in tasks {
+        match t.examples.len().saturating_sub(used + eval.shots) {
+            0 => spent.push(t.name.as_str()),
+            n => left.push((t.name.as_str(), n)),
+        }
+    }
+    let Some(limit) = left.iter().map(|&(_, n)| n).max() else {
+        return (None, spent);
+    };
+    let path = |p: &Path| quoted(&p.display().to_string());
+    let mut words = vec!["gac eval --config".to_string(), path(file)];
+    for (name, _) in &left {
+        words.extend(["--task".into(), quoted(name)]);
+    }
+    for (flag, value) in [("--data", &eval.data), ("--bigbench", &eval.bigbench)] {
+        if let Some(v) = value {
+            words.extend([flag.into(), path(v)]);
+        }
+    }
+    if let Some(g) = &eval.grammar {
+        words.extend(["--grammar".into(), path(g)]);
+    }
+    words.push(format!(
+        "--shots {} --seed {} --max-tokens {} --threads {}",
+        eval.shots, eval.seed, eval.max_tokens, eval.threads
+    ));
+    if let Some(c) = eval.context {
+        words.push(format!("--ctx {c}"));
+    }
+    if let Some(k) = eval.device_top_k {
+        words.push(format!("--device-top-k {k}"));
+    }
+    if eval.prompt_cache {
+        words.push("--prompt-cache".into());
+    }
+    words.push(format!(
+        "--offset {} --shots-at {used} --limit {limit}",
+        used + eval.shots
+    ));
+    (Some(words.join(" ")), spent)
+}
+
+/// `word` as one shell word: as it is when it holds nothing the shell reads, else quoted.
+fn quoted(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=+,@%".contains(c);
+    match !word.is_empty() && word.chars().all(plain) {
+        true => word.to_string(),
+        false => format!("'{}'", word.replace('\'', "'\\''")),
+    }
+}
+
+/// The run's cost by part, in minutes and as a multiple of the members alone (the first part;
+/// no multiple where their answers were reused from the results file).
 fn cost_table(parts: &[(&str, Duration)], out: &Path) {
     println!(
         "\nCost of this run (answers already in {} are reused, not counted):\n",
         out.display()
     );
     println!("| part | minutes | x the members alone |\n|---|---:|---:|");
-    let base = parts[0].1.as_secs_f64().max(1e-9);
+    let base = parts[0].1.as_secs_f64();
     for (part, time) in parts {
         let t = time.as_secs_f64();
-        println!("| {part} | {:.1} | {:.1} |", t / 60.0, t / base);
+        let times = match base >= 1.0 {
+            true => format!("{:.1}", t / base),
+            false => "- (their answers were reused)".into(),
+        };
+        println!("| {part} | {:.1} | {times} |", t / 60.0);
     }
 }
 
