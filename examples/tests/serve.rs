@@ -1173,3 +1173,28 @@ fn a_served_ensemble_is_a_member_of_another_and_gives_the_local_ensembles_text()
     }
     let _ = std::fs::remove_file(&vocab);
 }
+
+#[test]
+fn a_tuned_config_serves_the_answers_it_generates() {
+    // A file as `gac tune` writes it: its evidence as comments, members with learned weights,
+    // a gate.
+    let toml = format!(
+        "# Chosen by gac tune on 2026-12-08.\n# Evidence: gated:0.5:gate=1 ahead of member:0.\n\
+         [[member]]\npath = {:?}\nruntime = \"llamacpp\"\nweight = 0.7\nthreads = 1\n\n\
+         [[member]]\npath = {:?}\nruntime = \"llamacpp\"\nweight = 1.0\nthreads = 1\n\n\
+         [gate]\nmember = 1\nthreshold = 0.5\nwhen_unsure = \"average\"\n",
+        path(SMOLLM),
+        path(GEMMA)
+    );
+    let file = std::env::temp_dir().join(format!("gac-{}-tuned.toml", std::process::id()));
+    std::fs::write(&file, toml).unwrap();
+    let config = file.display().to_string();
+    let server = Server::start_args(&["--config", &config]);
+    for prompt in PROMPTS {
+        let c = server.complete(json!({"prompt": prompt, "max_tokens": 16, "temperature": 0}));
+        let served = c["choices"][0]["text"].as_str().unwrap();
+        let generated = generate_args(&["--config", &config, "--max-tokens", "16"], prompt);
+        assert_eq!(served, generated, "{prompt}");
+    }
+    let _ = std::fs::remove_file(&file);
+}
