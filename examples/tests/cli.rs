@@ -671,16 +671,7 @@ fn remote_members_from_the_command_line() {
     let (smollm, gemma) = (path(SMOLLM), path(GEMMA));
     let server = LlamaServer::start(SMOLLM, 1);
     // One member served, one here, gated with the served one as the gate.
-    let out = succeeds(&[
-        "generate",
-        "--model",
-        &server.url,
-        "--vocab",
-        &smollm,
-        "--n-probs",
-        "8",
-        "--timeout",
-        "30",
+    let here = [
         "--model",
         &gemma,
         "--union-top-k",
@@ -691,7 +682,19 @@ fn remote_members_from_the_command_line() {
         "8",
         "--json",
         "The capital of France is",
-    ]);
+    ];
+    let served = [
+        "generate",
+        "--model",
+        &server.url,
+        "--vocab",
+        &smollm,
+        "--n-probs",
+        "8",
+        "--timeout",
+        "30",
+    ];
+    let out = succeeds(&[&served[..], &here].concat());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
     assert_eq!(v["members"][0]["path"].as_str(), Some(server.url.as_str()));
@@ -704,7 +707,7 @@ fn remote_members_from_the_command_line() {
     let listed: serde_json::Value =
         serde_json::from_str(&http_get(&format!("{}/v1/models", server.url))).unwrap();
     let name = listed["data"][0]["id"].as_str().unwrap().to_string();
-    let openai = succeeds(&[
+    let through_v1 = [
         "generate",
         "--model",
         &v1,
@@ -716,17 +719,8 @@ fn remote_members_from_the_command_line() {
         "2048",
         "--n-probs",
         "8",
-        "--model",
-        &gemma,
-        "--union-top-k",
-        "8",
-        "--gate",
-        "0",
-        "--max-tokens",
-        "8",
-        "--json",
-        "The capital of France is",
-    ]);
+    ];
+    let openai = succeeds(&[&through_v1[..], &here].concat());
     let o: serde_json::Value = serde_json::from_slice(&openai.stdout).unwrap();
     assert_eq!(o["text"], v["text"], "{o}");
     let e = fails(&[

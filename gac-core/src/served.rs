@@ -83,6 +83,8 @@ impl ServedIds {
         let fail = |at: usize, what: String| Error::config("prompt", format!("id {at}: {what}"));
         let mut pieces = Vec::new();
         let mut text: Option<Vec<u8>> = None;
+        // Where the open text piece's bytes start, and where the prompt's first piece's do.
+        let (mut opened, mut first) = (0, 0);
         for (at, &id) in ids.iter().enumerate() {
             match (id, &mut text) {
                 (id, _) if id as usize >= self.len() => {
@@ -91,10 +93,16 @@ impl ServedIds {
                         format!("{id} is outside the served vocabulary of {}", self.len()),
                     ))
                 }
-                (id, None) if id == self.open() => text = Some(Vec::new()),
+                (id, None) if id == self.open() => {
+                    text = Some(Vec::new());
+                    opened = at + 1;
+                }
                 (id, Some(_)) if id == self.close() => {
                     let bytes = text.take().unwrap_or_default();
                     if !bytes.is_empty() {
+                        if pieces.is_empty() {
+                            first = opened;
+                        }
                         pieces.push(Piece::Text(bytes));
                     }
                 }
@@ -123,9 +131,9 @@ impl ServedIds {
             return Err(fail(ids.len(), "a text piece is left open".into()));
         }
         // Each member encodes the text that starts the prompt as a prompt, which is text.
-        if let Some(Piece::Text(first)) = pieces.first() {
-            if let Err(e) = std::str::from_utf8(first) {
-                let at = 1 + e.valid_up_to();
+        if let Some(Piece::Text(bytes)) = pieces.first() {
+            if let Err(e) = std::str::from_utf8(bytes) {
+                let at = first + e.valid_up_to();
                 return Err(fail(
                     at,
                     "the text that starts the prompt is not UTF-8".into(),
@@ -344,6 +352,10 @@ mod tests {
             (
                 vec![open, ids.byte(b'x'), ids.byte(0xff), close],
                 "id 2: the text that starts the prompt is not UTF-8",
+            ),
+            (
+                vec![open, close, open, ids.byte(0xff), close],
+                "id 3: the text that starts the prompt is not UTF-8",
             ),
         ] {
             let e = ids.pieces(&prompt).unwrap_err().to_string();

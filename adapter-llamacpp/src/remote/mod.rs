@@ -12,6 +12,33 @@
 //! distribution, when the ensemble needs it at a greedy step the heads cannot decide, is the
 //! same request with every id listed (slow: megabytes of JSON).
 
+/// The [`Member`] methods a remote member leaves to its `context` ([`context::Context`]) and
+/// its `server` ([`server::Server`]): name, reset, push, the top-k union and the interrupt.
+macro_rules! remote_member_basics {
+    () => {
+        fn name(&self) -> &str {
+            self.context.name()
+        }
+
+        fn reset(&mut self) -> gac_core::Result<()> {
+            self.context.reset();
+            Ok(())
+        }
+
+        fn push(&mut self, ids: &[u32]) -> gac_core::Result<()> {
+            self.context.push(ids)
+        }
+
+        fn set_union_top_k(&mut self, k: Option<usize>) {
+            self.context.set_union_top_k(k);
+        }
+
+        fn watch(&mut self, interrupt: gac_core::Interrupt) {
+            self.server.watch(interrupt);
+        }
+    };
+}
+
 mod context;
 mod openai;
 mod server;
@@ -379,29 +406,10 @@ fn check_vocab(server: &Server, vocab: &Vocab, n_vocab: Option<usize>) -> Result
 encoder_from_text!(RemoteMember, context.size);
 
 impl Member for RemoteMember {
-    fn name(&self) -> &str {
-        self.context.name()
-    }
-
-    fn reset(&mut self) -> gac_core::Result<()> {
-        self.context.reset();
-        Ok(())
-    }
-
-    fn push(&mut self, ids: &[u32]) -> gac_core::Result<()> {
-        self.context.push(ids)
-    }
+    remote_member_basics!();
 
     fn reused(&self) -> usize {
         self.reused
-    }
-
-    fn set_union_top_k(&mut self, k: Option<usize>) {
-        self.context.set_union_top_k(k);
-    }
-
-    fn watch(&mut self, interrupt: gac_core::Interrupt) {
-        self.server.watch(interrupt);
     }
 
     fn evaluate(&mut self) -> gac_core::Result<Evaluation<'_>> {

@@ -450,26 +450,7 @@ fn logprob(value: &Value, token: &str) -> Result<f32, String> {
 encoder_from_text!(OpenAiMember, context.size);
 
 impl Member for OpenAiMember {
-    fn name(&self) -> &str {
-        self.context.name()
-    }
-
-    fn reset(&mut self) -> gac_core::Result<()> {
-        self.context.reset();
-        Ok(())
-    }
-
-    fn push(&mut self, ids: &[u32]) -> gac_core::Result<()> {
-        self.context.push(ids)
-    }
-
-    fn set_union_top_k(&mut self, k: Option<usize>) {
-        self.context.set_union_top_k(k);
-    }
-
-    fn watch(&mut self, interrupt: gac_core::Interrupt) {
-        self.server.watch(interrupt);
-    }
+    remote_member_basics!();
 
     fn evaluate(&mut self) -> gac_core::Result<Evaluation<'_>> {
         let listed = self.request(self.context.asked(self.n_probs))?;

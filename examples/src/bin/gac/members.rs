@@ -152,11 +152,15 @@ pub(crate) fn vocab_encoder(path: &Path) -> Result<Box<dyn Encoder>> {
     if path.extension().is_some_and(|e| e == "json") {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not JSON", path.display()))?;
-        if ServedText::is_served(&value) {
-            let name = path.display().to_string();
-            return Ok(Box::new(ServedText::from_json(&value, &name)?));
+        // Parsed as JSON here only where it names the served format: a tokenizer.json (often
+        // megabytes) is parsed once, by its own reader.
+        if text.contains(gac_core::served::FORMAT) {
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            if ServedText::is_served(&value) {
+                let name = path.display().to_string();
+                return Ok(Box::new(ServedText::from_json(&value, &name)?));
+            }
         }
         return Ok(Box::new(
             gac_core::tokenizer_json::TokenizerText::from_file(path)?,

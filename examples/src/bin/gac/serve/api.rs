@@ -406,6 +406,7 @@ impl Common {
         logprobs: Option<usize>,
         limits: &Limits,
     ) -> Result<Job, ApiError> {
+        let asked = self.max_tokens();
         if let Some(model) = &self.model {
             if *model != limits.model {
                 return Err(ApiError::not_found(
@@ -436,11 +437,11 @@ impl Common {
             return Err(invalid("logit_bias", "not supported"));
         }
         let requested = requested_grammar(self.response_format.as_ref(), self.grammar)?;
-        let (field, max_tokens) = match (self.max_completion_tokens, self.max_tokens) {
-            (Some(n), _) => ("max_completion_tokens", Some(n)),
-            (None, n) => ("max_tokens", n),
+        let field = match self.max_completion_tokens {
+            Some(_) => "max_completion_tokens",
+            None => "max_tokens",
         };
-        let max_tokens = max_tokens.unwrap_or(limits.default_max_tokens as u64);
+        let max_tokens = asked.unwrap_or(limits.default_max_tokens as u64);
         if max_tokens == 0 || max_tokens >= limits.context as u64 {
             return Err(invalid(
                 field,
